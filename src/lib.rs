@@ -1,0 +1,85 @@
+//! Composable cache layers.
+//!
+//! `layercache` is a small framework for building cache stacks out of parts,
+//! modelled on the caching module of ftrack's Python API and grown for Rust:
+//!
+//! - [`Cache`]: one object-safe, thread-safe trait with `get`, `set`,
+//!   `remove`, `keys`, `values`, `clear` and `clear_matching`. A miss is
+//!   `Ok(None)`; an `Err` means the cache could not answer.
+//! - Caches that are made of caches, so stacks compose like `std::io`
+//!   adapters: [`MemoryCache`], [`Proxy`], [`Layered`] (read-through with
+//!   promotion, write-through) and [`Serialised`] (values stored as bytes
+//!   through a [`Codec`](codec::Codec): bincode, CBOR, JSON or your own).
+//! - [Key makers](key) and a [`Memoiser`] for function calls.
+//! - A [conformance suite](testing) (feature `testing`) to check a cache of
+//!   your own against the contract.
+//!
+//! # Example
+//!
+//! A memory layer over a byte store holding JSON, read through with
+//! promotion:
+//!
+//! ```
+//! # #[cfg(feature = "json")] {
+//! use std::sync::Arc;
+//! use layercache::prelude::*;
+//! use layercache::codec::Json;
+//!
+//! # fn main() -> layercache::Result<()> {
+//! let store: Arc<MemoryCache<String, Vec<u8>>> = Arc::new(MemoryCache::new());
+//! let cache = Layered::new()
+//!     .with_layer(MemoryCache::new())
+//!     .with_layer(store.clone().serialised(Json));
+//!
+//! cache.set("user:1".to_string(), vec!["Ada".to_string()])?;
+//! assert_eq!(store.get(&"user:1".to_string())?, Some(br#"["Ada"]"#.to_vec()));
+//! assert_eq!(cache.get(&"user:1".to_string())?, Some(vec!["Ada".to_string()]));
+//! println!("{cache:?}"); // Layered[Memory(1 entries), Serialised<Json>(Memory(1 entries))]
+//! # Ok(())
+//! # }
+//! # main().unwrap();
+//! # }
+//! ```
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `bincode` | yes | [`codec::Bincode`], [`codec::LimitedBincode`] |
+//! | `cbor` | yes | [`codec::Cbor`] |
+//! | `json` | yes | [`codec::Json`] |
+//! | `testing` | no | [`testing`]: the conformance suite and test doubles |
+#![deny(missing_docs)]
+#![warn(clippy::unwrap_used)]
+
+pub mod cache;
+pub mod codec;
+pub mod error;
+pub mod key;
+pub mod layered;
+pub mod memoise;
+pub mod memory;
+pub mod proxy;
+pub mod serialised;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use cache::{Cache, CacheExt};
+pub use error::{BoxError, Error, Operation, Result};
+pub use key::{KeyMaker, ObjectKeyMaker, StringKeyMaker};
+pub use layered::{ErrorPolicy, LayerFailure, Layered};
+pub use memoise::{Memoised, Memoiser};
+pub use memory::MemoryCache;
+pub use proxy::Proxy;
+pub use serialised::Serialised;
+
+/// The names most programs need: `use layercache::prelude::*;`.
+pub mod prelude {
+    pub use crate::cache::{Cache, CacheExt};
+    pub use crate::codec::Codec;
+    pub use crate::layered::{ErrorPolicy, Layered};
+    pub use crate::memoise::Memoiser;
+    pub use crate::memory::MemoryCache;
+    pub use crate::proxy::Proxy;
+    pub use crate::serialised::Serialised;
+}

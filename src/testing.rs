@@ -1,0 +1,497 @@
+//! The conformance suite every cache in this crate passes, and test doubles
+//! for stacks (feature `testing`).
+//!
+//! Run the suite on a cache of your own with [`run_all`] (and
+//! [`run_string_keyed`] when its keys are strings), giving it a function that
+//! makes a fresh, empty cache:
+//!
+//! ```
+//! use layercache::{MemoryCache, testing};
+//!
+//! testing::run_all(MemoryCache::<String, Vec<u8>>::new);
+//! testing::run_string_keyed(MemoryCache::<String, Vec<u8>>::new);
+//! ```
+//!
+//! Each check is also a public function, to run on its own. Checks panic
+//! with a message naming what broke, like `assert!`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+
+use crate::cache::{Cache, CacheExt};
+use crate::error::{Error, Operation, Result};
+
+/// Values the suite can make from a number and recognise again, so that a
+/// torn or misplaced value is caught.
+pub trait Sample: Clone + PartialEq + Debug + Send + Sync + 'static {
+    /// The `n`th sample. Distinct `n` give distinct samples.
+    fn sample(n: u64) -> Self;
+
+    /// `Some(n)` when this is exactly `sample(n)`, else `None`.
+    fn index(&self) -> Option<u64>;
+}
+
+impl Sample for String {
+    fn sample(n: u64) -> Self {
+        // Long enough that a torn write would show, and varied by n.
+        let fill = char::from(b'a' + (n % 26) as u8);
+        let mut s = format!("sample-{n}-");
+        s.extend(std::iter::repeat_n(fill, 40));
+        s
+    }
+
+    fn index(&self) -> Option<u64> {
+        let n = self
+            .strip_prefix("sample-")?
+            .split('-')
+            .next()?
+            .parse()
+            .ok()?;
+        (Self::sample(n) == *self).then_some(n)
+    }
+}
+
+impl Sample for Vec<u8> {
+    fn sample(n: u64) -> Self {
+        let mut bytes = n.to_le_bytes().to_vec();
+        bytes.extend((0..40u8).map(|i| (n as u8).wrapping_mul(31).wrapping_add(i)));
+        bytes
+    }
+
+    fn index(&self) -> Option<u64> {
+        let n = u64::from_le_bytes(self.get(..8)?.try_into().ok()?);
+        (Self::sample(n) == *self).then_some(n)
+    }
+}
+
+impl Sample for u64 {
+    fn sample(n: u64) -> Self {
+        n
+    }
+
+    fn index(&self) -> Option<u64> {
+        Some(*self)
+    }
+}
+
+fn key<K: Sample>(n: u64) -> K {
+    K::sample(n)
+}
+
+fn value<V: Sample>(n: u64) -> V {
+    V::sample(1_000_000 + n)
+}
+
+fn indexes<T: Sample>(items: &[T]) -> BTreeSet<u64> {
+    items
+        .iter()
+        .map(|item| {
+            item.index()
+                .unwrap_or_else(|| panic!("not a sample: {item:?}"))
+        })
+        .collect()
+}
+
+/// Runs every check of the suite, each on a fresh cache from `make`.
+pub fn run_all<K, V, C>(make: impl Fn() -> C)
+where
+    K: Sample + Hash + Eq,
+    V: Sample,
+    C: Cache<K, V>,
+{
+    get_miss(&make());
+    set_then_get(&make());
+    overwrite(&make());
+    remove(&make());
+    remove_missing(&make());
+    keys(&make());
+    values(&make());
+    clear(&make());
+    clear_matching(&make());
+    clear_while_keys_vanish(&make());
+    hammer(&make());
+}
+
+/// Runs the checks that need string keys (pattern clears), each on a fresh
+/// cache from `make`.
+pub fn run_string_keyed<V, C>(make: impl Fn() -> C)
+where
+    V: Sample,
+    C: Cache<String, V>,
+{
+    clear_pattern(&make());
+}
+
+/// A key never set is a miss, `Ok(None)`.
+pub fn get_miss<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(cache: &C) {
+    assert_eq!(
+        cache.get(&key(1)).expect("get"),
+        None,
+        "{cache:?}: a fresh cache must miss"
+    );
+}
+
+/// A set value is returned by get, for this key only.
+pub fn set_then_get<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(cache: &C) {
+    cache.set(key(1), value(1)).expect("set");
+    assert_eq!(
+        cache.get(&key(1)).expect("get"),
+        Some(value(1)),
+        "{cache:?}"
+    );
+    assert_eq!(
+        cache.get(&key(2)).expect("get"),
+        None,
+        "{cache:?}: another key must miss"
+    );
+}
+
+/// A second set replaces the first.
+pub fn overwrite<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(cache: &C) {
+    cache.set(key(1), value(1)).expect("set");
+    cache.set(key(1), value(2)).expect("set again");
+    assert_eq!(
+        cache.get(&key(1)).expect("get"),
+        Some(value(2)),
+        "{cache:?}"
+    );
+    assert_eq!(
+        cache.keys().expect("keys").len(),
+        1,
+        "{cache:?}: one key after an overwrite"
+    );
+}
+
+/// Remove returns the value and the key misses afterwards; others stay.
+pub fn remove<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(cache: &C) {
+    cache.set(key(1), value(1)).expect("set");
+    cache.set(key(2), value(2)).expect("set");
+    assert_eq!(
+        cache.remove(&key(1)).expect("remove"),
+        Some(value(1)),
+        "{cache:?}"
+    );
+    assert_eq!(
+        cache.get(&key(1)).expect("get"),
+        None,
+        "{cache:?}: removed key must miss"
+    );
+    assert_eq!(
+        cache.get(&key(2)).expect("get"),
+        Some(value(2)),
+        "{cache:?}: other key kept"
+    );
+}
+
+/// Removing a key that is not there is `Ok(None)`, not an error.
+pub fn remove_missing<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(cache: &C) {
+    assert_eq!(cache.remove(&key(9)).expect("remove"), None, "{cache:?}");
+    cache.set(key(1), value(1)).expect("set");
+    cache.remove(&key(1)).expect("remove");
+    assert_eq!(
+        cache.remove(&key(1)).expect("second remove"),
+        None,
+        "{cache:?}"
+    );
+}
+
+/// Keys are exactly the keys set, each once.
+pub fn keys<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(cache: &C) {
+    assert!(
+        cache.keys().expect("keys").is_empty(),
+        "{cache:?}: a fresh cache has no keys"
+    );
+    for n in 0..20 {
+        cache.set(key(n), value(n)).expect("set");
+    }
+    cache.set(key(3), value(33)).expect("overwrite");
+    cache.remove(&key(7)).expect("remove");
+    let keys = cache.keys().expect("keys");
+    assert_eq!(keys.len(), 19, "{cache:?}: keys {keys:?}");
+    let expected: BTreeSet<u64> = (0..20).filter(|&n| n != 7).collect();
+    assert_eq!(indexes(&keys), expected, "{cache:?}");
+}
+
+/// Values are exactly the live values.
+pub fn values<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(cache: &C) {
+    for n in 0..10 {
+        cache.set(key(n), value(n)).expect("set");
+    }
+    cache.remove(&key(0)).expect("remove");
+    let values = cache.values().expect("values");
+    let expected: BTreeSet<u64> = (1_000_001..1_000_010).collect();
+    assert_eq!(values.len(), 9, "{cache:?}");
+    assert_eq!(indexes(&values), expected, "{cache:?}");
+}
+
+/// Clear removes everything, and the cache works afterwards.
+pub fn clear<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(cache: &C) {
+    for n in 0..10 {
+        cache.set(key(n), value(n)).expect("set");
+    }
+    cache.clear().expect("clear");
+    assert!(
+        cache.keys().expect("keys").is_empty(),
+        "{cache:?}: keys after clear"
+    );
+    assert_eq!(cache.get(&key(3)).expect("get"), None, "{cache:?}");
+    cache.set(key(3), value(3)).expect("set after clear");
+    assert_eq!(
+        cache.get(&key(3)).expect("get"),
+        Some(value(3)),
+        "{cache:?}"
+    );
+}
+
+/// `clear_matching` removes the matching keys, counts them, keeps the rest.
+pub fn clear_matching<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(cache: &C) {
+    for n in 0..10 {
+        cache.set(key(n), value(n)).expect("set");
+    }
+    let even = |k: &K| k.index().is_some_and(|n| n % 2 == 0);
+    assert_eq!(
+        cache.clear_matching(&even).expect("clear_matching"),
+        5,
+        "{cache:?}"
+    );
+    let left = indexes(&cache.keys().expect("keys"));
+    assert_eq!(left, [1, 3, 5, 7, 9].into(), "{cache:?}");
+    assert_eq!(
+        cache.clear_matching(&even).expect("again"),
+        0,
+        "{cache:?}: nothing left to match"
+    );
+}
+
+/// [`CacheExt::clear_pattern`] removes keys containing a match (search, not
+/// full match).
+pub fn clear_pattern<V: Sample, C: Cache<String, V> + ?Sized>(cache: &C) {
+    for name in ["Task:1", "Task:2", "User:1", "AssetTask:9"] {
+        cache.set(name.to_string(), value(1)).expect("set");
+    }
+    let pattern = regex::Regex::new("Task:").expect("pattern");
+    assert_eq!(
+        cache.clear_pattern(&pattern).expect("clear_pattern"),
+        3,
+        "{cache:?}"
+    );
+    assert_eq!(
+        cache.keys().expect("keys"),
+        vec!["User:1".to_string()],
+        "{cache:?}"
+    );
+    let anchored = regex::Regex::new("^1$").expect("pattern");
+    assert_eq!(
+        cache.clear_pattern(&anchored).expect("anchored"),
+        0,
+        "{cache:?}"
+    );
+}
+
+/// `clear` and `clear_matching` succeed while another thread removes the
+/// same keys, and leave none of them behind.
+pub fn clear_while_keys_vanish<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(cache: &C) {
+    const N: u64 = 400;
+    for round in 0..2 {
+        for n in 0..N {
+            cache.set(key(n), value(n)).expect("set");
+        }
+        let start = Barrier::new(2);
+        thread::scope(|scope| {
+            scope.spawn(|| {
+                start.wait();
+                for n in (0..N).rev() {
+                    cache.remove(&key(n)).expect("concurrent remove");
+                }
+            });
+            start.wait();
+            if round == 0 {
+                let removed = cache.clear_matching(&|_| true).expect("clear_matching");
+                assert!(removed <= N as usize, "{cache:?}: removed {removed} of {N}");
+            } else {
+                cache.clear().expect("clear");
+            }
+        });
+        let left = cache.keys().expect("keys");
+        assert!(
+            left.is_empty(),
+            "{cache:?}: keys left after clearing: {left:?}"
+        );
+    }
+}
+
+/// Eight threads set, get and remove on shared and private keys: every value
+/// read is one that was written for that key (nothing torn or misplaced),
+/// and every thread's last write to its private keys is there at the end
+/// (nothing lost).
+pub fn hammer<K: Sample + Hash + Eq, V: Sample, C: Cache<K, V> + ?Sized>(cache: &C) {
+    const THREADS: u64 = 8;
+    const ROUNDS: u64 = 300;
+    const SHARED: u64 = 16;
+    // Value numbers encode (key, thread, round) so a read can be checked.
+    let encode = |k: u64, t: u64, r: u64| k * 1_000_000 + t * 10_000 + r;
+    let start = Barrier::new(THREADS as usize);
+    thread::scope(|scope| {
+        for t in 0..THREADS {
+            let start = &start;
+            scope.spawn(move || {
+                start.wait();
+                for r in 0..ROUNDS {
+                    let shared = (r + t) % SHARED;
+                    let own = 1_000 + t * 100 + r % 10;
+                    cache
+                        .set(key(shared), V::sample(encode(shared, t, r)))
+                        .expect("set shared");
+                    cache
+                        .set(key(own), V::sample(encode(own, t, r)))
+                        .expect("set own");
+                    for k in [shared, (shared + 1) % SHARED, own] {
+                        if let Some(v) = cache.get(&key(k)).expect("get") {
+                            let n = v
+                                .index()
+                                .unwrap_or_else(|| panic!("{cache:?}: torn value {v:?}"));
+                            assert_eq!(
+                                n / 1_000_000,
+                                k,
+                                "{cache:?}: key {k} holds another key's value"
+                            );
+                        }
+                    }
+                    if r % 7 == 0 {
+                        cache.remove(&key((shared + 3) % SHARED)).expect("remove");
+                    }
+                }
+            });
+        }
+    });
+    // Each private key's last write was in the last round with that r % 10.
+    let mut expected = HashMap::new();
+    for t in 0..THREADS {
+        for r in ROUNDS - 10..ROUNDS {
+            let own = 1_000 + t * 100 + r % 10;
+            expected.insert(own, encode(own, t, r));
+        }
+    }
+    for (own, n) in expected {
+        assert_eq!(
+            cache.get(&key(own)).expect("get"),
+            Some(V::sample(n)),
+            "{cache:?}: lost the last write to key {own}"
+        );
+    }
+}
+
+/// A wrapper that counts the calls its inner cache gets, and can be told to
+/// fail reads, writes, or both — to test how stacks handle a failing layer.
+///
+/// ```
+/// use layercache::{Cache, MemoryCache, Operation, testing::Instrumented};
+///
+/// let layer = Instrumented::new(MemoryCache::<String, u32>::new());
+/// layer.fail_reads(true);
+/// assert!(layer.get(&"k".into()).is_err());
+/// assert_eq!(layer.calls(Operation::Get), 1);
+/// ```
+#[derive(Debug, Default)]
+pub struct Instrumented<C> {
+    inner: C,
+    fail_reads: AtomicBool,
+    fail_writes: AtomicBool,
+    calls: [AtomicU64; 8],
+}
+
+impl<C> Instrumented<C> {
+    /// Counts calls to `inner`; fails nothing until told to.
+    pub fn new(inner: C) -> Self {
+        Self {
+            inner,
+            fail_reads: AtomicBool::new(false),
+            fail_writes: AtomicBool::new(false),
+            calls: Default::default(),
+        }
+    }
+
+    /// Make `get`, `keys` and `values` fail (or stop failing).
+    pub fn fail_reads(&self, fail: bool) {
+        self.fail_reads.store(fail, Ordering::SeqCst);
+    }
+
+    /// Make `set`, `remove`, `clear` and `clear_matching` fail (or stop).
+    pub fn fail_writes(&self, fail: bool) {
+        self.fail_writes.store(fail, Ordering::SeqCst);
+    }
+
+    /// How many times `operation` was called, failed calls included.
+    pub fn calls(&self, operation: Operation) -> u64 {
+        self.calls[slot(operation)].load(Ordering::SeqCst)
+    }
+
+    /// The wrapped cache.
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+
+    fn enter(&self, operation: Operation) -> Result<()> {
+        self.calls[slot(operation)].fetch_add(1, Ordering::SeqCst);
+        let failing = match operation {
+            Operation::Get | Operation::Keys | Operation::Values => &self.fail_reads,
+            _ => &self.fail_writes,
+        };
+        if failing.load(Ordering::SeqCst) {
+            return Err(Error::backend(
+                "instrumented",
+                operation,
+                format!("{operation} failed on purpose"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn slot(operation: Operation) -> usize {
+    match operation {
+        Operation::Get => 0,
+        Operation::Set => 1,
+        Operation::Remove => 2,
+        Operation::Keys => 3,
+        Operation::Values => 4,
+        Operation::Clear => 5,
+        Operation::ClearMatching => 6,
+        _ => 7,
+    }
+}
+
+impl<K, V, C: Cache<K, V>> Cache<K, V> for Instrumented<C> {
+    fn get(&self, key: &K) -> Result<Option<V>> {
+        self.enter(Operation::Get)?;
+        self.inner.get(key)
+    }
+    fn set(&self, key: K, value: V) -> Result<()> {
+        self.enter(Operation::Set)?;
+        self.inner.set(key, value)
+    }
+    fn remove(&self, key: &K) -> Result<Option<V>> {
+        self.enter(Operation::Remove)?;
+        self.inner.remove(key)
+    }
+    fn keys(&self) -> Result<Vec<K>> {
+        self.enter(Operation::Keys)?;
+        self.inner.keys()
+    }
+    fn values(&self) -> Result<Vec<V>> {
+        self.enter(Operation::Values)?;
+        self.inner.values()
+    }
+    fn clear(&self) -> Result<()> {
+        self.enter(Operation::Clear)?;
+        self.inner.clear()
+    }
+    fn clear_matching(&self, matches: &dyn Fn(&K) -> bool) -> Result<usize> {
+        self.enter(Operation::ClearMatching)?;
+        self.inner.clear_matching(matches)
+    }
+}

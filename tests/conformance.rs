@@ -1,0 +1,178 @@
+//! The conformance suite, run on every cache in the crate and on a minimal
+//! backend that implements only the four required methods.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use layercache::codec::{Bincode, Cbor, FnCodec, Json};
+use layercache::testing::{self, Instrumented};
+use layercache::{Cache, CacheExt, ErrorPolicy, Layered, MemoryCache, Proxy, Result, Serialised};
+
+#[test]
+fn memory_string_keys() {
+    testing::run_all(MemoryCache::<String, String>::new);
+    testing::run_string_keyed(MemoryCache::<String, String>::new);
+}
+
+#[test]
+fn memory_byte_keys_and_values() {
+    testing::run_all(MemoryCache::<Vec<u8>, Vec<u8>>::new);
+}
+
+#[test]
+fn memory_single_shard() {
+    testing::run_all(|| MemoryCache::<u64, String>::with_shards(1));
+}
+
+#[test]
+fn proxy() {
+    testing::run_all(|| Proxy::new(MemoryCache::<String, Vec<u8>>::new()));
+    testing::run_string_keyed(|| Proxy::new(MemoryCache::<String, u64>::new()));
+}
+
+#[test]
+fn boxed_and_shared() {
+    testing::run_all(|| MemoryCache::<String, String>::new().boxed());
+    testing::run_all(|| Arc::new(MemoryCache::<String, String>::new()));
+}
+
+fn three_layers() -> Layered<String, String> {
+    Layered::new()
+        .with_layer(MemoryCache::new())
+        .with_layer(MemoryCache::new())
+        .with_layer(MemoryCache::new())
+}
+
+#[test]
+fn layered() {
+    testing::run_all(three_layers);
+    testing::run_string_keyed(three_layers);
+    testing::run_all(|| three_layers().with_policy(ErrorPolicy::Degrade));
+    testing::run_all(|| Layered::<u64, u64>::new().with_layer(MemoryCache::new()));
+}
+
+#[test]
+fn layered_over_serialised() {
+    let make = || {
+        Layered::new()
+            .with_layer(MemoryCache::new())
+            .with_layer(MemoryCache::<String, Vec<u8>>::new().serialised(Json))
+    };
+    testing::run_all::<String, String, _>(make);
+    testing::run_string_keyed::<String, _>(make);
+}
+
+#[test]
+fn serialised_each_codec() {
+    testing::run_all::<String, String, _>(|| {
+        Serialised::new(MemoryCache::<String, Vec<u8>>::new(), Json)
+    });
+    testing::run_all::<String, Vec<u8>, _>(|| {
+        Serialised::new(MemoryCache::<String, Vec<u8>>::new(), Cbor)
+    });
+    testing::run_all::<String, u64, _>(|| {
+        Serialised::new(MemoryCache::<String, Vec<u8>>::new(), Bincode::new())
+    });
+    testing::run_all::<String, String, _>(|| {
+        Serialised::new(
+            MemoryCache::<String, Vec<u8>>::new(),
+            FnCodec::new(
+                |s: &String| Ok(s.as_bytes().to_vec()),
+                |b: &[u8]| {
+                    String::from_utf8(b.to_vec()).map_err(|e| layercache::Error::Decode {
+                        codec: "utf8",
+                        source: e.into(),
+                    })
+                },
+            ),
+        )
+    });
+    testing::run_string_keyed::<String, _>(|| {
+        Serialised::new(MemoryCache::<String, Vec<u8>>::new(), Cbor).strict(true)
+    });
+}
+
+#[test]
+fn instrumented() {
+    testing::run_all(|| Instrumented::new(MemoryCache::<String, String>::new()));
+}
+
+/// A backend as a user would write one: the four required methods over a
+/// mutex-guarded BTreeMap, everything else from the trait's defaults.
+#[derive(Debug, Default)]
+struct Minimal(Mutex<BTreeMap<String, String>>);
+
+impl Cache<String, String> for Minimal {
+    fn get(&self, key: &String) -> Result<Option<String>> {
+        Ok(self.0.lock().unwrap().get(key).cloned())
+    }
+    fn set(&self, key: String, value: String) -> Result<()> {
+        self.0.lock().unwrap().insert(key, value);
+        Ok(())
+    }
+    fn remove(&self, key: &String) -> Result<Option<String>> {
+        Ok(self.0.lock().unwrap().remove(key))
+    }
+    fn keys(&self) -> Result<Vec<String>> {
+        Ok(self.0.lock().unwrap().keys().cloned().collect())
+    }
+}
+
+#[test]
+fn trait_defaults_on_a_minimal_backend() {
+    testing::run_all(Minimal::default);
+    testing::run_string_keyed(Minimal::default);
+}
+
+/// The defaults of `values`, `clear` and `clear_matching` skip keys that
+/// vanish between `keys` and the per-key call, deterministically: this
+/// backend's `keys` removes every other key behind the caller's back.
+#[derive(Debug, Default)]
+struct Vanishing(Minimal);
+
+impl Cache<String, String> for Vanishing {
+    fn get(&self, key: &String) -> Result<Option<String>> {
+        self.0.get(key)
+    }
+    fn set(&self, key: String, value: String) -> Result<()> {
+        self.0.set(key, value)
+    }
+    fn remove(&self, key: &String) -> Result<Option<String>> {
+        self.0.remove(key)
+    }
+    fn keys(&self) -> Result<Vec<String>> {
+        let keys = self.0.keys()?;
+        for key in keys.iter().step_by(2) {
+            self.0.remove(key)?;
+        }
+        Ok(keys)
+    }
+}
+
+#[test]
+fn defaults_skip_keys_that_vanish() {
+    let fill = |cache: &Vanishing| {
+        for n in 0..10 {
+            cache.set(format!("k{n}"), format!("v{n}")).unwrap();
+        }
+    };
+    let cache = Vanishing::default();
+    fill(&cache);
+    assert_eq!(
+        cache.values().unwrap().len(),
+        5,
+        "half the keys vanished before their get"
+    );
+
+    fill(&cache);
+    assert_eq!(
+        cache.clear_matching(&|_| true).unwrap(),
+        5,
+        "only keys still there count"
+    );
+    assert!(cache.0.keys().unwrap().is_empty());
+
+    fill(&cache);
+    cache.clear().unwrap();
+    assert!(cache.0.keys().unwrap().is_empty());
+}
