@@ -142,10 +142,47 @@ struct KeyWriter<'a> {
     out: &'a mut String,
 }
 
+/// Appends `n` in decimal: what `write!(out, "{n}")` does, without the
+/// formatting machinery, which dominates the cost of a short key.
+pub(crate) fn push_decimal(out: &mut String, mut n: u128) {
+    const CHUNK: u128 = 10_000_000_000_000_000_000; // 10^19, fits a u64
+    let mut digits = [0u8; 39];
+    let mut at = digits.len();
+    // u128 division is a library call: peel off 19-digit chunks with it only
+    // for numbers past u64, then divide in u64.
+    while n > u128::from(u64::MAX) {
+        let mut chunk = (n % CHUNK) as u64;
+        n /= CHUNK;
+        for _ in 0..19 {
+            at -= 1;
+            digits[at] = b'0' + (chunk % 10) as u8;
+            chunk /= 10;
+        }
+    }
+    let mut low = n as u64;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (low % 10) as u8;
+        low /= 10;
+        if low == 0 {
+            break;
+        }
+    }
+    for &digit in &digits[at..] {
+        out.push(char::from(digit));
+    }
+}
+
+/// Appends `<len>:<text>`: a length-prefixed, self-delimiting string.
+pub(crate) fn push_prefixed(out: &mut String, text: &str) {
+    push_decimal(out, text.len() as u128);
+    out.push(':');
+    out.push_str(text);
+}
+
 impl KeyWriter<'_> {
     fn name(&mut self, name: &str) {
-        // Writing to a String cannot fail.
-        let _ = write!(self.out, "{}:{}", name.len(), name);
+        push_prefixed(self.out, name);
     }
 
     fn tagged_name(&mut self, tag: char, name: &str) {
@@ -153,8 +190,21 @@ impl KeyWriter<'_> {
         self.name(name);
     }
 
-    fn int(&mut self, v: impl Display) -> KeyResult {
-        let _ = write!(self.out, "i{v};");
+    fn int(&mut self, v: impl Into<i128>) -> KeyResult {
+        let v: i128 = v.into();
+        self.out.push('i');
+        if v < 0 {
+            self.out.push('-');
+        }
+        push_decimal(self.out, v.unsigned_abs());
+        self.out.push(';');
+        Ok(())
+    }
+
+    fn uint(&mut self, v: impl Into<u128>) -> KeyResult {
+        self.out.push('i');
+        push_decimal(self.out, v.into());
+        self.out.push(';');
         Ok(())
     }
 
@@ -231,19 +281,19 @@ impl<'a, 'b> ser::Serializer for &'a mut KeyWriter<'b> {
         self.int(v)
     }
     fn serialize_u8(self, v: u8) -> KeyResult {
-        self.int(v)
+        self.uint(v)
     }
     fn serialize_u16(self, v: u16) -> KeyResult {
-        self.int(v)
+        self.uint(v)
     }
     fn serialize_u32(self, v: u32) -> KeyResult {
-        self.int(v)
+        self.uint(v)
     }
     fn serialize_u64(self, v: u64) -> KeyResult {
-        self.int(v)
+        self.uint(v)
     }
     fn serialize_u128(self, v: u128) -> KeyResult {
-        self.int(v)
+        self.uint(v)
     }
     fn serialize_f32(self, v: f32) -> KeyResult {
         self.float(f64::from(v))
@@ -259,7 +309,9 @@ impl<'a, 'b> ser::Serializer for &'a mut KeyWriter<'b> {
         Ok(())
     }
     fn serialize_bytes(self, v: &[u8]) -> KeyResult {
-        let _ = write!(self.out, "b{}:", v.len());
+        self.out.push('b');
+        push_decimal(self.out, v.len() as u128);
+        self.out.push(':');
         for byte in v {
             let _ = write!(self.out, "{byte:02x}");
         }
@@ -446,5 +498,33 @@ impl ser::SerializeMap for Map<'_, '_> {
         }
         out.push('}');
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_decimal;
+
+    #[test]
+    fn decimals_match_display() {
+        let mut samples = vec![0u128, 1, 9, 10, 99, 100, u128::from(u64::MAX), u128::MAX];
+        samples.extend([
+            u128::from(u64::MAX) + 1,
+            10u128.pow(19),
+            10u128.pow(19) - 1,
+            10u128.pow(38),
+        ]);
+        let mut x = 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C834u128;
+        for _ in 0..2000 {
+            x = x
+                .wrapping_mul(0x2360_ED05_1FC6_5DA4_4385_DF64_9FCC_F645)
+                .wrapping_add(1);
+            samples.push(x >> (x % 128));
+        }
+        for n in samples {
+            let mut out = String::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
     }
 }

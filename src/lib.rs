@@ -73,6 +73,24 @@ pub use memory::MemoryCache;
 pub use proxy::Proxy;
 pub use serialised::Serialised;
 
+// The README's and docs/'s Rust examples are compiled and run as doctests, so
+// the documentation cannot drift from the code.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/concepts.md")]
+struct ConceptsDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/custom-caches.md")]
+struct CustomCachesDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/codecs.md")]
+struct CodecsDoctests;
+#[cfg(doctest)]
+#[doc = include_str!("../docs/memoisation.md")]
+struct MemoisationDoctests;
+
 /// The names most programs need: `use layercache::prelude::*;`.
 pub mod prelude {
     pub use crate::cache::{Cache, CacheExt};

@@ -1,13 +1,13 @@
 //! [`Memoiser`]: cache the results of function calls.
 
 use std::collections::HashMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, ThreadId};
 
 use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::key::{KeyMaker, ObjectKeyMaker};
+use crate::key::{KeyMaker, ObjectKeyMaker, push_prefixed};
 
 /// Caches the results of function calls under a key made from the
 /// function's name and its arguments (ftrack's `Memoiser`).
@@ -122,8 +122,7 @@ impl<C, M> Memoiser<C, M> {
         M: KeyMaker<A>,
     {
         let mut key = String::with_capacity(function.len() + 32);
-        // Writing to a String cannot fail.
-        let _ = write!(key, "{}:{}", function.len(), function);
+        push_prefixed(&mut key, function);
         self.key_maker.key_into(args, &mut key)?;
         Ok(key)
     }

@@ -225,14 +225,10 @@ where
     fn clear_matching(&self, matches: &dyn Fn(&K) -> bool) -> Result<usize> {
         let mut removed = 0;
         for shard in self.shards.iter() {
-            // `matches` runs with no lock held, so it may use this cache.
-            let doomed: Vec<K> = shard
-                .read()
-                .iter()
-                .map(|(k, _)| k)
-                .filter(|k| matches(k))
-                .cloned()
-                .collect();
+            // Snapshot the keys, then run `matches` with no lock held, so that
+            // it may use this cache.
+            let mut doomed: Vec<K> = shard.read().iter().map(|(k, _)| k.clone()).collect();
+            doomed.retain(|k| matches(k));
             if doomed.is_empty() {
                 continue;
             }

@@ -1,1 +1,733 @@
-// placeholder: tests for layered
+//! Integration tests for `Layered`: read-through with promotion,
+//! write-through, removal at any depth, key union, clearing, the error
+//! policies and failure reporting, `Debug` output and thread safety.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+
+use layercache::codec::Json;
+use layercache::testing::Instrumented;
+use layercache::{Cache, CacheExt, Error, ErrorPolicy, Layered, MemoryCache, Operation};
+
+type Mem = MemoryCache<u8, u32>;
+type Layer = Arc<Instrumented<Mem>>;
+
+/// The operations an `Instrumented` layer counts, in a fixed order.
+const OPS: [Operation; 7] = [
+    Operation::Get,
+    Operation::Set,
+    Operation::Remove,
+    Operation::Keys,
+    Operation::Values,
+    Operation::Clear,
+    Operation::ClearMatching,
+];
+
+fn layer() -> Layer {
+    Arc::new(Instrumented::new(MemoryCache::new()))
+}
+
+/// `n` fresh instrumented layers and a stack of them with `policy`.
+fn stack(n: usize, policy: ErrorPolicy) -> (Vec<Layer>, Layered<u8, u32>) {
+    let layers: Vec<Layer> = (0..n).map(|_| layer()).collect();
+    let mut cache = Layered::new().with_policy(policy);
+    for layer in &layers {
+        cache.push(layer.clone());
+    }
+    (layers, cache)
+}
+
+/// The calls each layer has had so far, per operation (in `OPS` order).
+fn counts(layers: &[Layer]) -> Vec<[u64; 7]> {
+    layers
+        .iter()
+        .map(|layer| OPS.map(|op| layer.calls(op)))
+        .collect()
+}
+
+/// The calls each layer got since `before`, as (operation, count) pairs with
+/// a non-zero count.
+fn calls_since(layers: &[Layer], before: &[[u64; 7]]) -> Vec<Vec<(Operation, u64)>> {
+    counts(layers)
+        .iter()
+        .zip(before)
+        .map(|(now, then)| {
+            OPS.iter()
+                .zip(now.iter().zip(then))
+                .filter(|(_, (now, then))| now != then)
+                .map(|(op, (now, then))| (*op, now - then))
+                .collect()
+        })
+        .collect()
+}
+
+/// The contents of a layer, read without going through its counters.
+fn contents(layer: &Layer) -> BTreeSet<(u8, u32)> {
+    let inner = layer.inner();
+    inner
+        .keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| (k, inner.get(&k).unwrap().unwrap()))
+        .collect()
+}
+
+/// Failures reported to the hook: (depth, operation, the backend's own
+/// operation), plus the shared log.
+type FailureLog = Arc<Mutex<Vec<(usize, Operation, Operation)>>>;
+
+fn with_log(cache: Layered<u8, u32>) -> (Layered<u8, u32>, FailureLog) {
+    let log = FailureLog::default();
+    let sink = log.clone();
+    let cache = cache.on_failure(move |failure| {
+        let backend_op = match failure.error {
+            Error::Backend { operation, .. } => *operation,
+            other => panic!("expected the layer's own Backend error, got {other:?}"),
+        };
+        sink.lock()
+            .unwrap()
+            .push((failure.depth, failure.operation, backend_op));
+    });
+    (cache, log)
+}
+
+fn take(log: &FailureLog) -> Vec<(usize, Operation, Operation)> {
+    std::mem::take(&mut *log.lock().unwrap())
+}
+
+/// Checks `error` is `Error::Layer` at `depth` for `operation`, wrapping the
+/// instrumented layer's Backend error for `backend_op`.
+fn assert_layer_error(error: &Error, depth: usize, operation: Operation, backend_op: Operation) {
+    match error {
+        Error::Layer {
+            depth: d,
+            operation: op,
+            layer,
+            ..
+        } => {
+            assert_eq!((*d, *op), (depth, operation), "{error}");
+            assert!(layer.starts_with("Instrumented"), "layer: {layer}");
+        }
+        other => panic!("expected Error::Layer, got {other:?}"),
+    }
+    match error.root() {
+        Error::Backend {
+            backend, operation, ..
+        } => {
+            assert_eq!(backend, "instrumented");
+            assert_eq!(*operation, backend_op);
+        }
+        other => panic!("expected a Backend root, got {other:?}"),
+    }
+}
+
+// 1.
+#[test]
+fn get_hit_in_middle_promotes_above_and_leaves_below_alone() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    layers[1].inner().set(5, 50).unwrap();
+    let before = counts(&layers);
+
+    assert_eq!(cache.get(&5).unwrap(), Some(50));
+
+    assert_eq!(
+        calls_since(&layers, &before),
+        vec![
+            vec![(Operation::Get, 1), (Operation::Set, 1)],
+            vec![(Operation::Get, 1)],
+            vec![],
+        ]
+    );
+    assert_eq!(contents(&layers[0]), [(5, 50)].into());
+    assert_eq!(contents(&layers[1]), [(5, 50)].into());
+    assert!(layers[2].inner().is_empty(), "not written below the hit");
+    assert_eq!(cache.failures(), 0);
+
+    // The next read is a hit at the top.
+    let before = counts(&layers);
+    assert_eq!(cache.get(&5).unwrap(), Some(50));
+    assert_eq!(
+        calls_since(&layers, &before),
+        vec![vec![(Operation::Get, 1)], vec![], vec![]]
+    );
+}
+
+#[test]
+fn get_hit_at_bottom_promotes_into_every_layer_above() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    layers[2].inner().set(1, 11).unwrap();
+    let before = counts(&layers);
+    assert_eq!(cache.get(&1).unwrap(), Some(11));
+    assert_eq!(
+        calls_since(&layers, &before),
+        vec![
+            vec![(Operation::Get, 1), (Operation::Set, 1)],
+            vec![(Operation::Get, 1), (Operation::Set, 1)],
+            vec![(Operation::Get, 1)],
+        ]
+    );
+    for layer in &layers {
+        assert_eq!(contents(layer), [(1, 11)].into());
+    }
+}
+
+#[test]
+fn get_miss_asks_every_layer_and_writes_nothing() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    layers[0].inner().set(1, 10).unwrap();
+    let before = counts(&layers);
+    assert_eq!(cache.get(&2).unwrap(), None);
+    assert_eq!(
+        calls_since(&layers, &before),
+        vec![vec![(Operation::Get, 1)]; 3]
+    );
+    assert_eq!(contents(&layers[0]), [(1, 10)].into());
+    assert!(layers[1].inner().is_empty() && layers[2].inner().is_empty());
+}
+
+// 2.
+#[test]
+fn get_hit_at_top_does_not_touch_lower_layers() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    layers[0].inner().set(3, 30).unwrap();
+    layers[1].inner().set(3, 31).unwrap();
+    layers[2].inner().set(3, 32).unwrap();
+    let before = counts(&layers);
+
+    assert_eq!(
+        cache.get(&3).unwrap(),
+        Some(30),
+        "the shallowest value wins"
+    );
+
+    assert_eq!(
+        calls_since(&layers, &before),
+        vec![vec![(Operation::Get, 1)], vec![], vec![]]
+    );
+    assert_eq!(contents(&layers[1]), [(3, 31)].into());
+    assert_eq!(contents(&layers[2]), [(3, 32)].into());
+}
+
+// 3.
+#[test]
+fn set_writes_every_layer() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    layers[1].inner().set(4, 1).unwrap();
+    let before = counts(&layers);
+    cache.set(4, 40).unwrap();
+    assert_eq!(
+        calls_since(&layers, &before),
+        vec![vec![(Operation::Set, 1)]; 3]
+    );
+    for layer in &layers {
+        assert_eq!(contents(layer), [(4, 40)].into());
+    }
+}
+
+#[test]
+fn remove_of_key_only_at_depth_two_returns_it_and_removes_it() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    layers[2].inner().set(2, 20).unwrap();
+    layers[2].inner().set(9, 90).unwrap();
+    let before = counts(&layers);
+
+    assert_eq!(cache.remove(&2).unwrap(), Some(20));
+
+    assert_eq!(
+        calls_since(&layers, &before),
+        vec![vec![(Operation::Remove, 1)]; 3]
+    );
+    assert!(layers[0].inner().is_empty());
+    assert!(layers[1].inner().is_empty());
+    assert_eq!(contents(&layers[2]), [(9, 90)].into(), "other keys kept");
+    assert_eq!(cache.get(&2).unwrap(), None);
+}
+
+#[test]
+fn remove_returns_the_shallowest_value_and_removes_from_all() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    layers[1].inner().set(1, 11).unwrap();
+    layers[2].inner().set(1, 12).unwrap();
+    assert_eq!(cache.remove(&1).unwrap(), Some(11));
+    for layer in &layers {
+        assert!(layer.inner().is_empty());
+    }
+
+    for (depth, layer) in layers.iter().enumerate() {
+        layer.inner().set(2, 20 + depth as u32).unwrap();
+    }
+    assert_eq!(cache.remove(&2).unwrap(), Some(20));
+    for layer in &layers {
+        assert!(layer.inner().is_empty());
+    }
+}
+
+#[test]
+fn remove_of_missing_key_is_none() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    layers[1].inner().set(1, 10).unwrap();
+    let before = counts(&layers);
+    assert_eq!(cache.remove(&7).unwrap(), None);
+    assert_eq!(
+        calls_since(&layers, &before),
+        vec![vec![(Operation::Remove, 1)]; 3]
+    );
+    assert_eq!(contents(&layers[1]), [(1, 10)].into());
+}
+
+// 4.
+#[test]
+fn keys_are_the_union_without_duplicates_top_first() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    for (depth, keys) in [[1u8, 2].as_slice(), &[2, 3], &[3, 4, 1]]
+        .into_iter()
+        .enumerate()
+    {
+        for &k in keys {
+            layers[depth].inner().set(k, u32::from(k)).unwrap();
+        }
+    }
+    let keys = cache.keys().unwrap();
+    assert_eq!(keys.len(), 4, "no duplicates: {keys:?}");
+    // In the order first seen from the top: layer 0's keys, then 3, then 4.
+    assert_eq!(
+        keys[..2].iter().copied().collect::<BTreeSet<_>>(),
+        [1, 2].into()
+    );
+    assert_eq!(keys[2..], [3, 4]);
+}
+
+#[test]
+fn values_are_one_per_key_from_the_shallowest_layer_without_promotion() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    let data: [&[(u8, u32)]; 3] = [
+        &[(1, 10), (2, 20)],
+        &[(2, 21), (3, 31)],
+        &[(3, 32), (4, 42), (1, 12)],
+    ];
+    for (layer, entries) in layers.iter().zip(data) {
+        for &(k, v) in entries {
+            layer.inner().set(k, v).unwrap();
+        }
+    }
+    let mut values = cache.values().unwrap();
+    values.sort_unstable();
+    assert_eq!(values, [10, 20, 31, 42]);
+    for (layer, entries) in layers.iter().zip(data) {
+        assert_eq!(
+            contents(layer),
+            entries.iter().copied().collect(),
+            "values must not promote"
+        );
+        assert_eq!(layer.calls(Operation::Set), 0);
+    }
+}
+
+// 5.
+#[test]
+fn clear_clears_every_layer() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    for (depth, layer) in layers.iter().enumerate() {
+        for k in 0..=depth as u8 {
+            layer.inner().set(k, 1).unwrap();
+        }
+    }
+    cache.clear().unwrap();
+    for layer in &layers {
+        assert!(layer.inner().is_empty());
+        assert_eq!(layer.calls(Operation::Clear), 1);
+    }
+    assert!(cache.keys().unwrap().is_empty());
+}
+
+#[test]
+fn clear_matching_clears_all_layers_and_counts_each_key_once() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    let data: [&[u8]; 3] = [&[1, 2, 3], &[2, 4, 5], &[2, 3, 6]];
+    for (layer, keys) in layers.iter().zip(data) {
+        for &k in keys {
+            layer.inner().set(k, u32::from(k) * 10).unwrap();
+        }
+    }
+    let even = |k: &u8| k.is_multiple_of(2);
+    // 2 is in all three layers, 4 and 6 in one each.
+    assert_eq!(cache.clear_matching(&even).unwrap(), 3);
+    assert_eq!(contents(&layers[0]), [(1, 10), (3, 30)].into());
+    assert_eq!(contents(&layers[1]), [(5, 50)].into());
+    assert_eq!(contents(&layers[2]), [(3, 30)].into());
+    assert_eq!(cache.clear_matching(&even).unwrap(), 0);
+    assert_eq!(cache.clear_matching(&|_| true).unwrap(), 3);
+    for layer in &layers {
+        assert!(layer.inner().is_empty());
+    }
+}
+
+// 6.
+#[test]
+fn strict_failing_read_fails_get() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    let (cache, log) = with_log(cache);
+    layers[0].inner().set(1, 10).unwrap();
+    layers[2].inner().set(2, 20).unwrap();
+    layers[1].fail_reads(true);
+
+    // A hit above the failing layer never reaches it.
+    assert_eq!(cache.get(&1).unwrap(), Some(10));
+    assert_eq!(layers[1].calls(Operation::Get), 0);
+
+    let before = counts(&layers);
+    let error = cache.get(&2).unwrap_err();
+    assert_layer_error(&error, 1, Operation::Get, Operation::Get);
+    assert_eq!(
+        calls_since(&layers, &before),
+        vec![vec![(Operation::Get, 1)], vec![(Operation::Get, 1)], vec![]],
+        "stops at the failing layer"
+    );
+    assert!(layers[0].inner().get(&2).unwrap().is_none(), "no promotion");
+    assert_eq!(cache.failures(), 0, "a returned error is not also reported");
+    assert!(take(&log).is_empty());
+
+    // keys and values are reads too.
+    assert_layer_error(
+        &cache.keys().unwrap_err(),
+        1,
+        Operation::Keys,
+        Operation::Keys,
+    );
+    assert_layer_error(
+        &cache.values().unwrap_err(),
+        1,
+        Operation::Keys,
+        Operation::Keys,
+    );
+}
+
+#[test]
+fn strict_failing_write_still_writes_the_other_layers() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    let (cache, log) = with_log(cache);
+    layers[1].fail_writes(true);
+
+    let error = cache.set(7, 70).unwrap_err();
+    assert_layer_error(&error, 1, Operation::Set, Operation::Set);
+    assert_eq!(contents(&layers[0]), [(7, 70)].into());
+    assert!(layers[1].inner().is_empty());
+    assert_eq!(contents(&layers[2]), [(7, 70)].into());
+    assert_eq!(cache.failures(), 0);
+    assert!(take(&log).is_empty());
+
+    // remove and clear go on past the failing layer the same way.
+    layers[1].inner().set(7, 71).unwrap();
+    let error = cache.remove(&7).unwrap_err();
+    assert_layer_error(&error, 1, Operation::Remove, Operation::Remove);
+    assert!(layers[0].inner().is_empty() && layers[2].inner().is_empty());
+    assert_eq!(contents(&layers[1]), [(7, 71)].into());
+
+    layers[0].inner().set(8, 80).unwrap();
+    layers[2].inner().set(8, 80).unwrap();
+    let error = cache.clear().unwrap_err();
+    assert_layer_error(&error, 1, Operation::Clear, Operation::Clear);
+    assert!(layers[0].inner().is_empty() && layers[2].inner().is_empty());
+
+    layers[0].inner().set(8, 80).unwrap();
+    let error = cache.clear_matching(&|_| true).unwrap_err();
+    assert_layer_error(
+        &error,
+        1,
+        Operation::ClearMatching,
+        Operation::ClearMatching,
+    );
+    assert!(layers[0].inner().is_empty());
+    assert_eq!(cache.failures(), 0);
+}
+
+#[test]
+fn strict_reports_failures_after_the_first_one() {
+    let (layers, cache) = stack(3, ErrorPolicy::Strict);
+    let (cache, log) = with_log(cache);
+    layers[1].fail_writes(true);
+    layers[2].fail_writes(true);
+
+    let error = cache.set(1, 10).unwrap_err();
+    assert_layer_error(&error, 1, Operation::Set, Operation::Set);
+    assert_eq!(take(&log), [(2, Operation::Set, Operation::Set)]);
+    assert_eq!(cache.failures(), 1);
+    assert_eq!(contents(&layers[0]), [(1, 10)].into());
+}
+
+// 7.
+#[test]
+fn degrade_failing_middle_layer_is_a_miss() {
+    let (layers, cache) = stack(3, ErrorPolicy::Degrade);
+    let (cache, log) = with_log(cache);
+    assert_eq!(cache.policy(), ErrorPolicy::Degrade);
+    layers[2].inner().set(9, 90).unwrap();
+    layers[1].fail_reads(true);
+    let before = counts(&layers);
+
+    assert_eq!(cache.get(&9).unwrap(), Some(90));
+
+    assert_eq!(take(&log), [(1, Operation::Get, Operation::Get)]);
+    assert_eq!(cache.failures(), 1);
+    assert_eq!(
+        calls_since(&layers, &before),
+        vec![
+            vec![(Operation::Get, 1), (Operation::Set, 1)],
+            vec![(Operation::Get, 1), (Operation::Set, 1)],
+            vec![(Operation::Get, 1)],
+        ]
+    );
+    // Promotion into the layer above the hit includes the failing one: only
+    // its reads fail.
+    assert_eq!(contents(&layers[0]), [(9, 90)].into());
+    assert_eq!(contents(&layers[1]), [(9, 90)].into());
+
+    // A miss everywhere is still a miss.
+    assert_eq!(cache.get(&3).unwrap(), None);
+    assert_eq!(take(&log), [(1, Operation::Get, Operation::Get)]);
+    assert_eq!(cache.failures(), 2);
+}
+
+#[test]
+fn degrade_writes_and_listings_skip_the_failing_layer() {
+    let (layers, cache) = stack(3, ErrorPolicy::Degrade);
+    let (cache, log) = with_log(cache);
+    layers[1].inner().set(5, 51).unwrap();
+    layers[2].inner().set(9, 90).unwrap();
+    layers[1].fail_reads(true);
+    layers[1].fail_writes(true);
+
+    // get: a miss at depth 1, the promotion into it fails, the read does not.
+    assert_eq!(cache.get(&9).unwrap(), Some(90));
+    assert_eq!(
+        take(&log),
+        [
+            (1, Operation::Get, Operation::Get),
+            (1, Operation::Promote, Operation::Set)
+        ]
+    );
+    assert_eq!(contents(&layers[0]), [(9, 90)].into());
+
+    cache.set(3, 30).unwrap();
+    assert_eq!(take(&log), [(1, Operation::Set, Operation::Set)]);
+    assert_eq!(contents(&layers[0]), [(3, 30), (9, 90)].into());
+    assert_eq!(contents(&layers[2]), [(3, 30), (9, 90)].into());
+
+    let mut keys = cache.keys().unwrap();
+    keys.sort_unstable();
+    assert_eq!(keys, [3, 9], "the failing layer's key 5 is not listed");
+    assert_eq!(take(&log), [(1, Operation::Keys, Operation::Keys)]);
+
+    assert_eq!(cache.remove(&9).unwrap(), Some(90));
+    assert_eq!(take(&log), [(1, Operation::Remove, Operation::Remove)]);
+    assert_eq!(contents(&layers[0]), [(3, 30)].into());
+    assert_eq!(contents(&layers[2]), [(3, 30)].into());
+
+    assert_eq!(
+        cache.remove(&5).unwrap(),
+        None,
+        "5 is only in the failing layer"
+    );
+    assert_eq!(take(&log), [(1, Operation::Remove, Operation::Remove)]);
+
+    assert_eq!(cache.clear_matching(&|k| *k == 3).unwrap(), 1);
+    assert_eq!(
+        take(&log),
+        [(1, Operation::ClearMatching, Operation::ClearMatching)]
+    );
+    assert!(layers[0].inner().is_empty() && layers[2].inner().is_empty());
+
+    cache.set(4, 40).unwrap();
+    take(&log);
+    cache.clear().unwrap();
+    assert_eq!(take(&log), [(1, Operation::Clear, Operation::Clear)]);
+    assert!(layers[0].inner().is_empty() && layers[2].inner().is_empty());
+    assert_eq!(
+        contents(&layers[1]),
+        [(5, 51)].into(),
+        "failing layer untouched"
+    );
+
+    // 2 (get) + set + keys + 2 removes + clear_matching + set + clear.
+    assert_eq!(cache.failures(), 9);
+}
+
+// 8.
+#[test]
+fn failed_promotion_is_not_a_failed_read() {
+    for policy in [ErrorPolicy::Strict, ErrorPolicy::Degrade] {
+        let (layers, cache) = stack(3, policy);
+        let (cache, log) = with_log(cache);
+        layers[2].inner().set(6, 60).unwrap();
+        layers[0].fail_writes(true);
+
+        assert_eq!(cache.get(&6).unwrap(), Some(60), "{policy:?}");
+
+        assert_eq!(
+            take(&log),
+            [(0, Operation::Promote, Operation::Set)],
+            "{policy:?}"
+        );
+        assert_eq!(cache.failures(), 1, "{policy:?}");
+        assert!(layers[0].inner().is_empty(), "{policy:?}");
+        // The other layer above the hit is still promoted into.
+        assert_eq!(contents(&layers[1]), [(6, 60)].into(), "{policy:?}");
+        assert_eq!(layers[2].calls(Operation::Set), 0, "{policy:?}");
+
+        // The next read hits at depth 1 and tries layer 0 again.
+        assert_eq!(cache.get(&6).unwrap(), Some(60), "{policy:?}");
+        assert_eq!(take(&log), [(0, Operation::Promote, Operation::Set)]);
+        assert_eq!(cache.failures(), 2, "{policy:?}");
+        assert_eq!(layers[2].calls(Operation::Get), 1, "{policy:?}");
+    }
+}
+
+// 9.
+#[test]
+fn debug_shows_the_stack() {
+    let bytes: MemoryCache<String, Vec<u8>> = MemoryCache::new();
+    let cache: Layered<String, Vec<String>> = Layered::new()
+        .with_layer(MemoryCache::new())
+        .with_layer(bytes.serialised(Json));
+    assert_eq!(
+        format!("{cache:?}"),
+        "Layered[Memory(0 entries), Serialised<Json>(Memory(0 entries))]"
+    );
+    cache
+        .set("user:1".to_string(), vec!["Ada".to_string()])
+        .unwrap();
+    assert_eq!(
+        format!("{cache:?}"),
+        "Layered[Memory(1 entries), Serialised<Json>(Memory(1 entries))]"
+    );
+
+    let empty: Layered<u8, u32> = Layered::new();
+    assert_eq!(format!("{empty:?}"), "Layered[]");
+
+    let nested: Layered<u8, u32> = Layered::new()
+        .with_layer(MemoryCache::new())
+        .with_layer(Layered::new().with_layer(MemoryCache::new()));
+    nested.set(1, 1).unwrap();
+    nested.set(2, 2).unwrap();
+    assert_eq!(
+        format!("{nested:?}"),
+        "Layered[Memory(2 entries), Layered[Memory(2 entries)]]"
+    );
+}
+
+#[test]
+fn serialised_lower_layer_promotes_decoded_values() {
+    let bytes: Arc<MemoryCache<String, Vec<u8>>> = Arc::new(MemoryCache::new());
+    let top: Arc<MemoryCache<String, Vec<String>>> = Arc::new(MemoryCache::new());
+    let cache = Layered::new()
+        .with_layer(top.clone())
+        .with_layer(bytes.clone().serialised(Json));
+    bytes
+        .set("k".to_string(), br#"["a","b"]"#.to_vec())
+        .unwrap();
+    let expected = Some(vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(cache.get(&"k".to_string()).unwrap(), expected);
+    assert_eq!(top.get(&"k".to_string()).unwrap(), expected);
+}
+
+// 10.
+#[test]
+fn empty_stack_misses_and_stores_nothing() {
+    let cache: Layered<u8, u32> = Layered::default();
+    assert_eq!(cache.depth(), 0);
+    assert!(cache.layers().is_empty());
+    assert!(cache.layer(0).is_none());
+    assert_eq!(cache.policy(), ErrorPolicy::Strict);
+
+    cache.set(1, 10).unwrap();
+    assert_eq!(cache.get(&1).unwrap(), None);
+    assert_eq!(cache.remove(&1).unwrap(), None);
+    assert!(cache.keys().unwrap().is_empty());
+    assert!(cache.values().unwrap().is_empty());
+    cache.clear().unwrap();
+    assert_eq!(cache.clear_matching(&|_| true).unwrap(), 0);
+    assert_eq!(cache.failures(), 0);
+}
+
+#[test]
+fn push_with_layer_layers_layer_and_depth() {
+    let top = layer();
+    let middle = layer();
+    let bottom = layer();
+    let mut cache = Layered::new().with_layer(top.clone());
+    assert_eq!(cache.depth(), 1);
+    cache.push(middle.clone());
+    cache.push_boxed(bottom.clone().boxed());
+    assert_eq!(cache.depth(), 3);
+    assert_eq!(cache.layers().len(), 3);
+    assert!(cache.layer(3).is_none());
+
+    // layer(d) is the layer pushed d-th, top first.
+    for (depth, handle) in [&top, &middle, &bottom].into_iter().enumerate() {
+        let value = 100 + depth as u32;
+        cache.layer(depth).unwrap().set(depth as u8, value).unwrap();
+        assert_eq!(contents(handle), [(depth as u8, value)].into());
+        assert_eq!(
+            cache.layers()[depth].get(&(depth as u8)).unwrap(),
+            Some(value)
+        );
+    }
+    // The stack reads top first and promotes the bottom's entry upwards.
+    assert_eq!(cache.get(&2).unwrap(), Some(102));
+    assert_eq!(contents(&top), [(0, 100), (2, 102)].into());
+    assert_eq!(contents(&middle), [(1, 101), (2, 102)].into());
+
+    cache.layers_mut().remove(0);
+    assert_eq!(cache.depth(), 2);
+    assert_eq!(cache.get(&0).unwrap(), None, "the top layer is gone");
+}
+
+// 11.
+#[test]
+fn concurrent_gets_and_sets_see_the_right_values() {
+    const THREADS: u32 = 8;
+    const ROUNDS: u32 = 2_000;
+    const PREFILLED: u8 = 64;
+    let value_of = |k: u8| u32::from(k) * 1_000 + 7;
+
+    let top: Arc<Mem> = Arc::new(MemoryCache::new());
+    let bottom: Arc<Mem> = Arc::new(MemoryCache::new());
+    for k in 0..PREFILLED {
+        bottom.set(k, value_of(k)).unwrap();
+    }
+    let cache = Layered::new()
+        .with_layer(top.clone())
+        .with_layer(bottom.clone());
+    let start = Barrier::new(THREADS as usize);
+
+    thread::scope(|scope| {
+        for t in 0..THREADS {
+            let (cache, start) = (&cache, &start);
+            scope.spawn(move || {
+                start.wait();
+                for r in 0..ROUNDS {
+                    let k = ((t * 37 + r * 11) % 128) as u8;
+                    if r.is_multiple_of(4) {
+                        cache.set(k, value_of(k)).unwrap();
+                    }
+                    let got = cache.get(&k).unwrap();
+                    if k < PREFILLED {
+                        assert_eq!(got, Some(value_of(k)), "key {k}");
+                    } else if let Some(v) = got {
+                        assert_eq!(v, value_of(k), "key {k}");
+                    }
+                }
+            });
+        }
+    });
+
+    for k in 0..PREFILLED {
+        assert_eq!(cache.get(&k).unwrap(), Some(value_of(k)));
+        assert_eq!(top.get(&k).unwrap(), Some(value_of(k)), "promoted");
+    }
+    // Whatever reached the top layer, by promotion or set, is right too.
+    for k in top.keys().unwrap() {
+        assert_eq!(top.get(&k).unwrap(), Some(value_of(k)), "key {k}");
+    }
+}
