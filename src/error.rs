@@ -94,6 +94,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A file cannot be used as a cache file: it is not one, it is of a
+    /// newer format version, or its header is damaged. The file is left
+    /// untouched.
+    #[error("cannot open {} as a cache file: {reason}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// Why not.
+        reason: String,
+    },
+
     /// A key or value is larger than the cache or codec accepts.
     #[error("{what} of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {

@@ -45,6 +45,7 @@
 //!
 //! | feature | default | what it adds |
 //! |---|---|---|
+//! | `file` | yes | [`FileCache`]: a memory-mapped cache file shared by processes (Unix) |
 //! | `bincode` | yes | [`codec::Bincode`], [`codec::LimitedBincode`] |
 //! | `cbor` | yes | [`codec::Cbor`] |
 //! | `json` | yes | [`codec::Json`] |
@@ -55,6 +56,8 @@
 pub mod cache;
 pub mod codec;
 pub mod error;
+#[cfg(all(feature = "file", unix))]
+pub mod file;
 pub mod key;
 pub mod layered;
 pub mod memoise;
@@ -66,6 +69,8 @@ pub mod testing;
 
 pub use cache::{Cache, CacheExt};
 pub use error::{BoxError, Error, Operation, Result};
+#[cfg(all(feature = "file", unix))]
+pub use file::{Durability, FileCache};
 pub use key::{KeyMaker, ObjectKeyMaker, StringKeyMaker};
 pub use layered::{ErrorPolicy, LayerFailure, Layered};
 pub use memoise::{Memoised, Memoiser};
