@@ -179,7 +179,8 @@ impl<'de, V: Visitor<'de>> Visitor<'de> for Nested<V> {
     #[inline]
     fn visit_newtype_struct<D: Deserializer<'de>>(self, inner: D) -> Result<Self::Value, D::Error> {
         let remaining = self.inside()?;
-        self.visitor.visit_newtype_struct(Limited { inner, remaining })
+        self.visitor
+            .visit_newtype_struct(Limited { inner, remaining })
     }
 
     #[inline]
@@ -301,8 +302,7 @@ impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Access<A> {
     #[inline]
     fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, A::Error> {
         let remaining = self.remaining;
-        self.inner
-            .tuple_variant(len, Nested { visitor, remaining })
+        self.inner.tuple_variant(len, Nested { visitor, remaining })
     }
 
     #[inline]

@@ -14,21 +14,22 @@
 //! The byte layout is in `docs/file-format.md`.
 
 mod format;
+mod index;
 mod lock;
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write as _};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use hashbrown::HashMap;
 use memmap2::{MmapOptions, MmapRaw};
 
 use self::format::{HEADER_SIZE, Kind, RECORD_HEADER_SIZE, crc};
+use self::index::{Index, Loc};
 use self::lock::LockFile;
 use crate::cache::Cache;
 use crate::error::{Error, Result};
@@ -220,36 +221,14 @@ struct Writer {
     last_sync: Instant,
 }
 
-/// Where a live value is.
-#[derive(Debug, Clone, Copy)]
-struct Loc {
-    /// The record's offset.
-    record: u64,
-    /// The value's offset and length.
-    value_at: u64,
-    value_len: u32,
-    value_crc: u32,
-}
-
-impl Loc {
-    fn record_len(&self, key_len: usize) -> u64 {
-        format::record_len(key_len, self.value_len as usize)
-    }
-}
-
 /// One process's view of one file: the mapping and the index.
 struct State {
     file: File,
     map: MmapRaw,
-    /// (device, inode) of `file`, to notice a compaction that renamed a new
-    /// file over it.
-    identity: (u64, u64),
     generation: u64,
-    index: HashMap<Box<[u8]>, Loc>,
+    index: Index,
     /// Records below this offset are in the index.
     indexed: u64,
-    /// Bytes of the records the index points at.
-    live_bytes: u64,
 }
 
 fn lock_poisoned<T>(result: std::result::Result<T, PoisonError<T>>) -> T {
@@ -257,10 +236,6 @@ fn lock_poisoned<T>(result: std::result::Result<T, PoisonError<T>>) -> T {
     // can unwind (nothing here panics mid-update on valid data), so a
     // poisoned lock still guards a usable state.
     result.unwrap_or_else(PoisonError::into_inner)
-}
-
-fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
-    (meta.dev(), meta.ino())
 }
 
 impl State {
@@ -300,11 +275,9 @@ impl State {
         let mut state = State {
             file,
             map,
-            identity: identity(&meta),
             generation,
-            index: HashMap::new(),
+            index: Index::default(),
             indexed: HEADER_SIZE,
-            live_bytes: 0,
         };
         let mut committed = state.committed();
         if committed < HEADER_SIZE || committed > len || !committed.is_multiple_of(format::ALIGN) {
@@ -319,6 +292,12 @@ impl State {
             state.file.set_len(committed).map_err(io)?;
         }
         state.committed_atomic().store(committed, Ordering::Release);
+        // Under the exclusive lock no compaction is under way, so a flag on
+        // the file at the path is from a compaction that died before its
+        // rename: this file is still the live one.
+        if state.superseded() {
+            state.superseded_flag().store(0, Ordering::Release);
+        }
         Ok(state)
     }
 
@@ -373,47 +352,36 @@ impl State {
             return;
         }
         let index = &mut self.index;
-        let live_bytes = &mut self.live_bytes;
-        walk(
-            mapped(&self.map, 0, to),
-            self.indexed,
-            |at, record| match record {
-                Walked::Record(header, key) => {
-                    let old = match header.kind {
-                        Kind::Put => {
-                            *live_bytes += header.total_len();
-                            index.insert(
-                                key.into(),
-                                Loc {
-                                    record: at,
-                                    value_at: at + header.value_offset(),
-                                    value_len: header.value_len,
-                                    value_crc: header.value_crc,
-                                },
-                            )
-                        }
-                        Kind::Tombstone => index.remove(key),
+        let file = mapped(&self.map, 0, to);
+        walk(file, self.indexed, |at, record| match record {
+            Walked::Record(header, key) => match header.kind {
+                Kind::Put => {
+                    let loc = Loc {
+                        record: at,
+                        key_len: header.key_len,
+                        value_len: header.value_len,
+                        value_crc: header.value_crc,
                     };
-                    if let Some(old) = old {
-                        *live_bytes -= old.record_len(key.len());
-                    }
+                    index.insert(file, key, loc);
                 }
-                Walked::DamagedKey { key_crc } => {
-                    // A record for an unknown key whose checksum is `key_crc`: an
-                    // older value of that key must not be served in its place,
-                    // so forget every such key written before it.
-                    index.retain(|key, loc| {
-                        let stale = loc.record < at && crc(key) == key_crc;
-                        if stale {
-                            *live_bytes -= loc.record_len(key.len());
-                        }
-                        !stale
-                    });
+                Kind::Tombstone => {
+                    index.remove(file, key);
                 }
-                Walked::Damaged(_) => {}
             },
-        );
+            Walked::DamagedKey { key_crc } => {
+                // A record for an unknown key whose checksum is `key_crc`: an
+                // older value of that key must not be served in its place,
+                // so forget every such key written before it.
+                index.retain(|loc| !(loc.record < at && crc(loc.key(file)) == key_crc));
+            }
+            Walked::Damaged(_) => {}
+        });
         self.indexed = to;
+    }
+
+    /// The indexed part of the file, from offset 0.
+    fn file(&self) -> &[u8] {
+        mapped(&self.map, 0, self.indexed)
     }
 }
 
@@ -549,7 +517,7 @@ impl FileCache {
     /// that compaction would reclaim.
     pub fn garbage_bytes(&self) -> Result<u64> {
         let state = self.fresh()?;
-        Ok(state.indexed - HEADER_SIZE - state.live_bytes)
+        Ok(state.indexed - HEADER_SIZE - state.index.live_bytes())
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
@@ -601,12 +569,6 @@ impl FileCache {
         let mut writer = self.writer();
         let _exclusive = self.lock.exclusive()?;
         let mut state = self.write_state();
-        // A compaction that died between renaming its file into place and
-        // flagging the old one leaves the old one unflagged: check the path.
-        let current = std::fs::metadata(&self.path).map_err(|e| Error::io(&self.path, e))?;
-        if identity(&current) != state.identity {
-            state.superseded_flag().store(1, Ordering::Release);
-        }
         self.refresh(&mut state)?;
         write(&mut writer, &mut state)
     }
@@ -645,7 +607,7 @@ impl FileCache {
 
     fn maybe_compact(&self, state: &mut State) -> Result<()> {
         let records = state.indexed - HEADER_SIZE;
-        let garbage = records - state.live_bytes;
+        let garbage = records - state.index.live_bytes();
         if garbage >= self.options.compact_min_bytes
             && garbage as f64 >= self.options.compact_ratio * records as f64
         {
@@ -677,11 +639,13 @@ impl FileCache {
             .map_err(io_tmp)?;
         let mut end = HEADER_SIZE;
         let mut record = Vec::new();
-        for (key, loc) in &state.index {
+        let old = state.file();
+        for loc in state.index.iter() {
+            let key = loc.key(old);
             if !keep(key) {
                 continue;
             }
-            let value = state.bytes(loc.value_at, loc.value_at + u64::from(loc.value_len));
+            let value = loc.value(old);
             if crc(value) != loc.value_crc {
                 continue; // damaged: it reads as missing, so it is dropped
             }
@@ -695,7 +659,15 @@ impl FileCache {
         file.write_all_at(&end.to_le_bytes(), format::H_COMMITTED as u64)
             .map_err(io_tmp)?;
         file.sync_all().map_err(io_tmp)?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        // Flag the old file first: a process that sees the flag reopens the
+        // path, which blocks on the lock we hold until the rename is done.
+        // If we die before the rename, the next `load` finds the flag on the
+        // file still at the path and clears it.
+        state.superseded_flag().store(1, Ordering::Release);
+        if let Err(e) = std::fs::rename(&tmp, &self.path) {
+            state.superseded_flag().store(0, Ordering::Release);
+            return Err(Error::io(&self.path, e));
+        }
         if let Some(dir) = self.path.parent() {
             let dir = if dir.as_os_str().is_empty() {
                 Path::new(".")
@@ -708,7 +680,6 @@ impl FileCache {
                 let _ = dir.sync_all();
             }
         }
-        state.superseded_flag().store(1, Ordering::Release);
         *state = State::load(&self.path, &self.options)?;
         Ok(())
     }
@@ -778,7 +749,10 @@ impl FileCache {
 
     fn get_bytes(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let state = self.fresh()?;
-        Ok(state.index.get(key).and_then(|loc| read_value(&state, loc)))
+        Ok(state
+            .index
+            .get(state.file(), key)
+            .and_then(|loc| read_value(&state, loc)))
     }
 
     fn set_bytes(&self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -795,7 +769,7 @@ impl FileCache {
             return Ok(None); // never stored
         }
         self.with_writer(|writer, state| {
-            let Some(loc) = state.index.get(key).copied() else {
+            let Some(loc) = state.index.get(state.file(), key).copied() else {
                 return Ok(None);
             };
             let old = read_value(state, &loc);
@@ -807,7 +781,13 @@ impl FileCache {
     }
 
     fn keys_bytes(&self) -> Result<Vec<Vec<u8>>> {
-        Ok(self.fresh()?.index.keys().map(|k| k.to_vec()).collect())
+        let state = self.fresh()?;
+        let file = state.file();
+        Ok(state
+            .index
+            .iter()
+            .map(|loc| loc.key(file).to_vec())
+            .collect())
     }
 
     /// Writes one tombstone per key in `keys` still present; returns how many.
@@ -819,7 +799,7 @@ impl FileCache {
             writer.buf.clear();
             let mut removed = 0;
             for key in keys {
-                if state.index.contains_key(key.as_slice()) {
+                if state.index.get(state.file(), key).is_some() {
                     format::encode_record(Kind::Tombstone, key, &[], &mut writer.buf);
                     removed += 1;
                 }
@@ -840,7 +820,7 @@ impl FileCache {
 
 /// The value at `loc`, or `None` when it fails its checksum.
 fn read_value(state: &State, loc: &Loc) -> Option<Vec<u8>> {
-    let value = state.bytes(loc.value_at, loc.value_at + u64::from(loc.value_len));
+    let value = loc.value(state.file());
     (crc(value) == loc.value_crc).then(|| value.to_vec())
 }
 
@@ -861,7 +841,7 @@ impl Cache<Vec<u8>, Vec<u8>> for FileCache {
         let state = self.fresh()?;
         Ok(state
             .index
-            .values()
+            .iter()
             .filter_map(|loc| read_value(&state, loc))
             .collect())
     }

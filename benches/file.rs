@@ -1,0 +1,236 @@
+//! FileCache against redb on the same workload: string keys shaped like the
+//! ftrack session's (`('Task', ['<uuid4>'])`) and ~300-byte values.
+//!
+//! `cargo bench --bench file`; one group with e.g. `-- file_get_hit`.
+//! The 1M-entry files take a while to build (once per run).
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
+use layercache::{Cache, FileCache};
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache");
+
+fn key(n: usize) -> String {
+    // A uuid4-shaped id derived from n, so keys are unique and reproducible.
+    let h = (n as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
+    let id = format!("{:032x}", h);
+    format!(
+        "('Task', ['{}-{}-4{}-8{}-{}'])",
+        &id[0..8],
+        &id[8..12],
+        &id[13..16],
+        &id[17..20],
+        &id[20..32]
+    )
+}
+
+fn value(n: usize) -> Vec<u8> {
+    let mut v = format!("{{\"__entity_type__\": \"Task\", \"id\": {n}, \"name\": \"sh{n:06}\"")
+        .into_bytes();
+    v.resize(300, b' ');
+    v
+}
+
+fn scattered(entries: usize) -> impl FnMut() -> usize {
+    let mut i = 0usize;
+    move || {
+        i = (i + 7919) % entries;
+        i
+    }
+}
+
+fn build(dir: &Path, entries: usize) -> (FileCache, Database) {
+    let ours = FileCache::builder(dir.join(format!("ours-{entries}.lc")))
+        .compact_when(2.0, 0)
+        .open()
+        .unwrap();
+    let db = Database::create(dir.join(format!("redb-{entries}.redb"))).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(TABLE).unwrap();
+        for n in 0..entries {
+            let (k, v) = (key(n), value(n));
+            table.insert(k.as_str(), v.as_slice()).unwrap();
+            ours.set(k, v).unwrap();
+        }
+    }
+    txn.commit().unwrap();
+    (ours, db)
+}
+
+fn redb_get(db: &Database, k: &str) -> Option<Vec<u8>> {
+    let txn = db.begin_read().unwrap();
+    let table = txn.open_table(TABLE).unwrap();
+    table.get(k).unwrap().map(|v| v.value().to_vec())
+}
+
+fn file(c: &mut Criterion) {
+    let dir = tempfile::TempDir::new().unwrap();
+    for entries in [10_000, 1_000_000] {
+        let (ours, db) = build(dir.path(), entries);
+        let keys: Vec<String> = (0..entries).map(key).collect();
+        let mut next = scattered(entries);
+
+        let mut group = c.benchmark_group(format!("file_get_hit/{entries}"));
+        group.bench_function("layercache", |b| {
+            b.iter(|| black_box(ours.get(&keys[next()]).unwrap()))
+        });
+        // A cache read sees the latest write, so each get is its own read
+        // transaction: the like-for-like comparison.
+        group.bench_function("redb_txn_per_get", |b| {
+            b.iter(|| black_box(redb_get(&db, &keys[next()])))
+        });
+        // redb's floor: one long-lived read transaction and table.
+        let txn = db.begin_read().unwrap();
+        let table = txn.open_table(TABLE).unwrap();
+        group.bench_function("redb_shared_txn", |b| {
+            b.iter(|| {
+                black_box(
+                    table
+                        .get(keys[next()].as_str())
+                        .unwrap()
+                        .map(|v| v.value().to_vec()),
+                )
+            })
+        });
+        group.finish();
+        drop(table);
+        drop(txn);
+
+        let missing: Vec<String> = keys.iter().map(|k| k.replace("Task", "Shot")).collect();
+        let mut group = c.benchmark_group(format!("file_get_miss/{entries}"));
+        group.bench_function("layercache", |b| {
+            b.iter(|| black_box(ours.get(&missing[next()]).unwrap()))
+        });
+        group.bench_function("redb_txn_per_get", |b| {
+            b.iter(|| black_box(redb_get(&db, &missing[next()])))
+        });
+        group.finish();
+    }
+}
+
+fn writes(c: &mut Criterion) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let entries = 10_000;
+    let (ours, db) = build(dir.path(), entries);
+    let keys: Vec<String> = (0..entries).map(key).collect();
+    let v = value(7);
+    let mut next = scattered(entries);
+
+    // No fsync on either side: ours in its default Buffered mode, redb with
+    // Durability::None.
+    let mut group = c.benchmark_group("file_set");
+    group.bench_function("layercache", |b| {
+        b.iter(|| ours.set(keys[next()].clone(), v.clone()).unwrap())
+    });
+    group.bench_function("redb", |b| {
+        b.iter(|| {
+            let mut txn = db.begin_write().unwrap();
+            txn.set_durability(redb::Durability::None).unwrap();
+            txn.open_table(TABLE)
+                .unwrap()
+                .insert(keys[next()].as_str(), v.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("file_remove");
+    group.bench_function("layercache", |b| {
+        b.iter_batched(
+            || {
+                let k = keys[next()].clone();
+                ours.set(k.clone(), v.clone()).unwrap();
+                k
+            },
+            |k| ours.remove(&k).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("redb", |b| {
+        b.iter_batched(
+            || {
+                let k = keys[next()].clone();
+                let mut txn = db.begin_write().unwrap();
+                txn.set_durability(redb::Durability::None).unwrap();
+                txn.open_table(TABLE)
+                    .unwrap()
+                    .insert(k.as_str(), v.as_slice())
+                    .unwrap();
+                txn.commit().unwrap();
+                k
+            },
+            |k| {
+                let mut txn = db.begin_write().unwrap();
+                txn.set_durability(redb::Durability::None).unwrap();
+                let old = txn
+                    .open_table(TABLE)
+                    .unwrap()
+                    .remove(k.as_str())
+                    .unwrap()
+                    .map(|v| v.value().to_vec());
+                txn.commit().unwrap();
+                old
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+fn open_and_compact(c: &mut Criterion) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut group = c.benchmark_group("file_open");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    for entries in [10_000, 100_000, 1_000_000] {
+        let (ours, db) = build(dir.path(), entries);
+        let path = ours.path().to_owned();
+        drop(ours);
+        drop(db);
+        let redb_path = dir.path().join(format!("redb-{entries}.redb"));
+        group.bench_with_input(BenchmarkId::new("layercache", entries), &path, |b, path| {
+            b.iter(|| black_box(FileCache::open(path).unwrap()))
+        });
+        group.bench_with_input(BenchmarkId::new("redb", entries), &redb_path, |b, path| {
+            b.iter(|| black_box(Database::open(path).unwrap()))
+        });
+    }
+    group.finish();
+
+    // Compaction of a 100k-entry file where half the records are dead.
+    let mut group = c.benchmark_group("file_compact");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    let entries = 100_000;
+    group.throughput(criterion::Throughput::Bytes((entries * 340) as u64));
+    group.bench_function("layercache", |b| {
+        b.iter_batched(
+            || {
+                let path = dir.path().join("compact.lc");
+                let _ = std::fs::remove_file(&path);
+                let cache = FileCache::builder(&path)
+                    .compact_when(2.0, 0)
+                    .open()
+                    .unwrap();
+                for n in 0..entries {
+                    cache.set(key(n % (entries / 2)), value(n)).unwrap();
+                }
+                cache
+            },
+            |cache| cache.compact().unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, file, writes, open_and_compact);
+criterion_main!(benches);

@@ -1,0 +1,117 @@
+//! A process's index of a cache file: key → position of its newest put.
+//!
+//! The index holds no copy of the keys: an entry is the record's position,
+//! and equality is checked against the key bytes in the mapped file, which
+//! never change below the committed length. That saves an allocation per
+//! key, and a lookup touches the record's cache lines (key, then value)
+//! instead of a separate heap copy of the key.
+
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use super::format::{self, RECORD_HEADER_SIZE};
+
+/// Where a live value is.
+#[derive(Debug, Clone, Copy)]
+pub struct Loc {
+    /// The record's offset in the file.
+    pub record: u64,
+    pub key_len: u32,
+    pub value_len: u32,
+    pub value_crc: u32,
+}
+
+impl Loc {
+    fn key_at(&self) -> usize {
+        self.record as usize + RECORD_HEADER_SIZE
+    }
+
+    /// The key's bytes in `file` (the mapped file from offset 0).
+    pub fn key<'a>(&self, file: &'a [u8]) -> &'a [u8] {
+        &file[self.key_at()..self.key_at() + self.key_len as usize]
+    }
+
+    /// The value's bytes in `file`.
+    pub fn value<'a>(&self, file: &'a [u8]) -> &'a [u8] {
+        let at = self.key_at() + self.key_len as usize;
+        &file[at..at + self.value_len as usize]
+    }
+
+    /// The record's length, padding included.
+    pub fn record_len(&self) -> u64 {
+        format::record_len(self.key_len as usize, self.value_len as usize)
+    }
+}
+
+#[derive(Default)]
+pub struct Index {
+    table: HashTable<Loc>,
+    hasher: DefaultHashBuilder,
+    /// Bytes of the records the index points at.
+    live_bytes: u64,
+}
+
+impl Index {
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Loc> {
+        self.table.iter()
+    }
+
+    pub fn get(&self, file: &[u8], key: &[u8]) -> Option<&Loc> {
+        let hash = self.hasher.hash_one(key);
+        self.table.find(hash, |loc| loc.key(file) == key)
+    }
+
+    /// Points `key` (whose record is in `file`) at `loc`; returns the
+    /// previous position.
+    pub fn insert(&mut self, file: &[u8], key: &[u8], loc: Loc) -> Option<Loc> {
+        let hash = self.hasher.hash_one(key);
+        self.live_bytes += loc.record_len();
+        let hasher = &self.hasher;
+        let old = match self.table.find_mut(hash, |l| l.key(file) == key) {
+            Some(slot) => Some(std::mem::replace(slot, loc)),
+            None => {
+                self.table
+                    .insert_unique(hash, loc, |l| hasher.hash_one(l.key(file)));
+                None
+            }
+        };
+        if let Some(old) = &old {
+            self.live_bytes -= old.record_len();
+        }
+        old
+    }
+
+    pub fn remove(&mut self, file: &[u8], key: &[u8]) -> Option<Loc> {
+        let hash = self.hasher.hash_one(key);
+        let removed = self
+            .table
+            .find_entry(hash, |l| l.key(file) == key)
+            .ok()
+            .map(|entry| entry.remove().0);
+        if let Some(old) = &removed {
+            self.live_bytes -= old.record_len();
+        }
+        removed
+    }
+
+    /// Keeps only the entries for which `keep` is true.
+    pub fn retain(&mut self, mut keep: impl FnMut(&Loc) -> bool) {
+        let live_bytes = &mut self.live_bytes;
+        self.table.retain(|loc| {
+            let kept = keep(loc);
+            if !kept {
+                *live_bytes -= loc.record_len();
+            }
+            kept
+        });
+    }
+}
