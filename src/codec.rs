@@ -4,17 +4,22 @@
 //!
 //! | codec | feature | format | notes |
 //! |---|---|---|---|
-//! | [`Bincode`] | `bincode` | bincode 2 (serde API, standard config) | smallest and fastest; decoding is bounded by a size limit |
+//! | [`Bincode`] | `bincode` | bincode 2 (serde API, standard config) | smallest and fastest; decoding is bounded by a memory limit (roughly the value's in-memory size, not its encoded size) and [`BINCODE_DEPTH_LIMIT`] levels of nesting; encoding decodes once more to check the value reads back |
 //! | [`Cbor`] | `cbor` | CBOR (RFC 8949) via ciborium | self-describing, readable from other languages |
 //! | [`Json`] | `json` | JSON via serde_json | readable by people and by ftrack's Python API |
 //! | [`FnCodec`] | always | whatever the closures do | ftrack's `encode=`/`decode=` |
 //!
 //! A codec never panics on bad bytes: decoding garbage is an
-//! [`Error::Decode`].
+//! [`Error::Decode`], and so is nesting deeper than the format's limit
+//! ([`BINCODE_DEPTH_LIMIT`] levels for bincode, 256 for CBOR, 128 for JSON),
+//! which would otherwise overflow the stack.
 
 use std::fmt;
 
 use crate::error::{Error, Result};
+
+#[cfg(feature = "bincode")]
+mod depth;
 
 /// Turns values of type `V` into bytes and back.
 ///
@@ -87,6 +92,40 @@ fn decode_error(codec: &'static str, source: impl Into<crate::BoxError>) -> Erro
 /// The default decode limit of [`Bincode`]: 16 MiB.
 pub const DEFAULT_BINCODE_LIMIT: usize = 16 * 1024 * 1024;
 
+/// How deeply a value read by [`LimitedBincode`] may nest: 128 levels.
+///
+/// Each sequence, tuple, struct, map, enum, `Some` and newtype struct is one
+/// level (a tuple or struct variant is two: the enum and its fields). bincode
+/// itself recurses once per level without a limit, so a few bytes claiming a
+/// million nested sequences would overflow the stack and abort the process;
+/// past this depth decoding is an [`Error::Decode`] ("nesting deeper than 128
+/// levels") instead, and encoding refuses the value.
+///
+/// ```
+/// # #[cfg(feature = "bincode")] {
+/// use layercache::codec::{BINCODE_DEPTH_LIMIT, Bincode, Codec};
+///
+/// /// Two levels per tree: the newtype struct and its `Vec`.
+/// #[derive(Debug, serde::Deserialize, serde::Serialize)]
+/// struct Tree(Vec<Tree>);
+///
+/// /// `trees` trees, each the only child of the one before: the encoding is
+/// /// a length of 1 per tree but the last, which has none.
+/// fn chain(trees: usize) -> Vec<u8> {
+///     let mut bytes = vec![1u8; trees - 1];
+///     bytes.push(0);
+///     bytes
+/// }
+///
+/// let codec = Bincode::new();
+/// let ok: Result<Tree, _> = codec.decode(&chain(BINCODE_DEPTH_LIMIT / 2));
+/// assert!(ok.is_ok());
+/// let deep: Result<Tree, _> = codec.decode(&chain(BINCODE_DEPTH_LIMIT / 2 + 1));
+/// assert!(deep.unwrap_err().to_string().contains("nesting deeper than 128 levels"));
+/// # }
+/// ```
+pub const BINCODE_DEPTH_LIMIT: usize = 128;
+
 /// bincode 2 with its standard configuration and the default decode limit
 /// of 16 MiB: see [`LimitedBincode`].
 ///
@@ -94,7 +133,7 @@ pub const DEFAULT_BINCODE_LIMIT: usize = 16 * 1024 * 1024;
 /// use layercache::codec::{Bincode, Codec};
 ///
 /// let codec = Bincode::new();
-/// let bytes = codec.encode(&("Task", 3u32)).unwrap();
+/// let bytes = codec.encode(&("Task".to_string(), 3u32)).unwrap();
 /// let back: (String, u32) = codec.decode(&bytes).unwrap();
 /// assert_eq!(back, ("Task".to_string(), 3));
 /// ```
@@ -102,26 +141,53 @@ pub const DEFAULT_BINCODE_LIMIT: usize = 16 * 1024 * 1024;
 pub type Bincode = LimitedBincode<DEFAULT_BINCODE_LIMIT>;
 
 /// bincode 2 with its standard configuration (little endian, variable-length
-/// integers), through serde, decoding at most `LIMIT` bytes.
+/// integers), through serde, with decoding bounded by `LIMIT` bytes of
+/// memory and [`BINCODE_DEPTH_LIMIT`] levels of nesting.
 ///
-/// Decoding is bounded by `LIMIT` bytes of memory claimed by the value's
-/// strings, byte buffers and sequences, so a corrupt length prefix is
-/// rejected before anything is allocated for it (bincode would otherwise
-/// allocate whatever a prefix claims). Encoding refuses values whose
-/// encoding is over `LIMIT`, so nothing is stored that could not be read
-/// back. [`Bincode`] is this codec with a 16 MiB limit; choose another in
-/// the type: `LimitedBincode::<{ 256 * 1024 * 1024 }>::new()`.
+/// # What the limit counts
+///
+/// `LIMIT` bounds the memory the decoder claims while reading the value,
+/// which is roughly the value's size in memory, **not** the size of its
+/// encoding. Each integer and float counts its in-memory size however few
+/// bytes its varint took (8 for a `u64`, `i64`, `f64` or `usize`), each
+/// sequence, map, string and byte buffer counts 8 for its length and strings
+/// and byte buffers one more per byte, an enum counts 4 for its variant
+/// index, a `bool` or an `Option`'s tag 1 and a `char` its UTF-8 width. So
+/// `vec![0u64; 20]` encodes to 21 bytes but claims 8 + 20 × 8 = 168, and a
+/// 63-byte string encodes to 64 bytes but claims 71. The count is checked
+/// before anything is allocated, so a corrupt length prefix is rejected
+/// instead of allocating whatever it claims (bincode has no limit of its
+/// own).
+///
+/// # Nothing is stored that could not be read back
+///
+/// Encoding refuses, with [`Error::TooLarge`], a value whose encoding is over
+/// `LIMIT` bytes (a cheap check) or whose decoding would claim more than
+/// `LIMIT` (its `size` is then the encoded length: how much more decoding
+/// would claim is not counted past the limit). To know the latter exactly,
+/// `encode` decodes what it produced once, so encoding costs one extra
+/// decode. A value that does not read back for any other reason (nested
+/// deeper than [`BINCODE_DEPTH_LIMIT`], or a `Serialize` and `Deserialize`
+/// that disagree) is an [`Error::Encode`].
+///
+/// [`Bincode`] is this codec with a 16 MiB limit; choose another in the
+/// type: `LimitedBincode::<{ 256 * 1024 * 1024 }>::new()`.
 ///
 /// The format has no field names: a changed struct no longer decodes (which
 /// [`Serialised`](crate::Serialised) treats as a miss).
 ///
 /// ```
-/// use layercache::codec::{Codec, LimitedBincode};
+/// use layercache::{Error, codec::{Codec, LimitedBincode}};
 ///
 /// let small = LimitedBincode::<64>::new();
-/// assert!(small.encode(&vec![0u8; 100]).is_err(), "over the limit");
+/// assert!(small.encode(&vec![0u8; 100]).is_err(), "101 bytes encoded");
 /// let bytes = small.encode(&vec![7u8; 10]).unwrap();
 /// assert_eq!(small.decode(&bytes).ok(), Some(vec![7u8; 10]));
+///
+/// // 21 bytes encoded, but reading it back claims 8 + 20 * 8 = 168.
+/// let error = small.encode(&vec![0u64; 20]).unwrap_err();
+/// assert!(matches!(error, Error::TooLarge { size: 21, limit: 64, .. }));
+/// assert!(small.encode(&vec![0u64; 7]).is_ok(), "8 + 7 * 8 = 64 fits");
 /// ```
 #[cfg(feature = "bincode")]
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -140,7 +206,7 @@ impl<const LIMIT: usize> fmt::Debug for LimitedBincode<LIMIT> {
 
 #[cfg(feature = "bincode")]
 impl<const LIMIT: usize> LimitedBincode<LIMIT> {
-    /// The decode limit in bytes.
+    /// The decode limit in bytes: see [what it counts](LimitedBincode#what-the-limit-counts).
     pub const LIMIT: usize = LIMIT;
 
     /// The codec.
@@ -151,6 +217,31 @@ impl<const LIMIT: usize> LimitedBincode<LIMIT> {
     fn config() -> impl bincode::config::Config {
         bincode::config::standard().with_limit::<LIMIT>()
     }
+
+    /// Decodes a `V` from the start of `bytes` within the limits: the value
+    /// and how many bytes it took.
+    fn decode_prefix<V: serde::de::DeserializeOwned>(
+        bytes: &[u8],
+    ) -> Result<(V, usize), bincode::error::DecodeError> {
+        let seed = depth::Seed::new(std::marker::PhantomData::<V>, BINCODE_DEPTH_LIMIT);
+        bincode::serde::seed_decode_from_slice(seed, bytes, Self::config())
+    }
+}
+
+/// bincode's error as the source of an [`Error::Decode`] or
+/// [`Error::Encode`]: serde's messages (such as the depth limit's) as they
+/// are, rather than in bincode's `Debug` form.
+#[cfg(feature = "bincode")]
+fn bincode_source(error: bincode::error::DecodeError) -> crate::BoxError {
+    match error {
+        bincode::error::DecodeError::OtherString(message) => message.into(),
+        other => other.into(),
+    }
+}
+
+#[cfg(feature = "bincode")]
+fn trailing_bytes(extra: usize) -> String {
+    format!("{extra} trailing bytes after the value")
 }
 
 #[cfg(feature = "bincode")]
@@ -168,17 +259,35 @@ where
                 limit: LIMIT,
             });
         }
-        Ok(bytes)
+        // The decode limit counts memory, not encoded bytes, so only reading
+        // the value back tells whether it fits (and whether it reads back at
+        // all).
+        match Self::decode_prefix::<V>(&bytes) {
+            Ok((_, read)) if read == bytes.len() => Ok(bytes),
+            Ok((_, read)) => Err(encode_error(
+                "bincode",
+                format!(
+                    "the encoding does not read back: {}",
+                    trailing_bytes(bytes.len() - read)
+                ),
+            )),
+            Err(bincode::error::DecodeError::LimitExceeded) => Err(Error::TooLarge {
+                what: "value decoded from an encoding",
+                size: bytes.len(),
+                limit: LIMIT,
+            }),
+            Err(error) => Err(encode_error(
+                "bincode",
+                format!("the encoding does not read back: {}", bincode_source(error)),
+            )),
+        }
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<V> {
-        let (value, read) = bincode::serde::decode_from_slice(bytes, Self::config())
-            .map_err(|e| decode_error("bincode", e))?;
+        let (value, read) =
+            Self::decode_prefix(bytes).map_err(|e| decode_error("bincode", bincode_source(e)))?;
         if read != bytes.len() {
-            return Err(decode_error(
-                "bincode",
-                format!("{} trailing bytes after the value", bytes.len() - read),
-            ));
+            return Err(decode_error("bincode", trailing_bytes(bytes.len() - read)));
         }
         Ok(value)
     }
@@ -194,7 +303,7 @@ where
 /// ```
 /// use layercache::codec::{Cbor, Codec};
 ///
-/// let bytes = Cbor.encode(&vec!["a", "b"]).unwrap();
+/// let bytes = Cbor.encode(&vec!["a".to_string(), "b".to_string()]).unwrap();
 /// let back: Vec<String> = Cbor.decode(&bytes).unwrap();
 /// assert_eq!(back, ["a", "b"]);
 /// ```
@@ -233,7 +342,7 @@ where
 /// ```
 /// use layercache::codec::{Codec, Json};
 ///
-/// let bytes = Json.encode(&("Task", 3)).unwrap();
+/// let bytes = Json.encode(&("Task".to_string(), 3)).unwrap();
 /// assert_eq!(bytes, br#"["Task",3]"#);
 /// ```
 #[cfg(feature = "json")]

@@ -110,7 +110,8 @@ pub enum Error {
     TooLarge {
         /// What was too large (`"key"`, `"value"`, `"encoded value"`).
         what: &'static str,
-        /// Its size in bytes.
+        /// Its size in bytes (for a value refused by a codec's decode limit,
+        /// the size of its encoding).
         size: usize,
         /// The limit in bytes.
         limit: usize,

@@ -1,7 +1,7 @@
 //! Key makers: turn items (a function's arguments, an entity's identity)
 //! into cache keys.
 //!
-//! - [`StringKeyMaker`]: the item's [`Display`](std::fmt::Display), as
+//! - [`StringKeyMaker`]: the item's [`Display`], as
 //!   ftrack's `StringKeyMaker`. Simple and readable; two different items
 //!   can display alike.
 //! - [`ObjectKeyMaker`]: a deterministic, unambiguous encoding of any

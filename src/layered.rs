@@ -246,13 +246,14 @@ impl<K, V> Layered<K, V> {
         }
     }
 
-    /// Asks each layer for `key` from the top, promoting a hit if asked.
-    fn lookup(&self, key: &K, promote: bool) -> Result<Option<V>>
+    /// Asks each layer for `key` from depth `from` down, promoting a hit
+    /// into the layers above it if asked.
+    fn lookup(&self, key: &K, from: usize, promote: bool) -> Result<Option<V>>
     where
         K: Clone,
         V: Clone,
     {
-        for (depth, layer) in self.layers.iter().enumerate() {
+        for (depth, layer) in self.layers.iter().enumerate().skip(from) {
             match layer.get(key) {
                 Ok(Some(value)) => {
                     if promote {
@@ -279,7 +280,18 @@ where
 {
     #[inline]
     fn get(&self, key: &K) -> Result<Option<V>> {
-        self.lookup(key, true)
+        // The top layer's hit is the hot path: return its answer as it is.
+        let Some(top) = self.layers.first() else {
+            return Ok(None);
+        };
+        match top.get(key) {
+            Ok(None) => self.lookup(key, 1, true),
+            Err(error) => {
+                self.fail(0, Operation::Get, error)?;
+                self.lookup(key, 1, true)
+            }
+            hit => hit,
+        }
     }
 
     fn set(&self, key: K, value: V) -> Result<()> {
@@ -330,7 +342,7 @@ where
         let keys = self.keys()?;
         let mut values = Vec::with_capacity(keys.len());
         for key in &keys {
-            if let Some(value) = self.lookup(key, false)? {
+            if let Some(value) = self.lookup(key, 0, false)? {
                 values.push(value);
             }
         }
