@@ -19,6 +19,7 @@ pub struct Loc {
     pub record: u64,
     pub key_len: u32,
     pub value_len: u32,
+    pub key_crc: u32,
     pub value_crc: u32,
 }
 
@@ -30,6 +31,13 @@ impl Loc {
     /// The key's bytes in `file` (the mapped file from offset 0).
     pub fn key<'a>(&self, file: &'a [u8]) -> &'a [u8] {
         &file[self.key_at()..self.key_at() + self.key_len as usize]
+    }
+
+    /// The key's bytes in `file` if they still match their checksum:
+    /// damage after indexing must not let a record answer for another key.
+    pub fn checked_key<'a>(&self, file: &'a [u8]) -> Option<&'a [u8]> {
+        let key = self.key(file);
+        (format::crc(key) == self.key_crc).then_some(key)
     }
 
     /// The value's bytes in `file`.

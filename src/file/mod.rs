@@ -285,7 +285,15 @@ impl State {
             // damaged: keep every whole record that is there.
             committed = state.valid_end(len);
         }
-        state.scan(committed);
+        if state.scan(committed) == ScanEnd::InsideRecord {
+            // The committed length points into a record: it is damaged (a
+            // writer only ever advances it to a record's end). Keep every
+            // whole record in the file instead of cutting one in half.
+            committed = state.valid_end(len);
+            state.index = Index::default();
+            state.indexed = HEADER_SIZE;
+            state.scan(committed);
+        }
         if len > committed {
             // A write that never returned: cut it off so the file holds only
             // committed records. Nobody reads past the committed length.
@@ -346,13 +354,15 @@ impl State {
         end
     }
 
-    /// Indexes the records in `self.indexed..to`.
-    fn scan(&mut self, to: u64) {
+    /// Indexes the records in `self.indexed..to`, and says whether `to`
+    /// fell inside a record.
+    fn scan(&mut self, to: u64) -> ScanEnd {
         if to <= self.indexed {
-            return;
+            return ScanEnd::Clean;
         }
         let index = &mut self.index;
         let file = mapped(&self.map, 0, to);
+        let mut end = ScanEnd::Clean;
         walk(file, self.indexed, |at, record| match record {
             Walked::Record(header, key) => match header.kind {
                 Kind::Put => {
@@ -360,6 +370,7 @@ impl State {
                         record: at,
                         key_len: header.key_len,
                         value_len: header.value_len,
+                        key_crc: header.key_crc,
                         value_crc: header.value_crc,
                     };
                     index.insert(file, key, loc);
@@ -372,11 +383,23 @@ impl State {
                 // A record for an unknown key whose checksum is `key_crc`: an
                 // older value of that key must not be served in its place,
                 // so forget every such key written before it.
-                index.retain(|loc| !(loc.record < at && crc(loc.key(file)) == key_crc));
+                index.retain(|loc| !(loc.record < at && loc.key_crc == key_crc));
             }
-            Walked::Damaged(_) => {}
+            Walked::Damaged(Damaged::Header) => {
+                // A record we cannot read at all may have overwritten or
+                // removed any key. Its key bytes most likely survive where a
+                // key starts: forget every older key found there, so that an
+                // older value is never served in place of the lost one (a
+                // key that merely shares a prefix is forgotten too: it reads
+                // as missing, which is safe).
+                let key_at = at as usize + RECORD_HEADER_SIZE;
+                let here = file.get(key_at..).unwrap_or_default();
+                index.retain(|loc| !(loc.record < at && here.starts_with(loc.key(file))));
+            }
+            Walked::Damaged(Damaged::PastEnd) => end = ScanEnd::InsideRecord,
         });
         self.indexed = to;
+        end
     }
 
     /// The indexed part of the file, from offset 0.
@@ -405,6 +428,33 @@ fn mapped(map: &MmapRaw, from: u64, to: u64) -> &[u8] {
     unsafe { std::slice::from_raw_parts(map.as_ptr().add(from as usize), (to - from) as usize) }
 }
 
+/// How a scan ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScanEnd {
+    /// At a record boundary, or after damage the walk resynced past.
+    Clean,
+    /// Inside a record whose header is valid: the end is not a boundary.
+    InsideRecord,
+}
+
+/// Bytes that are not a valid record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Damaged {
+    /// A record header that fails its checks.
+    Header,
+    /// A valid record header whose record runs past the end.
+    PastEnd,
+}
+
+impl Damaged {
+    fn problem(self) -> &'static str {
+        match self {
+            Damaged::Header => "damaged record header",
+            Damaged::PastEnd => "record runs past the committed end",
+        }
+    }
+}
+
 /// What [`walk`] found at an offset.
 enum Walked<'a> {
     /// A record with a valid header and key.
@@ -412,8 +462,8 @@ enum Walked<'a> {
     /// A record with a valid header whose key fails its checksum.
     DamagedKey { key_crc: u32 },
     /// Bytes that are not a valid record; the walk resumed at the next
-    /// valid record header.
-    Damaged(&'static str),
+    /// valid record header (or stopped, past the end).
+    Damaged(Damaged),
 }
 
 /// Walks the records of `bytes` from `from`, calling `visit` for each
@@ -441,11 +491,11 @@ fn walk<'a>(bytes: &'a [u8], from: u64, mut visit: impl FnMut(u64, Walked<'a>)) 
             Some(_) => {
                 // A valid header whose record runs past the end: a torn
                 // tail (only possible below a damaged committed length).
-                visit(at, Walked::Damaged("record runs past the committed end"));
+                visit(at, Walked::Damaged(Damaged::PastEnd));
                 return;
             }
             None => {
-                visit(at, Walked::Damaged("damaged record header"));
+                visit(at, Walked::Damaged(Damaged::Header));
                 at = resync(bytes, at + format::ALIGN);
             }
         }
@@ -641,7 +691,9 @@ impl FileCache {
         let mut record = Vec::new();
         let old = state.file();
         for loc in state.index.iter() {
-            let key = loc.key(old);
+            let Some(key) = loc.checked_key(old) else {
+                continue; // damaged since it was indexed: drop it
+            };
             if !keep(key) {
                 continue;
             }
@@ -721,9 +773,9 @@ impl FileCache {
                     problem: "key fails its checksum",
                 });
             }
-            Walked::Damaged(problem) => report.damage.push(Damage {
+            Walked::Damaged(damaged) => report.damage.push(Damage {
                 offset: at,
-                problem,
+                problem: damaged.problem(),
             }),
         });
         Ok(report)
@@ -786,7 +838,7 @@ impl FileCache {
         Ok(state
             .index
             .iter()
-            .map(|loc| loc.key(file).to_vec())
+            .filter_map(|loc| loc.checked_key(file).map(<[u8]>::to_vec))
             .collect())
     }
 
@@ -818,9 +870,12 @@ impl FileCache {
     }
 }
 
-/// The value at `loc`, or `None` when it fails its checksum.
+/// The value at `loc`, or `None` when it or its key fails its checksum
+/// (the file was damaged after the record was indexed).
 fn read_value(state: &State, loc: &Loc) -> Option<Vec<u8>> {
-    let value = loc.value(state.file());
+    let file = state.file();
+    loc.checked_key(file)?;
+    let value = loc.value(file);
     (crc(value) == loc.value_crc).then(|| value.to_vec())
 }
 

@@ -1,0 +1,317 @@
+//! FileCache against a `HashMap` model: random sequences of writes, reads,
+//! clears, compactions, reopens, second handles and torn tails left by a
+//! writer that died, compared with the model after every step.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use layercache::{Cache, FileCache};
+use proptest::prelude::*;
+use tempfile::TempDir;
+
+const KEYS: u8 = 10;
+const H_COMMITTED: usize = 32;
+
+fn key_name(n: u8) -> String {
+    format!("k{n}")
+}
+
+/// What a writer that died left past the committed end.
+#[derive(Debug, Clone)]
+enum Tail {
+    /// Random bytes.
+    Garbage(Vec<u8>),
+    /// The first `cut` bytes of a valid put record (a `pwrite` cut short).
+    TornRecord { key: u8, value: Vec<u8>, cut: usize },
+    /// A whole valid put record, its committed length never advanced.
+    WholeRecord { key: u8, value: Vec<u8> },
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Set(u8, Vec<u8>),
+    Remove(u8),
+    Get(u8),
+    Keys,
+    Len,
+    Clear,
+    /// Removes the keys whose number is `r` modulo `m`.
+    ClearMatching(u8, u8),
+    Compact,
+    /// Drops every handle and opens the path again.
+    Reopen,
+    /// Opens a second handle on the path; the gets that follow use it.
+    ReopenOther,
+    /// Appends a torn tail past the committed end while the cache is open,
+    /// then reopens when `reopen`.
+    CrashTail {
+        tail: Tail,
+        reopen: bool,
+    },
+}
+
+fn value() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 0..300)
+}
+
+fn tail() -> impl Strategy<Value = Tail> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 1..200).prop_map(Tail::Garbage),
+        (0..KEYS, value(), 1..400usize).prop_map(|(key, value, cut)| Tail::TornRecord {
+            key,
+            value,
+            cut
+        }),
+        (0..KEYS, value()).prop_map(|(key, value)| Tail::WholeRecord { key, value }),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (0..KEYS, value()).prop_map(|(k, v)| Op::Set(k, v)),
+        3 => (0..KEYS).prop_map(Op::Remove),
+        5 => (0..KEYS).prop_map(Op::Get),
+        1 => Just(Op::Keys),
+        1 => Just(Op::Len),
+        1 => Just(Op::Clear),
+        2 => (1..4u8).prop_flat_map(|m| (Just(m), 0..m)).prop_map(|(m, r)| Op::ClearMatching(m, r)),
+        1 => Just(Op::Compact),
+        2 => Just(Op::Reopen),
+        2 => Just(Op::ReopenOther),
+        2 => (tail(), any::<bool>()).prop_map(|(tail, reopen)| Op::CrashTail { tail, reopen }),
+    ]
+}
+
+/// CRC-32 (ISO-HDLC, as zlib), bit by bit: enough for a few records.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A put record as the format lays it out (`docs/file-format.md`).
+fn put_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(b"LCR1");
+    out.extend_from_slice(&[0; 4]);
+    out.push(1);
+    out.extend_from_slice(&[0; 3]);
+    out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32(key).to_le_bytes());
+    out.extend_from_slice(&crc32(value).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    let header_crc = crc32(&out[8..32]);
+    out[4..8].copy_from_slice(&header_crc.to_le_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(value);
+    out.resize(out.len().div_ceil(8) * 8, 0);
+    out
+}
+
+fn tail_bytes(tail: &Tail) -> Vec<u8> {
+    match tail {
+        Tail::Garbage(bytes) => bytes.clone(),
+        Tail::TornRecord { key, value, cut } => {
+            let record = put_record(key_name(*key).as_bytes(), value);
+            let cut = (*cut).min(record.len() - 1).max(1);
+            record[..cut].to_vec()
+        }
+        Tail::WholeRecord { key, value } => put_record(key_name(*key).as_bytes(), value),
+    }
+}
+
+fn committed_on_disk(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    u64::from_le_bytes(bytes[H_COMMITTED..H_COMMITTED + 8].try_into().unwrap())
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+fn get(cache: &FileCache, key: &str) -> Option<Vec<u8>> {
+    Cache::<String, Vec<u8>>::get(cache, &key.to_string()).unwrap()
+}
+
+fn keys(cache: &FileCache) -> BTreeSet<String> {
+    Cache::<String, Vec<u8>>::keys(cache)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// The cache holds exactly the model.
+fn check_state(
+    cache: &FileCache,
+    model: &HashMap<String, Vec<u8>>,
+    step: usize,
+) -> Result<(), TestCaseError> {
+    let expected: BTreeSet<String> = model.keys().cloned().collect();
+    prop_assert_eq!(keys(cache), expected, "step {}: keys", step);
+    prop_assert_eq!(cache.len().unwrap(), model.len(), "step {}: len", step);
+    for n in 0..KEYS {
+        let key = key_name(n);
+        prop_assert_eq!(
+            get(cache, &key),
+            model.get(&key).cloned(),
+            "step {}: {}",
+            step,
+            key
+        );
+    }
+    Ok(())
+}
+
+fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("model.lc");
+    let mut cache = FileCache::open(&path).unwrap();
+    let mut other: Option<FileCache> = None;
+    let mut model: HashMap<String, Vec<u8>> = HashMap::new();
+    for (step, op) in ops.iter().enumerate() {
+        match op {
+            Op::Set(k, v) => {
+                let key = key_name(*k);
+                Cache::<String, Vec<u8>>::set(&cache, key.clone(), v.clone()).unwrap();
+                model.insert(key, v.clone());
+            }
+            Op::Remove(k) => {
+                let key = key_name(*k);
+                let old = Cache::<String, Vec<u8>>::remove(&cache, &key).unwrap();
+                prop_assert_eq!(old, model.remove(&key), "step {}: remove {}", step, key);
+            }
+            Op::Get(k) => {
+                let key = key_name(*k);
+                let through = other.as_ref().unwrap_or(&cache);
+                prop_assert_eq!(
+                    get(through, &key),
+                    model.get(&key).cloned(),
+                    "step {}: get {}",
+                    step,
+                    key
+                );
+            }
+            Op::Keys => {
+                let expected: BTreeSet<String> = model.keys().cloned().collect();
+                prop_assert_eq!(keys(&cache), expected, "step {}", step);
+            }
+            Op::Len => {
+                prop_assert_eq!(cache.len().unwrap(), model.len(), "step {}", step);
+                prop_assert_eq!(cache.is_empty().unwrap(), model.is_empty());
+            }
+            Op::Clear => {
+                Cache::<String, Vec<u8>>::clear(&cache).unwrap();
+                model.clear();
+            }
+            Op::ClearMatching(m, r) => {
+                let matches = |key: &String| key[1..].parse::<u8>().unwrap() % m == *r;
+                let removed = Cache::<String, Vec<u8>>::clear_matching(&cache, &matches).unwrap();
+                let before = model.len();
+                model.retain(|key, _| !matches(key));
+                prop_assert_eq!(removed, before - model.len(), "step {}: count", step);
+            }
+            Op::Compact => {
+                let generation = cache.generation().unwrap();
+                cache.compact().unwrap();
+                prop_assert_eq!(cache.generation().unwrap(), generation + 1);
+                prop_assert_eq!(cache.garbage_bytes().unwrap(), 0);
+            }
+            Op::Reopen => {
+                other = None;
+                drop(cache);
+                cache = FileCache::open(&path).unwrap();
+                prop_assert_eq!(file_len(&path), committed_on_disk(&path));
+            }
+            Op::ReopenOther => {
+                other = Some(FileCache::open(&path).unwrap());
+            }
+            Op::CrashTail { tail, reopen } => {
+                // A writer's pwrite lands at the committed end (over what an
+                // earlier torn write may have left there).
+                let end = committed_on_disk(&path);
+                prop_assert!(file_len(&path) >= end, "step {}", step);
+                let file = OpenOptions::new().write(true).open(&path).unwrap();
+                file.write_all_at(&tail_bytes(tail), end).unwrap();
+                drop(file);
+                check_state(&cache, &model, step)?;
+                if let Some(other) = &other {
+                    check_state(other, &model, step)?;
+                }
+                if *reopen {
+                    other = None;
+                    drop(cache);
+                    cache = FileCache::open(&path).unwrap();
+                    prop_assert_eq!(file_len(&path), end, "step {}: tail cut", step);
+                    prop_assert_eq!(committed_on_disk(&path), end);
+                }
+            }
+        }
+        check_state(&cache, &model, step)?;
+    }
+    for handle in std::iter::once(&cache).chain(other.as_ref()) {
+        let report = handle.verify().unwrap();
+        prop_assert!(report.damage.is_empty(), "{:?}", report);
+        prop_assert_eq!(report.live, model.len() as u64);
+        check_state(handle, &model, ops.len())?;
+    }
+    drop(other);
+    drop(cache);
+    let cache = FileCache::open(&path).unwrap();
+    check_state(&cache, &model, ops.len())?;
+    prop_assert!(cache.verify().unwrap().damage.is_empty());
+    let contents: BTreeMap<String, Vec<u8>> = keys(&cache)
+        .into_iter()
+        .map(|k| {
+            let v = get(&cache, &k).unwrap();
+            (k, v)
+        })
+        .collect();
+    prop_assert_eq!(contents, model.into_iter().collect::<BTreeMap<_, _>>());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn file_cache_matches_a_hashmap(ops in prop::collection::vec(op(), 1..60)) {
+        run(&ops)?;
+    }
+}
+
+#[test]
+fn the_test_encoder_writes_records_the_cache_reads() {
+    // A whole record appended and committed by hand is read like one the
+    // cache wrote: the tails above are realistic.
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("encoder.lc");
+    let cache = FileCache::open(&path).unwrap();
+    Cache::<String, Vec<u8>>::set(&cache, "k1".to_string(), b"one".to_vec()).unwrap();
+    drop(cache);
+    let end = file_len(&path);
+    let record = put_record(b"k2", b"two, by hand");
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&record, end).unwrap();
+    file.write_all_at(
+        &(end + record.len() as u64).to_le_bytes(),
+        H_COMMITTED as u64,
+    )
+    .unwrap();
+    drop(file);
+    let cache = FileCache::open(&path).unwrap();
+    assert_eq!(get(&cache, "k2"), Some(b"two, by hand".to_vec()));
+    assert_eq!(get(&cache, "k1"), Some(b"one".to_vec()));
+    assert!(cache.verify().unwrap().damage.is_empty());
+}
