@@ -20,7 +20,8 @@ pub struct LockFile {
     path: PathBuf,
 }
 
-/// Holds the exclusive lock until dropped.
+/// Holds the exclusive lock until dropped. Locks do not nest: dropping a
+/// second guard taken by the same holder releases the lock for both.
 #[derive(Debug)]
 pub struct Exclusive<'a>(&'a LockFile);
 

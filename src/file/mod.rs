@@ -597,8 +597,19 @@ impl FileCache {
     /// Catches `state` up: follows a compaction to the new file, remaps when
     /// the file outgrew the mapping, and indexes new records.
     fn refresh(&self, state: &mut State) -> Result<()> {
+        self.catch_up(state, false)
+    }
+
+    /// `refresh`, for a caller that holds the exclusive lock already
+    /// (`locked`) or not. An `flock` does not nest: taking it again and
+    /// dropping the inner guard would release the caller's lock too.
+    fn catch_up(&self, state: &mut State, locked: bool) -> Result<()> {
         while state.superseded() {
-            let _exclusive = self.lock.exclusive()?;
+            let _exclusive = if locked {
+                None
+            } else {
+                Some(self.lock.exclusive()?)
+            };
             *state = State::load(&self.path, &self.options)?;
         }
         let committed = state.committed();
@@ -619,7 +630,7 @@ impl FileCache {
         let mut writer = self.writer();
         let _exclusive = self.lock.exclusive()?;
         let mut state = self.write_state();
-        self.refresh(&mut state)?;
+        self.catch_up(&mut state, true)?;
         write(&mut writer, &mut state)
     }
 
