@@ -105,6 +105,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A query expression the server does not understand.
+    #[error("cannot run query {expression:?}: {reason}")]
+    Query {
+        /// The expression as given.
+        expression: String,
+        /// What is wrong with it, and where.
+        reason: String,
+    },
+
     /// A key or value is larger than the cache or codec accepts.
     #[error("{what} of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {

@@ -246,6 +246,20 @@ impl<K, V> Layered<K, V> {
         }
     }
 
+    /// The rest of a `get` whose top layer answered `answer` (a miss or an
+    /// error), kept out of line so the hit path stays small.
+    #[inline(never)]
+    fn miss_at_top(&self, key: &K, answer: Result<Option<V>>) -> Result<Option<V>>
+    where
+        K: Clone,
+        V: Clone,
+    {
+        if let Err(error) = answer {
+            self.fail(0, Operation::Get, error)?;
+        }
+        self.lookup(key, 1, true)
+    }
+
     /// Asks each layer for `key` from depth `from` down, promoting a hit
     /// into the layers above it if asked.
     fn lookup(&self, key: &K, from: usize, promote: bool) -> Result<Option<V>>
@@ -284,14 +298,11 @@ where
         let Some(top) = self.layers.first() else {
             return Ok(None);
         };
-        match top.get(key) {
-            Ok(None) => self.lookup(key, 1, true),
-            Err(error) => {
-                self.fail(0, Operation::Get, error)?;
-                self.lookup(key, 1, true)
-            }
-            hit => hit,
+        let answer = top.get(key);
+        if let Ok(Some(_)) = answer {
+            return answer;
         }
+        self.miss_at_top(key, answer)
     }
 
     fn set(&self, key: K, value: V) -> Result<()> {

@@ -46,6 +46,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `file` | yes | [`FileCache`]: a memory-mapped cache file shared by processes (Unix) |
+//! | `ftrack` | yes | [`ftrack`]: sessions caching ftrack entity records (implies `json`) |
 //! | `bincode` | yes | [`codec::Bincode`], [`codec::LimitedBincode`] |
 //! | `cbor` | yes | [`codec::Cbor`] |
 //! | `json` | yes | [`codec::Json`] |
@@ -58,6 +59,8 @@ pub mod codec;
 pub mod error;
 #[cfg(all(feature = "file", unix))]
 pub mod file;
+#[cfg(feature = "ftrack")]
+pub mod ftrack;
 pub mod key;
 pub mod layered;
 pub mod memoise;

@@ -1,0 +1,552 @@
+//! [`Session`]: entity records from a [`Remote`] server, cached through a
+//! [`Layered`] stack.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::{self, ThreadId};
+
+use serde_json::{Map, Value as Json};
+
+use super::codec::{EncodeStrategy, EntityCodec, record_key, value_from_json};
+use super::entity::{Entity, EntityKey};
+use super::remote::Remote;
+use super::schema::Schema;
+use super::value::Value;
+use crate::cache::Cache;
+use crate::error::{Error, Operation, Result};
+use crate::key::{KeyMaker, StringKeyMaker};
+use crate::layered::Layered;
+use crate::memory::MemoryCache;
+
+/// Makes the cache a session appends below its memory layer; called once,
+/// with the session, so it can use [`Session::codec`]. May return no cache.
+pub type CacheMaker = Box<dyn FnOnce(&Session) -> Option<Box<dyn Cache<String, Entity>>>>;
+
+/// A connection to an ftrack server whose entities are cached.
+///
+/// - `session.cache()` is a [`Layered`] stack whose top layer is always a
+///   [`MemoryCache`]; the builder's cache maker can add layers below it (a
+///   persistent file shared between sessions, a Redis layer).
+/// - [`get`](Session::get) answers from the cache and asks the server only
+///   on a miss; [`query`](Session::query) asks the server and merges what it
+///   returns into the cached instances: one instance per identity.
+/// - Reading an attribute that is not loaded fetches it when
+///   auto-populate is on (the default); see
+///   [`auto_populating`](Session::auto_populating).
+///
+/// A `Session` is a cheap handle (an `Arc`): clones are the same session.
+#[derive(Clone)]
+pub struct Session(pub(crate) Arc<SessionInner>);
+
+pub(crate) struct SessionInner {
+    remote: Box<dyn Remote>,
+    pub(crate) schema: Schema,
+    cache: RwLock<Layered<String, Entity>>,
+    key_maker: Box<dyn KeyMaker<EntityKey>>,
+    auto_populate: AtomicBool,
+    merging: ReentrantLock,
+}
+
+/// Options for a [`Session`]: see [`Session::builder`].
+pub struct SessionBuilder {
+    remote: Box<dyn Remote>,
+    schema: Schema,
+    cache_maker: Option<CacheMaker>,
+    key_maker: Box<dyn KeyMaker<EntityKey>>,
+    auto_populate: bool,
+}
+
+impl SessionBuilder {
+    /// The entity types and their primary keys (default: every type keyed
+    /// by `id`).
+    pub fn schema(mut self, schema: Schema) -> Self {
+        self.schema = schema;
+        self
+    }
+
+    /// Called once with the new session; the cache it returns, if any, is
+    /// appended below the session's memory layer.
+    pub fn cache(
+        mut self,
+        maker: impl FnOnce(&Session) -> Option<Box<dyn Cache<String, Entity>>> + 'static,
+    ) -> Self {
+        self.cache_maker = Some(Box::new(maker));
+        self
+    }
+
+    /// How cache keys are made from entity keys (default
+    /// [`StringKeyMaker`]: `('Task', ['<id>'])`).
+    pub fn key_maker(mut self, key_maker: impl KeyMaker<EntityKey> + 'static) -> Self {
+        self.key_maker = Box::new(key_maker);
+        self
+    }
+
+    /// Whether reading a value that is not loaded fetches it (default on).
+    pub fn auto_populate(mut self, on: bool) -> Self {
+        self.auto_populate = on;
+        self
+    }
+
+    /// The session.
+    pub fn build(self) -> Session {
+        let session = Session(Arc::new(SessionInner {
+            remote: self.remote,
+            schema: self.schema,
+            cache: RwLock::new(Layered::new().with_layer(MemoryCache::new())),
+            key_maker: self.key_maker,
+            auto_populate: AtomicBool::new(self.auto_populate),
+            merging: ReentrantLock::default(),
+        }));
+        if let Some(maker) = self.cache_maker
+            && let Some(cache) = maker(&session)
+        {
+            session.cache_mut().push_boxed(cache);
+        }
+        session
+    }
+}
+
+/// Restores the session's previous auto-populate setting when dropped:
+/// see [`Session::auto_populating`].
+#[must_use = "the setting is restored when the guard is dropped"]
+pub struct AutoPopulate<'a> {
+    session: &'a SessionInner,
+    previous: bool,
+}
+
+impl Drop for AutoPopulate<'_> {
+    fn drop(&mut self) {
+        self.session
+            .auto_populate
+            .store(self.previous, Ordering::SeqCst);
+    }
+}
+
+impl Session {
+    /// Options for a session talking to `remote`.
+    pub fn builder(remote: impl Remote + 'static) -> SessionBuilder {
+        SessionBuilder {
+            remote: Box::new(remote),
+            schema: Schema::new(),
+            cache_maker: None,
+            key_maker: Box::new(StringKeyMaker),
+            auto_populate: true,
+        }
+    }
+
+    /// The session's cache stack (memory on top), to look at.
+    pub fn cache(&self) -> RwLockReadGuard<'_, Layered<String, Entity>> {
+        self.0.cache()
+    }
+
+    /// The session's cache stack, to change (add or remove layers). Calls
+    /// that use the cache wait while this is held.
+    pub fn cache_mut(&self) -> RwLockWriteGuard<'_, Layered<String, Entity>> {
+        self.0.cache.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The session's encode and decode as a codec for
+    /// [`Serialised`](crate::Serialised) (ftrack's `session.encode` and
+    /// `session.decode`), with the [`SetOnly`](EncodeStrategy::SetOnly)
+    /// strategy.
+    pub fn codec(&self) -> EntityCodec {
+        EntityCodec {
+            session: Arc::downgrade(&self.0),
+            strategy: EncodeStrategy::SetOnly,
+        }
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &Schema {
+        &self.0.schema
+    }
+
+    /// The cache key of `key`, made by the session's key maker.
+    pub fn cache_key(&self, key: &EntityKey) -> Result<String> {
+        self.0.cache_key(key)
+    }
+
+    /// Turns auto-populate on or off until the returned guard is dropped,
+    /// which restores the previous setting (ftrack's
+    /// `with session.auto_populating(False):`).
+    pub fn auto_populating(&self, on: bool) -> AutoPopulate<'_> {
+        let previous = self.0.auto_populate.swap(on, Ordering::SeqCst);
+        AutoPopulate {
+            session: &self.0,
+            previous,
+        }
+    }
+
+    /// Whether auto-populate is on.
+    pub fn is_auto_populating(&self) -> bool {
+        self.0.auto_populate.load(Ordering::SeqCst)
+    }
+
+    /// The entity of `entity_type` with these primary key values: from the
+    /// cache, or from the server on a miss (then cached). `None` when the
+    /// server has no such entity.
+    pub fn get<S: Into<String>>(
+        &self,
+        entity_type: &str,
+        primary_key: impl IntoIterator<Item = S>,
+    ) -> Result<Option<Entity>> {
+        let key = EntityKey::new(entity_type, primary_key);
+        let cache_key = self.0.cache_key(&key)?;
+        if let Some(entity) = self.0.cache().get(&cache_key)? {
+            return Ok(Some(entity));
+        }
+        let names = self.0.schema.primary_key(entity_type);
+        if names.len() != key.primary_key.len() {
+            return Err(Error::Query {
+                expression: format!("get {key}"),
+                reason: format!(
+                    "{entity_type} has {} primary key attributes ({}), {} values given",
+                    names.len(),
+                    names.join(", "),
+                    key.primary_key.len()
+                ),
+            });
+        }
+        let condition = names
+            .iter()
+            .zip(&key.primary_key)
+            .map(|(name, value)| format!("{name} is {}", quote(value)))
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let found = self.query(&format!("from {entity_type} where {condition}"))?;
+        Ok(found.into_iter().next())
+    }
+
+    /// Sends `expression` to the server and merges the entities it returns
+    /// into the cache; returns the session's instances, in order.
+    pub fn query(&self, expression: &str) -> Result<Vec<Entity>> {
+        let operation = serde_json::json!({"action": "query", "expression": expression});
+        let mut results = self.0.remote.call(std::slice::from_ref(&operation))?;
+        let result = results.pop().ok_or_else(|| Error::Query {
+            expression: expression.to_owned(),
+            reason: "the server returned no result".into(),
+        })?;
+        let data = result
+            .get("data")
+            .and_then(Json::as_array)
+            .ok_or_else(|| Error::Query {
+                expression: expression.to_owned(),
+                reason: format!("the server's result has no \"data\" list: {result}"),
+            })?;
+        self.0.merge_records(data)
+    }
+
+    /// Loads `projections` (comma separated, dotted paths allowed, as in a
+    /// `select`) for `entities` with one query per entity type, and merges
+    /// them. Auto-populate does this for one attribute at a time.
+    pub fn populate(&self, entities: &[Entity], projections: &str) -> Result<()> {
+        let mut by_type: HashMap<&str, Vec<&Entity>> = HashMap::new();
+        for entity in entities {
+            by_type
+                .entry(entity.entity_type())
+                .or_default()
+                .push(entity);
+        }
+        for (entity_type, group) in by_type {
+            let names = self.0.schema.primary_key(entity_type);
+            let condition = if names.len() == 1 {
+                let values: Vec<String> = group
+                    .iter()
+                    .map(|e| quote(&e.key().primary_key[0]))
+                    .collect();
+                format!("{} in ({})", names[0], values.join(", "))
+            } else {
+                group
+                    .iter()
+                    .map(|e| {
+                        let parts: Vec<String> = names
+                            .iter()
+                            .zip(&e.key().primary_key)
+                            .map(|(n, v)| format!("{n} is {}", quote(v)))
+                            .collect();
+                        format!("({})", parts.join(" and "))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            };
+            self.query(&format!(
+                "select {projections} from {entity_type} where {condition}"
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Merges an entity (from anywhere: another session, a decoded record)
+    /// into this session's cache and returns the session's instance.
+    pub fn merge(&self, entity: &Entity) -> Result<Entity> {
+        let _merging = self.0.merging.lock();
+        self.0.merge(entity, &mut HashMap::new())
+    }
+}
+
+/// A string as a query literal.
+fn quote(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl SessionInner {
+    pub(crate) fn cache(&self) -> RwLockReadGuard<'_, Layered<String, Entity>> {
+        self.cache.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn cache_key(&self, key: &EntityKey) -> Result<String> {
+        self.key_maker.key(key)
+    }
+
+    fn weak(self: &Arc<Self>) -> std::sync::Weak<Self> {
+        Arc::downgrade(self)
+    }
+
+    /// A detached entity tree from a server record: the record's entity and
+    /// every entity it references, each a new instance of this session.
+    fn entity_from_record(self: &Arc<Self>, object: &Map<String, Json>) -> Result<Entity> {
+        let key = record_key(object, |t| self.schema.primary_key(t).to_vec())?;
+        let entity = Entity::in_session(key, self.weak());
+        let mut resolve = |reference: &Map<String, Json>| self.entity_from_record(reference);
+        let mut attributes = entity.attributes_mut();
+        for (name, json) in object {
+            if name == "__entity_type__" {
+                continue;
+            }
+            let value = value_from_json(json, &mut resolve)?;
+            attributes.entry(name.clone()).or_default().remote = value;
+        }
+        drop(attributes);
+        Ok(entity)
+    }
+
+    /// Merges server records; returns the attached instances.
+    fn merge_records(self: &Arc<Self>, records: &[Json]) -> Result<Vec<Entity>> {
+        let _merging = self.merging.lock();
+        let mut merged = HashMap::new();
+        records
+            .iter()
+            .map(|record| {
+                let object = record.as_object().ok_or_else(|| Error::Decode {
+                    codec: "ftrack json",
+                    source: format!("a query result that is not an object: {record}").into(),
+                })?;
+                let detached = self.entity_from_record(object)?;
+                self.merge(&detached, &mut merged)
+            })
+            .collect()
+    }
+
+    /// Merges `incoming` into the attached instance of its identity (the
+    /// cached one, or `incoming` itself when none is cached). For the local
+    /// and remote values of each attribute: an incoming value that is set
+    /// and differs replaces the attached one (entities merged in turn,
+    /// `merged` stopping cycles); an incoming `NotSet` never clears. When
+    /// anything changed, the attached instance is written through the whole
+    /// cache. The caller holds the merge lock.
+    fn merge(&self, incoming: &Entity, merged: &mut HashMap<EntityKey, Entity>) -> Result<Entity> {
+        if let Some(attached) = merged.get(incoming.key()) {
+            return Ok(attached.clone());
+        }
+        let cache_key = self.cache_key(incoming.key())?;
+        let cached = self.cache().get(&cache_key)?;
+        let mut changed = cached.is_none();
+        let attached = cached.unwrap_or_else(|| incoming.clone());
+        merged.insert(incoming.key().clone(), attached.clone());
+        let incoming_attributes = incoming.attributes().clone();
+        for (name, slots) in incoming_attributes {
+            for local in [true, false] {
+                let value = if local { &slots.local } else { &slots.remote };
+                if !value.is_set() {
+                    continue;
+                }
+                let value = match value {
+                    Value::Entity(e) => Value::Entity(self.merge(e, merged)?),
+                    Value::Collection(c) => Value::Collection(
+                        c.iter()
+                            .map(|e| self.merge(e, merged))
+                            .collect::<Result<_>>()?,
+                    ),
+                    other => other.clone(),
+                };
+                let mut attributes = attached.attributes_mut();
+                let slot = attributes.entry(name.clone()).or_default();
+                let slot = if local {
+                    &mut slot.local
+                } else {
+                    &mut slot.remote
+                };
+                if !identical(slot, &value) {
+                    *slot = value;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.cache().set(cache_key, attached.clone())?;
+        }
+        Ok(attached)
+    }
+
+    /// An entity decoded from a persistent layer: a new instance with the
+    /// record's values; references resolve to the session's instances, or
+    /// to placeholders (primary key only, kept in the memory layer) that
+    /// load from the cache when read.
+    pub(crate) fn decode_record(self: &Arc<Self>, object: &Map<String, Json>) -> Result<Entity> {
+        let _merging = self.merging.lock();
+        let key = record_key(object, |t| self.schema.primary_key(t).to_vec())?;
+        let entity = Entity::in_session(key, self.weak());
+        let mut resolve = |reference: &Map<String, Json>| self.instance(reference);
+        let mut values = Vec::new();
+        for (name, json) in object {
+            if name != "__entity_type__" {
+                values.push((name.clone(), value_from_json(json, &mut resolve)?));
+            }
+        }
+        let mut attributes = entity.attributes_mut();
+        for (name, value) in values {
+            attributes.entry(name).or_default().remote = value;
+        }
+        drop(attributes);
+        Ok(entity)
+    }
+
+    /// The session's instance for a reference: the memory layer's, or a new
+    /// placeholder put there.
+    fn instance(self: &Arc<Self>, reference: &Map<String, Json>) -> Result<Entity> {
+        let key = record_key(reference, |t| self.schema.primary_key(t).to_vec())?;
+        let cache_key = self.cache_key(&key)?;
+        let cache = self.cache();
+        let Some(memory) = cache.layer(0) else {
+            return Ok(Entity::in_session(key, self.weak()));
+        };
+        if let Some(entity) = memory.get(&cache_key)? {
+            return Ok(entity);
+        }
+        let placeholder = Entity::in_session(key, self.weak());
+        memory.set(cache_key, placeholder.clone())?;
+        Ok(placeholder)
+    }
+
+    /// Loads `name` of `entity` (whose value is not set): first from the
+    /// layers below memory, then, with auto-populate on, from the server.
+    pub(crate) fn fill(self: &Arc<Self>, entity: &Entity, name: &str) -> Result<Value> {
+        let cache_key = self.cache_key(entity.key())?;
+        let lower: Option<Entity> = {
+            let cache = self.cache();
+            let mut found = None;
+            for depth in 1..cache.depth() {
+                if let Some(layer) = cache.layer(depth) {
+                    match layer.get(&cache_key) {
+                        Ok(Some(e)) => {
+                            found = Some(e);
+                            break;
+                        }
+                        Ok(None) => {}
+                        // A failing layer is a miss under Degrade, as in
+                        // the stack's own reads.
+                        Err(_) if cache.policy() == crate::ErrorPolicy::Degrade => {}
+                        Err(error) => {
+                            return Err(Error::Layer {
+                                depth,
+                                layer: format!("{layer:?}"),
+                                operation: Operation::Get,
+                                source: Box::new(error),
+                            });
+                        }
+                    }
+                }
+            }
+            found
+        };
+        if let Some(stored) = lower
+            && stored.peek(name).is_set()
+        {
+            let _merging = self.merging.lock();
+            self.merge(&stored, &mut HashMap::new())?;
+            let value = entity.peek(name);
+            if value.is_set() {
+                return Ok(value);
+            }
+        }
+        if !self.auto_populate.load(Ordering::SeqCst) {
+            return Ok(Value::NotSet);
+        }
+        Session(self.clone()).populate(std::slice::from_ref(entity), name)?;
+        Ok(entity.peek(name))
+    }
+}
+
+/// Equal values, where entities must be the same instance.
+fn identical(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Entity(x), Value::Entity(y)) => x.same(y),
+        (Value::Collection(x), Value::Collection(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| x.same(y))
+        }
+        _ => a == b,
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Session({:?}, cache: {:?})",
+            self.0.remote,
+            *self.0.cache()
+        )
+    }
+}
+
+/// A mutex the thread holding it may take again: merges recurse through
+/// the cache (a persistent layer decodes, which resolves references, which
+/// may merge), all on one thread.
+#[derive(Default)]
+struct ReentrantLock {
+    owner: Mutex<Option<(ThreadId, usize)>>,
+    released: Condvar,
+}
+
+struct ReentrantGuard<'a>(&'a ReentrantLock);
+
+impl ReentrantLock {
+    fn lock(&self) -> ReentrantGuard<'_> {
+        let me = thread::current().id();
+        let mut owner = self.owner.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            match &mut *owner {
+                None => {
+                    *owner = Some((me, 1));
+                    break;
+                }
+                Some((id, depth)) if *id == me => {
+                    *depth += 1;
+                    break;
+                }
+                Some(_) => {
+                    owner = self
+                        .released
+                        .wait(owner)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+        }
+        ReentrantGuard(self)
+    }
+}
+
+impl Drop for ReentrantGuard<'_> {
+    fn drop(&mut self) {
+        let mut owner = self.0.owner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, depth)) = &mut *owner {
+            *depth -= 1;
+            if *depth == 0 {
+                *owner = None;
+                self.0.released.notify_one();
+            }
+        }
+    }
+}
