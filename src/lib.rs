@@ -98,6 +98,9 @@ struct CodecsDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/memoisation.md")]
 struct MemoisationDoctests;
+#[cfg(all(doctest, feature = "ftrack", feature = "file"))]
+#[doc = include_str!("../docs/ftrack.md")]
+struct FtrackDoctests;
 
 /// The names most programs need: `use layercache::prelude::*;`.
 pub mod prelude {

@@ -293,3 +293,164 @@ fn eight_threads_share_one_instance_per_identity_and_lose_no_attribute() {
         Value::DateTime("2026-11-24T10:00:00".into())
     );
 }
+
+#[test]
+fn the_codec_writes_ftrack_json_with_each_strategy() {
+    use layercache::codec::Codec;
+    use layercache::ftrack::EncodeStrategy;
+    let server = server();
+    let session = Session::builder(server.clone()).build();
+    let timelog = session.get("Timelog", ["t1"]).unwrap().unwrap();
+    timelog.set("comment", "edited");
+    let codec = session.codec();
+    let json: serde_json::Value = serde_json::from_slice(&codec.encode(&timelog).unwrap()).unwrap();
+    assert_eq!(
+        json,
+        json!({"__entity_type__": "Timelog", "id": "t1", "comment": "edited",
+               "user": {"__entity_type__": "User", "id": "u1"},
+               "start": {"__type__": "datetime", "value": "2026-11-24T10:00:00"}})
+    );
+    let modified = codec.clone().with_strategy(EncodeStrategy::ModifiedOnly);
+    let json: serde_json::Value =
+        serde_json::from_slice(&modified.encode(&timelog).unwrap()).unwrap();
+    assert_eq!(
+        json,
+        json!({"__entity_type__": "Timelog", "id": "t1", "comment": "edited"})
+    );
+    let persisted = codec.clone().with_strategy(EncodeStrategy::PersistedOnly);
+    let json: serde_json::Value =
+        serde_json::from_slice(&persisted.encode(&timelog).unwrap()).unwrap();
+    assert_eq!(json["comment"], json!("Some comment"));
+
+    // `All` loads what is not loaded yet (here the user's collection).
+    let user = session
+        .query(r#"select id from User where id is "u1""#)
+        .unwrap()[0]
+        .clone();
+    user.set("timelogs", Value::NotSet);
+    let all = codec.clone().with_strategy(EncodeStrategy::All);
+    let json: serde_json::Value = serde_json::from_slice(&all.encode(&user).unwrap()).unwrap();
+    assert_eq!(
+        json["timelogs"],
+        json!([{"__entity_type__": "Timelog", "id": "t1"}, {"__entity_type__": "Timelog", "id": "t2"}])
+    );
+
+    // Decoding gives an entity of this session whose references are the
+    // session's instances.
+    let decoded = codec.decode(&codec.encode(&timelog).unwrap()).unwrap();
+    assert!(
+        !decoded.same(&timelog),
+        "a decoded record is a new instance"
+    );
+    let user_ref = decoded.peek("user");
+    assert!(user_ref.as_entity().unwrap().same(&user));
+    assert!(codec.decode(b"[1, 2]").is_err());
+    assert!(
+        codec.decode(br#"{"__entity_type__": "Timelog"}"#).is_err(),
+        "no primary key"
+    );
+}
+
+#[test]
+fn populate_loads_projections_for_many_entities_in_one_query_per_type() {
+    let server = server();
+    let session = Session::builder(server.clone()).build();
+    let logs = session.query("select id from Timelog").unwrap();
+    assert_eq!(logs.len(), 2);
+    let calls = server.calls();
+    session.populate(&logs, "comment, user").unwrap();
+    assert_eq!(server.calls(), calls + 1);
+    assert_eq!(
+        server.queries().last().map(String::as_str),
+        Some(r#"select comment, user from Timelog where id in ("t1", "t2")"#)
+    );
+    let _off = session.auto_populating(false);
+    assert_eq!(logs[1].get("comment").unwrap(), Value::from("Other"));
+}
+
+#[test]
+fn composite_primary_keys_from_the_schema() {
+    use layercache::ftrack::Schema;
+    let schema = Schema::from_json(
+        r#"[{"id": "Metadata", "primary_key": ["parent_id", "key"], "properties": {}}]"#,
+    )
+    .unwrap();
+    let server = FixtureServer::new().with_primary_key("Metadata", &["parent_id", "key"]);
+    server
+        .insert(
+            json!({"__entity_type__": "Metadata", "parent_id": "p1", "key": "fps", "value": "24"}),
+        )
+        .unwrap();
+    let session = Session::builder(Arc::new(server)).schema(schema).build();
+    let meta = session
+        .get("Metadata", ["p1", "fps"])
+        .unwrap()
+        .expect("found");
+    assert_eq!(meta.get("value").unwrap(), Value::from("24"));
+    assert_eq!(
+        session.cache_key(meta.key()).unwrap(),
+        "('Metadata', ['p1', 'fps'])"
+    );
+    let err = session.get("Metadata", ["p1"]).unwrap_err();
+    assert!(matches!(err, layercache::Error::Query { .. }), "{err}");
+}
+
+#[test]
+fn a_record_written_under_another_schema_is_a_miss() {
+    use layercache::ftrack::Schema;
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("schema.lc");
+    let server = server();
+    // Another session stored Users keyed by `id`; this one keys them by
+    // `username`, so the stored record lacks this schema's primary key.
+    file_session(&server, &path)
+        .get("User", ["u1"])
+        .unwrap()
+        .unwrap();
+    let keyed_by_name = Session::builder(server.clone())
+        .schema(Schema::new().with_type("User", &["username"]))
+        .cache({
+            let path = path.clone();
+            move |session| {
+                let file = FileCache::open(&path).unwrap();
+                Some(Box::new(Serialised::new(file, session.codec())))
+            }
+        })
+        .build();
+    // The stored record decodes, but as ('User', ['ada']): it does not
+    // answer for ('User', ['u1']), so that is a miss (and the server has no
+    // user named "u1").
+    server.reset_counts();
+    assert_eq!(keyed_by_name.get("User", ["u1"]).unwrap(), None);
+    assert_eq!(server.calls(), 1);
+    let ada = keyed_by_name
+        .get("User", ["ada"])
+        .unwrap()
+        .expect("on the server");
+    assert_eq!(ada.key().primary_key, ["ada"]);
+}
+
+#[test]
+fn a_record_that_refers_back_to_itself_merges_once_per_identity() {
+    let server = server();
+    let session = Session::builder(server.clone()).build();
+    // User -> timelogs -> Timelog -> user -> the same User: a cycle within
+    // one result.
+    let users = session
+        .query(r#"select timelogs.user, timelogs.comment from User where id is "u1""#)
+        .unwrap();
+    let user = &users[0];
+    let timelogs = user.peek("timelogs");
+    let timelogs = timelogs.as_collection().expect("a collection");
+    assert_eq!(timelogs.len(), 2);
+    for timelog in timelogs {
+        let back = timelog.peek("user");
+        assert!(
+            back.as_entity().expect("a reference").same(user),
+            "the cycle closes on one instance"
+        );
+    }
+    assert_eq!(timelogs[0].peek("comment"), Value::from("Some comment"));
+    let again = session.get("Timelog", ["t1"]).unwrap().unwrap();
+    assert!(again.same(&timelogs[0]));
+}

@@ -7,8 +7,7 @@
 //! maintained, needs no dependency, and its inherent methods would shadow
 //! fs2's trait methods anyway.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -28,17 +27,8 @@ pub struct Exclusive<'a>(&'a LockFile);
 impl LockFile {
     /// Opens (or creates, owner-only) the lock file beside `data`.
     pub fn open(data: &Path) -> Result<Self> {
-        let mut name = data.as_os_str().to_owned();
-        name.push(".lock");
-        let path = PathBuf::from(name);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let path = super::sibling(data, ".lock");
+        let file = super::open_private(&path, false)?;
         Ok(Self { file, path })
     }
 

@@ -248,14 +248,7 @@ impl State {
             path: path.to_owned(),
             reason,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
+        let file = open_private(path, false)?;
         let meta = file.metadata().map_err(io)?;
         let mut len = meta.len();
         if len == 0 {
@@ -519,6 +512,26 @@ fn resync(bytes: &[u8], from: u64) -> u64 {
     end
 }
 
+/// `path` with `suffix` appended (`cache.lc` → `cache.lc.lock`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Opens `path` read-write, creating it readable and writable by its owner
+/// only, emptied first if `truncate`.
+fn open_private(path: &Path, truncate: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(truncate)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
 /// Maps `file` shared, read-write, covering at least `len` bytes plus room
 /// to grow. Pages past the end of the file are never touched.
 fn map_file(file: &File, len: u64, growth: u64) -> std::io::Result<MmapRaw> {
@@ -681,20 +694,11 @@ impl FileCache {
     /// it over the old one and flags the old one superseded. The caller
     /// holds the locks.
     fn rewrite(&self, state: &mut State, keep: impl Fn(&[u8]) -> bool) -> Result<()> {
-        let mut name = self.path.as_os_str().to_owned();
-        name.push(".compact");
-        let tmp = PathBuf::from(name);
+        let tmp = sibling(&self.path, ".compact");
         let io_tmp = |e| Error::io(&tmp, e);
         // Under the exclusive lock, a file left here is from a compaction
         // that died: replace it.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_tmp)?;
+        let file = open_private(&tmp, true)?;
         let mut out = BufWriter::with_capacity(1 << 20, &file);
         out.write_all(&format::new_header(state.generation + 1))
             .map_err(io_tmp)?;

@@ -194,7 +194,7 @@ impl Session {
     ) -> Result<Option<Entity>> {
         let key = EntityKey::new(entity_type, primary_key);
         let cache_key = self.0.cache_key(&key)?;
-        if let Some(entity) = self.0.cache().get(&cache_key)? {
+        if let Some(entity) = self.0.cached(&cache_key, &key)? {
             return Ok(Some(entity));
         }
         let names = self.0.schema.primary_key(entity_type);
@@ -300,6 +300,21 @@ impl SessionInner {
         self.key_maker.key(key)
     }
 
+    /// The cached instance of `key`. An entry whose entity is not `key`
+    /// (written under another schema or key maker) is stale: it is removed
+    /// and reads as a miss.
+    fn cached(&self, cache_key: &String, key: &EntityKey) -> Result<Option<Entity>> {
+        let cache = self.cache();
+        match cache.get(cache_key)? {
+            Some(entity) if entity.key() == key => Ok(Some(entity)),
+            Some(_) => {
+                cache.remove(cache_key)?;
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
     fn weak(self: &Arc<Self>) -> std::sync::Weak<Self> {
         Arc::downgrade(self)
     }
@@ -351,7 +366,7 @@ impl SessionInner {
             return Ok(attached.clone());
         }
         let cache_key = self.cache_key(incoming.key())?;
-        let cached = self.cache().get(&cache_key)?;
+        let cached = self.cached(&cache_key, incoming.key())?;
         let mut changed = cached.is_none();
         let attached = cached.unwrap_or_else(|| incoming.clone());
         merged.insert(incoming.key().clone(), attached.clone());
@@ -462,6 +477,7 @@ impl SessionInner {
             found
         };
         if let Some(stored) = lower
+            && stored.key() == entity.key()
             && stored.peek(name).is_set()
         {
             let _merging = self.merging.lock();
