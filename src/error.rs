@@ -34,6 +34,8 @@ pub enum Operation {
     ClearMatching,
     /// Writing a value found in a lower layer into the layers above it.
     Promote,
+    /// Opening a cache or checking its options.
+    Open,
 }
 
 impl fmt::Display for Operation {
@@ -47,6 +49,7 @@ impl fmt::Display for Operation {
             Operation::Clear => "clear",
             Operation::ClearMatching => "clear_matching",
             Operation::Promote => "promote",
+            Operation::Open => "open",
         })
     }
 }

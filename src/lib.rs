@@ -50,6 +50,7 @@
 //! | `bincode` | yes | [`codec::Bincode`], [`codec::LimitedBincode`] |
 //! | `cbor` | yes | [`codec::Cbor`] |
 //! | `json` | yes | [`codec::Json`] |
+//! | `redis` | no | [`RedisCache`]: a cache layer on a Redis server shared by many hosts |
 //! | `testing` | no | [`testing`]: the conformance suite and test doubles |
 #![deny(missing_docs)]
 #![warn(clippy::unwrap_used)]
@@ -66,10 +67,14 @@ pub mod layered;
 pub mod memoise;
 pub mod memory;
 pub mod proxy;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod serialised;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+#[cfg(feature = "redis")]
+pub use self::redis::RedisCache;
 pub use cache::{Cache, CacheExt};
 pub use error::{BoxError, Error, Operation, Result};
 #[cfg(all(feature = "file", unix))]
@@ -101,6 +106,15 @@ struct MemoisationDoctests;
 #[cfg(all(doctest, feature = "ftrack", feature = "file"))]
 #[doc = include_str!("../docs/ftrack.md")]
 struct FtrackDoctests;
+#[cfg(all(
+    doctest,
+    feature = "redis",
+    feature = "testing",
+    feature = "file",
+    feature = "bincode"
+))]
+#[doc = include_str!("../docs/redis.md")]
+struct RedisDoctests;
 
 /// The names most programs need: `use layercache::prelude::*;`.
 pub mod prelude {

@@ -495,3 +495,192 @@ impl<K, V, C: Cache<K, V>> Cache<K, V> for Instrumented<C> {
         self.inner.clear_matching(matches)
     }
 }
+
+/// A `redis-server` process of its own on a free loopback port, with
+/// persistence off, stopped when dropped: for tests, benches and examples
+/// of [`RedisCache`](crate::RedisCache) (features `testing` and `redis`).
+///
+/// ```no_run
+/// use layercache::{Cache, RedisCache, testing::RedisServer};
+///
+/// let Some(server) = RedisServer::start_or_skip("my test") else { return };
+/// let cache = RedisCache::open(server.url()).unwrap();
+/// cache.set("k".into(), b"v".to_vec()).unwrap();
+/// ```
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<std::process::Child>,
+    port: u16,
+}
+
+#[cfg(feature = "redis")]
+impl RedisServer {
+    /// Whether a `redis-server` binary is on the `PATH`.
+    pub fn available() -> bool {
+        std::process::Command::new("redis-server")
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+
+    /// Starts a server, or returns `None` after saying loudly on stderr why
+    /// `what` is skipped when no `redis-server` is installed. With the
+    /// environment variable `LAYERCACHE_REQUIRE_REDIS=1` a missing server
+    /// is a panic instead, so CI cannot skip by accident.
+    pub fn start_or_skip(what: &str) -> Option<Self> {
+        if !Self::available() {
+            if std::env::var("LAYERCACHE_REQUIRE_REDIS").is_ok_and(|v| v == "1") {
+                panic!("{what}: redis-server is not installed and LAYERCACHE_REQUIRE_REDIS=1");
+            }
+            // Written to the stream itself, not through `eprintln!`, which
+            // the test harness captures and hides for passing tests.
+            use std::io::Write;
+            // One write, so that tests skipping at once do not interleave.
+            let message = format!(
+                "\n*** SKIPPED {what}: no redis-server on PATH (install it, e.g. \
+                 `apt-get install -y redis-server`; set LAYERCACHE_REQUIRE_REDIS=1 to fail instead) ***\n"
+            );
+            let _ = std::io::stderr().write_all(message.as_bytes());
+            return None;
+        }
+        Some(Self::start().expect("start redis-server"))
+    }
+
+    /// Starts a server on a free loopback port and waits until it answers.
+    ///
+    /// The port is one the OS had free a moment before; if another process
+    /// takes it first, the server fails to start and another port is tried.
+    pub fn start() -> std::io::Result<Self> {
+        let mut last = None;
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let mut server = Self { child: None, port };
+            match server.restart() {
+                Ok(()) => return Ok(server),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("redis-server did not start")))
+    }
+
+    /// The server's URL, `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit. The port stays
+    /// reserved for [`restart`](RedisServer::restart) only by convention.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and nothing is
+    /// answered, as with a hung server. [`resume`](RedisServer::resume)
+    /// undoes it.
+    pub fn pause(&self) -> std::io::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a [`pause`](RedisServer::pause)d server run again (SIGCONT).
+    pub fn resume(&self) -> std::io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> std::io::Result<()> {
+        let child = self
+            .child
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the server is stopped"))?;
+        let status = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "kill {signal} failed: {status}"
+            )))
+        }
+    }
+
+    /// Starts the server again on the same port (after [`stop`]), empty,
+    /// and waits until it answers: until this very process answers, so a
+    /// stranger on the port is not mistaken for it.
+    ///
+    /// [`stop`]: RedisServer::stop
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.stop();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let pid = child.id();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                return Err(std::io::Error::other(format!(
+                    "redis-server on port {} exited at once ({status}); is the port taken?",
+                    self.port
+                )));
+            }
+            if server_pid(self.port).is_some_and(|answered| answered == pid) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                self.stop();
+                return Err(std::io::Error::other(format!(
+                    "redis-server on port {} did not answer within 10 s",
+                    self.port
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// The process id of the Redis server answering on `port`, from
+/// `INFO server`; `None` if nothing answers as Redis does.
+#[cfg(feature = "redis")]
+fn server_pid(port: u16) -> Option<u32> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut header = String::new();
+    reader.read_line(&mut header).ok()?;
+    let length: usize = header.strip_prefix('$')?.trim().parse().ok()?;
+    let mut body = vec![0; length.min(1 << 20)];
+    reader.read_exact(&mut body).ok()?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:")?.trim().parse().ok())
+}
+
+#[cfg(feature = "redis")]
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
