@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use redis::{Client, Connection, ConnectionLike, RedisError};
+use redis::{Client, Connection, ConnectionLike, RedisError, RedisWrite, ToRedisArgs};
 
 use crate::cache::Cache;
 use crate::error::{Error, Operation, Result};
@@ -300,6 +300,21 @@ fn is_unreachable(error: &RedisError) -> bool {
     error.is_io_error() || error.is_timeout() || error.is_connection_refusal()
 }
 
+/// A key with the namespace in front, written straight into a command's
+/// buffer: no `String` is built for it on the way.
+struct Prefixed<'a>(&'a str, &'a str);
+
+impl ToRedisArgs for Prefixed<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        out.reserve_space_for_args([self.0.len() + self.1.len()]);
+        let mut arg = out.writer_for_next_arg();
+        // Writing to the command's own buffer cannot fail.
+        let _ = arg.write_all(self.0.as_bytes());
+        let _ = arg.write_all(self.1.as_bytes());
+    }
+}
+
 /// Keys are scanned in batches of about this many.
 const SCAN_COUNT: usize = 1000;
 
@@ -475,13 +490,6 @@ impl RedisCache {
         }
     }
 
-    fn key(&self, key: &str) -> String {
-        let mut full = String::with_capacity(self.namespace.len() + key.len());
-        full.push_str(&self.namespace);
-        full.push_str(key);
-        full
-    }
-
     /// Every full key in the namespace, by SCAN, as bytes: another client
     /// may have stored keys that are not UTF-8 under the prefix.
     fn scan(&self, operation: Operation) -> Result<Vec<Vec<u8>>> {
@@ -531,14 +539,16 @@ impl RedisCache {
 impl Cache<String, Vec<u8>> for RedisCache {
     fn get(&self, key: &String) -> Result<Option<Vec<u8>>> {
         self.with(Operation::Get, "GET", |connection| {
-            redis::cmd("GET").arg(self.key(key)).query(connection)
+            redis::cmd("GET")
+                .arg(Prefixed(&self.namespace, key))
+                .query(connection)
         })
     }
 
     fn set(&self, key: String, value: Vec<u8>) -> Result<()> {
         self.with(Operation::Set, "SET", |connection| {
             let mut command = redis::cmd("SET");
-            command.arg(self.key(&key)).arg(&value);
+            command.arg(Prefixed(&self.namespace, &key)).arg(&value);
             if let Some(ttl) = self.ttl {
                 // `build` holds a TTL to 1 ms ..= 100 years: this fits.
                 command
@@ -556,7 +566,9 @@ impl Cache<String, Vec<u8>> for RedisCache {
     /// not returned. (`clear_matching` may undercount in the same way.)
     fn remove(&self, key: &String) -> Result<Option<Vec<u8>>> {
         self.with(Operation::Remove, "GETDEL", |connection| {
-            redis::cmd("GETDEL").arg(self.key(key)).query(connection)
+            redis::cmd("GETDEL")
+                .arg(Prefixed(&self.namespace, key))
+                .query(connection)
         })
     }
 
