@@ -267,6 +267,14 @@ fn ttl_expires_entries() {
 fn bad_options_are_errors() {
     let error = RedisCache::open("http://example.com/").unwrap_err();
     assert!(error.to_string().contains("http://example.com/"), "{error}");
+    // TLS is not built in: a clear error, not a failure at the first call.
+    let error = RedisCache::open("rediss://:hunter2@127.0.0.1:1/").unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("TLS") && message.contains("rediss://***@127.0.0.1:1/"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
     let builder = || RedisCache::builder("redis://:hunter2@127.0.0.1:1/");
     let cases = [
         (builder().command_timeout(Duration::ZERO), "timeout"),
