@@ -183,7 +183,14 @@ fn worker(args: &[String]) -> Result<ExitCode> {
         .with_policy(ErrorPolicy::Degrade)
         .on_failure(|failure| eprintln!("degraded: {failure}"));
     if number == 0 {
-        println!("stack: {stack:?}");
+        // The layers without their counting wrappers.
+        println!(
+            "stack: Layered[{:?}, {:?}, {:?}], {:?}",
+            memory.inner(),
+            file.inner(),
+            redis.inner(),
+            stack.policy()
+        );
     }
 
     // Each worker starts at a different shot, as a farm's tasks would.
