@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, ConnectionLike, RedisError, RedisWrite, ToRedisArgs};
@@ -348,6 +348,12 @@ impl RedisCache {
         &self.server
     }
 
+    /// The idle connections. A panic while the lock was held cannot leave
+    /// the list itself inconsistent, so a poisoned lock is simply taken.
+    fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn connect(&self) -> std::result::Result<Connection, RedisError> {
         let connection = self
             .client
@@ -410,10 +416,7 @@ impl RedisCache {
             .is_ok();
         if changed && next & UP == 0 {
             // The pooled connections are to the same server: drop them.
-            self.idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clear();
+            self.idle().clear();
         }
     }
 
@@ -439,18 +442,11 @@ impl RedisCache {
                 Failed::NotSent(command, self.retry_after),
             ));
         };
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let pooled = self.idle().pop();
         let (outcome, connection) = match pooled {
             Some(mut connection) => match work(&mut connection) {
                 Err(error) if is_stale(&error) => {
-                    self.idle
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .clear();
+                    self.idle().clear();
                     self.fresh(&mut work)
                 }
                 outcome => (outcome, Some(connection)),
@@ -463,7 +459,7 @@ impl RedisCache {
             Err(error) => !error.is_io_error() && !error.is_timeout(),
         };
         if let Some(connection) = connection.filter(|c| reusable && c.is_open()) {
-            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut idle = self.idle();
             if idle.len() < self.max_idle {
                 idle.push(connection);
             }

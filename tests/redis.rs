@@ -344,15 +344,22 @@ fn error_replies_fail_the_call_and_keep_the_connection() {
 // Faults
 // ---------------------------------------------------------------------------
 
-/// A cache with short waits, so fault tests are quick.
-fn impatient(server: &RedisServer, retry_after: Duration) -> RedisCache {
-    RedisCache::builder(server.url())
+/// A cache on `url` with a fresh namespace, `timeout` for connecting and
+/// for each command, and `retry_after`: short waits, so fault tests are
+/// quick.
+fn quick(url: &str, timeout: Duration, retry_after: Duration) -> RedisCache {
+    RedisCache::builder(url)
         .namespace(fresh_namespace("fault"))
-        .connect_timeout(Duration::from_millis(500))
-        .command_timeout(Duration::from_millis(500))
+        .connect_timeout(timeout)
+        .command_timeout(timeout)
         .retry_after(retry_after)
         .build()
         .unwrap()
+}
+
+/// A [`quick`] cache on `server` with 500 ms timeouts.
+fn impatient(server: &RedisServer, retry_after: Duration) -> RedisCache {
+    quick(&server.url(), Duration::from_millis(500), retry_after)
 }
 
 #[test]
@@ -465,15 +472,11 @@ fn hung_server_times_commands_out() {
         return;
     };
     let url = server.url();
-    let cache = Arc::new(
-        RedisCache::builder(server.url())
-            .namespace(fresh_namespace("hung"))
-            .connect_timeout(Duration::from_millis(300))
-            .command_timeout(Duration::from_millis(300))
-            .retry_after(Duration::from_millis(300))
-            .build()
-            .unwrap(),
-    );
+    let cache = Arc::new(quick(
+        &url,
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+    ));
     cache.set("k".into(), bytes("v")).unwrap(); // a pooled connection
     server.pause().expect("SIGSTOP redis-server");
     // The pooled connection is open and the server silent: only the
@@ -505,12 +508,7 @@ fn hung_server_times_commands_out() {
 fn one_caller_at_a_time_tries_a_silent_server() {
     let (url, accepted) = silent_server();
     let timeout = Duration::from_millis(100);
-    let cache = RedisCache::builder(url.as_str())
-        .connect_timeout(timeout)
-        .command_timeout(timeout)
-        .retry_after(timeout)
-        .build()
-        .unwrap();
+    let cache = quick(&url, timeout, timeout);
     let threads = 8;
     let run = Duration::from_millis(1200);
     let calls = AtomicU64::new(0);
@@ -572,12 +570,7 @@ fn restart_while_idle_is_invisible() {
 fn silent_server_costs_one_timeout_per_interval() {
     let (url, _) = silent_server();
     let timeout = Duration::from_millis(200);
-    let cache = RedisCache::builder(url.as_str())
-        .connect_timeout(timeout)
-        .command_timeout(timeout)
-        .retry_after(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let cache = quick(&url, timeout, Duration::from_secs(60));
     let started = Instant::now();
     let message = backend_error(cache.get(&"k".into()), &url);
     let first = started.elapsed();
