@@ -70,26 +70,20 @@ fn memory(c: &mut Criterion) {
         moka.run_pending_tasks();
         let mut next = scattered(entries);
 
-        let mut group = c.benchmark_group(format!("memory_get_hit/{entries}"));
-        group.bench_function("layercache", |b| {
-            b.iter(|| black_box(ours.get(&keys[next()]).unwrap()))
-        });
-        group.bench_function("moka", |b| b.iter(|| black_box(moka.get(&keys[next()]))));
-        group.bench_function("rwlock_hashmap", |b| {
-            b.iter(|| black_box(floor.get(&keys[next()])))
-        });
-        group.finish();
-
+        // Hits and misses run the same lookups, of the stored keys and of
+        // keys of the same length that are not stored.
         let missing: Vec<String> = keys.iter().map(|k| k.replace('T', "X")).collect();
-        let mut group = c.benchmark_group(format!("memory_get_miss/{entries}"));
-        group.bench_function("layercache", |b| {
-            b.iter(|| black_box(ours.get(&missing[next()]).unwrap()))
-        });
-        group.bench_function("moka", |b| b.iter(|| black_box(moka.get(&missing[next()]))));
-        group.bench_function("rwlock_hashmap", |b| {
-            b.iter(|| black_box(floor.get(&missing[next()])))
-        });
-        group.finish();
+        for (name, lookups) in [("memory_get_hit", &keys), ("memory_get_miss", &missing)] {
+            let mut group = c.benchmark_group(format!("{name}/{entries}"));
+            group.bench_function("layercache", |b| {
+                b.iter(|| black_box(ours.get(&lookups[next()]).unwrap()))
+            });
+            group.bench_function("moka", |b| b.iter(|| black_box(moka.get(&lookups[next()]))));
+            group.bench_function("rwlock_hashmap", |b| {
+                b.iter(|| black_box(floor.get(&lookups[next()])))
+            });
+            group.finish();
+        }
 
         // Overwrites of existing keys: the steady state of a warm cache. The
         // key clone is part of every peer's cost alike.

@@ -16,6 +16,11 @@
 
 use std::fmt;
 
+// Without a codec feature, `Error` is named only by doc links.
+#[cfg_attr(
+    not(any(feature = "bincode", feature = "cbor", feature = "json")),
+    allow(unused_imports)
+)]
 use crate::error::{Error, Result};
 
 #[cfg(feature = "bincode")]
@@ -75,6 +80,7 @@ impl<V, X: Codec<V> + ?Sized> Codec<V> for std::sync::Arc<X> {
     }
 }
 
+#[cfg(any(feature = "bincode", feature = "cbor", feature = "json"))]
 fn encode_error(codec: &'static str, source: impl Into<crate::BoxError>) -> Error {
     Error::Encode {
         codec,
@@ -82,6 +88,7 @@ fn encode_error(codec: &'static str, source: impl Into<crate::BoxError>) -> Erro
     }
 }
 
+#[cfg(any(feature = "bincode", feature = "cbor", feature = "json"))]
 fn decode_error(codec: &'static str, source: impl Into<crate::BoxError>) -> Error {
     Error::Decode {
         codec,
@@ -239,7 +246,8 @@ fn bincode_source(error: bincode::error::DecodeError) -> crate::BoxError {
     }
 }
 
-#[cfg(feature = "bincode")]
+/// Why a decode that read a whole value but not all of its input failed.
+#[cfg(any(feature = "bincode", feature = "cbor"))]
 fn trailing_bytes(extra: usize) -> String {
     format!("{extra} trailing bytes after the value")
 }
@@ -262,25 +270,22 @@ where
         // The decode limit counts memory, not encoded bytes, so only reading
         // the value back tells whether it fits (and whether it reads back at
         // all).
-        match Self::decode_prefix::<V>(&bytes) {
-            Ok((_, read)) if read == bytes.len() => Ok(bytes),
-            Ok((_, read)) => Err(encode_error(
-                "bincode",
-                format!(
-                    "the encoding does not read back: {}",
-                    trailing_bytes(bytes.len() - read)
-                ),
-            )),
-            Err(bincode::error::DecodeError::LimitExceeded) => Err(Error::TooLarge {
-                what: "value decoded from an encoding",
-                size: bytes.len(),
-                limit: LIMIT,
-            }),
-            Err(error) => Err(encode_error(
-                "bincode",
-                format!("the encoding does not read back: {}", bincode_source(error)),
-            )),
-        }
+        let reason = match Self::decode_prefix::<V>(&bytes) {
+            Ok((_, read)) if read == bytes.len() => return Ok(bytes),
+            Ok((_, read)) => trailing_bytes(bytes.len() - read),
+            Err(bincode::error::DecodeError::LimitExceeded) => {
+                return Err(Error::TooLarge {
+                    what: "value decoded from an encoding",
+                    size: bytes.len(),
+                    limit: LIMIT,
+                });
+            }
+            Err(error) => bincode_source(error).to_string(),
+        };
+        Err(encode_error(
+            "bincode",
+            format!("the encoding does not read back: {reason}"),
+        ))
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<V> {
@@ -328,10 +333,7 @@ where
         let value =
             ciborium::from_reader(&mut reader).map_err(|e| decode_error("cbor", e.to_string()))?;
         if !reader.is_empty() {
-            return Err(decode_error(
-                "cbor",
-                format!("{} trailing bytes after the value", reader.len()),
-            ));
+            return Err(decode_error("cbor", trailing_bytes(reader.len())));
         }
         Ok(value)
     }

@@ -120,7 +120,8 @@ pub enum Error {
     /// A key or value is larger than the cache or codec accepts.
     #[error("{what} of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
-        /// What was too large (`"key"`, `"value"`, `"encoded value"`).
+        /// What was too large (`"key"`, `"value"`, `"encoded value"`,
+        /// `"value decoded from an encoding"`).
         what: &'static str,
         /// Its size in bytes (for a value refused by a codec's decode limit,
         /// the size of its encoding).

@@ -261,8 +261,9 @@ impl<K, V> Layered<K, V> {
     }
 
     /// Asks each layer for `key` from depth `from` down, promoting a hit
-    /// into the layers above it if asked.
-    fn lookup(&self, key: &K, from: usize, promote: bool) -> Result<Option<V>>
+    /// into the layers above it if asked; a failing layer is handled by the
+    /// stack's policy (and reported to its hook) as in `get`.
+    pub(crate) fn lookup(&self, key: &K, from: usize, promote: bool) -> Result<Option<V>>
     where
         K: Clone,
         V: Clone,

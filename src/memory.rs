@@ -64,11 +64,12 @@ impl<K, V> Shard<K, V> {
     }
 }
 
+/// The most shards [`MemoryCache::with_shards`] makes.
+const MAX_SHARDS: usize = 1 << 16;
+
 /// Shards for a cache built with [`MemoryCache::new`]: four per CPU, at least
 /// 4 and at most 64, a power of two. Computed once: asking the OS for the CPU
 /// count reads files under cgroups.
-const MAX_SHARDS: usize = 1 << 16;
-
 fn default_shards() -> usize {
     static SHARDS: OnceLock<usize> = OnceLock::new();
     *SHARDS.get_or_init(|| {

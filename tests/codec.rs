@@ -645,6 +645,12 @@ fn run_deep_nesting_child(codec: &str) {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+    // A filter that matches no test also exits 0: check the child ran it.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(" 1 passed;"),
+        "{codec}: the child ran no test:\n{stdout}"
+    );
 }
 
 #[test]
@@ -851,14 +857,27 @@ fn limited_bincode_decodes_everything_it_encodes() {
     assert_eq!(cache.stale(), 0);
 
     // Whatever encodes decodes, across sizes on both sides of the limit.
+    let (mut encoded, mut refused) = (0, 0);
     for len in 0..80 {
-        assert_encodes_only_what_decodes(&small, &"s".repeat(len));
-        assert_encodes_only_what_decodes(&small, &vec![u64::MAX; len / 8]);
-        assert_encodes_only_what_decodes(&small, &vec![0u64; len / 4]);
-        assert_encodes_only_what_decodes(&small, &vec![true; len]);
-        assert_encodes_only_what_decodes(&small, &vec![Some('é'); len / 3]);
-        assert_encodes_only_what_decodes(&small, &vec![vec![1u8; len / 10]; len / 10]);
+        for fits in [
+            assert_encodes_only_what_decodes(&small, &"s".repeat(len)),
+            assert_encodes_only_what_decodes(&small, &vec![u64::MAX; len / 8]),
+            assert_encodes_only_what_decodes(&small, &vec![0u64; len / 4]),
+            assert_encodes_only_what_decodes(&small, &vec![true; len]),
+            assert_encodes_only_what_decodes(&small, &vec![Some('é'); len / 3]),
+            assert_encodes_only_what_decodes(&small, &vec![vec![1u8; len / 10]; len / 10]),
+        ] {
+            if fits {
+                encoded += 1;
+            } else {
+                refused += 1;
+            }
+        }
     }
+    assert!(
+        encoded > 0 && refused > 0,
+        "{encoded} encoded, {refused} refused"
+    );
 }
 
 #[test]

@@ -131,6 +131,13 @@ fn poke(path: &Path, at: usize, bytes: &[u8]) {
     file.write_all_at(bytes, at as u64).unwrap();
 }
 
+/// Writes `clean` to `path` with the byte at `offset` xored with `mask`.
+fn write_flipped(path: &Path, clean: &[u8], offset: usize, mask: u8) {
+    let mut bytes = clean.to_vec();
+    bytes[offset] ^= mask;
+    std::fs::write(path, &bytes).unwrap();
+}
+
 /// A deterministic xorshift64 generator.
 struct XorShift(u64);
 
@@ -518,9 +525,7 @@ fn random_byte_flips() {
         let part = part_of(rec, offset);
         *parts_hit.entry(format!("{part:?}")).or_insert(0) += 1;
         let context = format!("seed {seed}: byte {offset} ^ {mask:#04x}, {part:?} of {rec:?}");
-        let mut bytes = clean.clone();
-        bytes[offset] ^= mask;
-        std::fs::write(&path, &bytes).unwrap();
+        write_flipped(&path, &clean, offset, mask);
 
         let cache = FileCache::open(&path).unwrap_or_else(|e| panic!("{context}: {e}"));
         let missing = exact_or_missing(&cache, &model, &context);
@@ -717,9 +722,7 @@ fn a_flip_in_an_overwriting_records_key_does_not_serve_the_older_value() {
     let path = dir.path().join("key.lc");
     for offset in rec.key_range() {
         for mask in [0x01, 0x20, 0xff] {
-            let mut bytes = clean.clone();
-            bytes[offset] ^= mask;
-            std::fs::write(&path, &bytes).unwrap();
+            write_flipped(&path, &clean, offset, mask);
             assert_victim_missing(
                 &path,
                 &others,
@@ -738,9 +741,7 @@ fn a_flip_in_a_tombstones_key_does_not_bring_the_removed_value_back() {
     assert_eq!(rec.kind, 2);
     let path = dir.path().join("tomb.lc");
     for offset in rec.key_range() {
-        let mut bytes = clean.clone();
-        bytes[offset] ^= 0x04;
-        std::fs::write(&path, &bytes).unwrap();
+        write_flipped(&path, &clean, offset, 0x04);
         assert_victim_missing(
             &path,
             &others,
@@ -780,9 +781,7 @@ fn a_flip_in_an_overwriting_records_header_does_not_serve_the_older_value() {
     let (clean, others, rec) = write_overwritten_key(&source, Some(b"new value of the victim"));
     let path = dir.path().join("header.lc");
     for offset in rec.header_range() {
-        let mut bytes = clean.clone();
-        bytes[offset] ^= 0x10;
-        std::fs::write(&path, &bytes).unwrap();
+        write_flipped(&path, &clean, offset, 0x10);
         assert_victim_missing(&path, &others, &rec, &format!("header byte {offset}"));
     }
 }
@@ -794,9 +793,7 @@ fn a_flip_in_a_tombstones_header_does_not_bring_the_removed_value_back() {
     let (clean, others, rec) = write_overwritten_key(&source, None);
     let path = dir.path().join("tomb-header.lc");
     for offset in rec.header_range() {
-        let mut bytes = clean.clone();
-        bytes[offset] ^= 0x10;
-        std::fs::write(&path, &bytes).unwrap();
+        write_flipped(&path, &clean, offset, 0x10);
         assert_victim_missing(
             &path,
             &others,

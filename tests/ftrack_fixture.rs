@@ -1363,8 +1363,8 @@ proptest! {
     }
 }
 
-/// A valid query built from parts always answers; with a filter on an id
-/// it answers that record or nothing.
+/// A valid query built from parts always answers, with records of the
+/// queried type.
 #[test]
 fn generated_valid_queries_answer() {
     let server = server();

@@ -42,10 +42,16 @@ fn server() -> Arc<FixtureServer> {
     Arc::new(server)
 }
 
-#[test]
-fn a_second_get_makes_no_server_call_and_returns_the_same_instance() {
+/// The fixture, and a session on it with the default cache (memory only).
+fn memory_session() -> (Arc<FixtureServer>, Session) {
     let server = server();
     let session = Session::builder(server.clone()).build();
+    (server, session)
+}
+
+#[test]
+fn a_second_get_makes_no_server_call_and_returns_the_same_instance() {
+    let (server, session) = memory_session();
     let user = session.get("User", ["u1"]).unwrap().expect("found");
     assert_eq!(server.calls(), 1);
     let again = session.get("User", ["u1"]).unwrap().expect("found");
@@ -57,8 +63,7 @@ fn a_second_get_makes_no_server_call_and_returns_the_same_instance() {
 
 #[test]
 fn a_query_merges_into_the_instance_already_held() {
-    let server = server();
-    let session = Session::builder(server.clone()).build();
+    let (server, session) = memory_session();
     let user = session.get("User", ["u1"]).unwrap().unwrap();
     let timelogs = user.get("timelogs").unwrap();
     let timelog = timelogs.as_collection().unwrap()[0].clone();
@@ -87,8 +92,7 @@ fn a_query_merges_into_the_instance_already_held() {
 
 #[test]
 fn reading_an_unloaded_attribute_fetches_it_when_auto_populating() {
-    let server = server();
-    let session = Session::builder(server.clone()).build();
+    let (server, session) = memory_session();
     let found = session
         .query(r#"select id from Timelog where id is "t2""#)
         .unwrap();
@@ -246,8 +250,7 @@ fn a_persistent_layer_with_malformed_or_stale_records_is_a_miss() {
 
 #[test]
 fn eight_threads_share_one_instance_per_identity_and_lose_no_attribute() {
-    let server = server();
-    let session = Session::builder(server.clone()).build();
+    let (_, session) = memory_session();
     let results: Vec<Vec<Entity>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..8)
             .map(|t| {
@@ -298,8 +301,7 @@ fn eight_threads_share_one_instance_per_identity_and_lose_no_attribute() {
 fn the_codec_writes_ftrack_json_with_each_strategy() {
     use layercache::codec::Codec;
     use layercache::ftrack::EncodeStrategy;
-    let server = server();
-    let session = Session::builder(server.clone()).build();
+    let (_, session) = memory_session();
     let timelog = session.get("Timelog", ["t1"]).unwrap().unwrap();
     timelog.set("comment", "edited");
     let codec = session.codec();
@@ -353,8 +355,7 @@ fn the_codec_writes_ftrack_json_with_each_strategy() {
 
 #[test]
 fn populate_loads_projections_for_many_entities_in_one_query_per_type() {
-    let server = server();
-    let session = Session::builder(server.clone()).build();
+    let (server, session) = memory_session();
     let logs = session.query("select id from Timelog").unwrap();
     assert_eq!(logs.len(), 2);
     let calls = server.calls();
@@ -432,8 +433,7 @@ fn a_record_written_under_another_schema_is_a_miss() {
 
 #[test]
 fn a_record_that_refers_back_to_itself_merges_once_per_identity() {
-    let server = server();
-    let session = Session::builder(server.clone()).build();
+    let (_, session) = memory_session();
     // User -> timelogs -> Timelog -> user -> the same User: a cycle within
     // one result.
     let users = session

@@ -46,12 +46,17 @@ fn counts(layers: &[Layer]) -> Vec<[u64; 7]> {
         .collect()
 }
 
-/// The calls each layer got since `before`, as (operation, count) pairs with
-/// a non-zero count.
-fn calls_since(layers: &[Layer], before: &[[u64; 7]]) -> Vec<Vec<(Operation, u64)>> {
-    counts(layers)
+/// Per layer, the calls it got: (operation, count) pairs, non-zero counts
+/// only.
+type Calls = Vec<Vec<(Operation, u64)>>;
+
+/// Runs `f` and returns its result with the calls each layer got meanwhile.
+fn calls_during<R>(layers: &[Layer], f: impl FnOnce() -> R) -> (R, Calls) {
+    let before = counts(layers);
+    let result = f();
+    let calls = counts(layers)
         .iter()
-        .zip(before)
+        .zip(&before)
         .map(|(now, then)| {
             OPS.iter()
                 .zip(now.iter().zip(then))
@@ -59,7 +64,8 @@ fn calls_since(layers: &[Layer], before: &[[u64; 7]]) -> Vec<Vec<(Operation, u64
                 .map(|(op, (now, then))| (*op, now - then))
                 .collect()
         })
-        .collect()
+        .collect();
+    (result, calls)
 }
 
 /// The contents of a layer, read without going through its counters.
@@ -127,12 +133,12 @@ fn assert_layer_error(error: &Error, depth: usize, operation: Operation, backend
 fn get_hit_in_middle_promotes_above_and_leaves_below_alone() {
     let (layers, cache) = stack(3, ErrorPolicy::Strict);
     layers[1].inner().set(5, 50).unwrap();
-    let before = counts(&layers);
 
-    assert_eq!(cache.get(&5).unwrap(), Some(50));
+    let (got, calls) = calls_during(&layers, || cache.get(&5).unwrap());
 
+    assert_eq!(got, Some(50));
     assert_eq!(
-        calls_since(&layers, &before),
+        calls,
         vec![
             vec![(Operation::Get, 1), (Operation::Set, 1)],
             vec![(Operation::Get, 1)],
@@ -145,22 +151,19 @@ fn get_hit_in_middle_promotes_above_and_leaves_below_alone() {
     assert_eq!(cache.failures(), 0);
 
     // The next read is a hit at the top.
-    let before = counts(&layers);
-    assert_eq!(cache.get(&5).unwrap(), Some(50));
-    assert_eq!(
-        calls_since(&layers, &before),
-        vec![vec![(Operation::Get, 1)], vec![], vec![]]
-    );
+    let (got, calls) = calls_during(&layers, || cache.get(&5).unwrap());
+    assert_eq!(got, Some(50));
+    assert_eq!(calls, vec![vec![(Operation::Get, 1)], vec![], vec![]]);
 }
 
 #[test]
 fn get_hit_at_bottom_promotes_into_every_layer_above() {
     let (layers, cache) = stack(3, ErrorPolicy::Strict);
     layers[2].inner().set(1, 11).unwrap();
-    let before = counts(&layers);
-    assert_eq!(cache.get(&1).unwrap(), Some(11));
+    let (got, calls) = calls_during(&layers, || cache.get(&1).unwrap());
+    assert_eq!(got, Some(11));
     assert_eq!(
-        calls_since(&layers, &before),
+        calls,
         vec![
             vec![(Operation::Get, 1), (Operation::Set, 1)],
             vec![(Operation::Get, 1), (Operation::Set, 1)],
@@ -176,12 +179,9 @@ fn get_hit_at_bottom_promotes_into_every_layer_above() {
 fn get_miss_asks_every_layer_and_writes_nothing() {
     let (layers, cache) = stack(3, ErrorPolicy::Strict);
     layers[0].inner().set(1, 10).unwrap();
-    let before = counts(&layers);
-    assert_eq!(cache.get(&2).unwrap(), None);
-    assert_eq!(
-        calls_since(&layers, &before),
-        vec![vec![(Operation::Get, 1)]; 3]
-    );
+    let (got, calls) = calls_during(&layers, || cache.get(&2).unwrap());
+    assert_eq!(got, None);
+    assert_eq!(calls, vec![vec![(Operation::Get, 1)]; 3]);
     assert_eq!(contents(&layers[0]), [(1, 10)].into());
     assert!(layers[1].inner().is_empty() && layers[2].inner().is_empty());
 }
@@ -193,18 +193,10 @@ fn get_hit_at_top_does_not_touch_lower_layers() {
     layers[0].inner().set(3, 30).unwrap();
     layers[1].inner().set(3, 31).unwrap();
     layers[2].inner().set(3, 32).unwrap();
-    let before = counts(&layers);
+    let (got, calls) = calls_during(&layers, || cache.get(&3).unwrap());
 
-    assert_eq!(
-        cache.get(&3).unwrap(),
-        Some(30),
-        "the shallowest value wins"
-    );
-
-    assert_eq!(
-        calls_since(&layers, &before),
-        vec![vec![(Operation::Get, 1)], vec![], vec![]]
-    );
+    assert_eq!(got, Some(30), "the shallowest value wins");
+    assert_eq!(calls, vec![vec![(Operation::Get, 1)], vec![], vec![]]);
     assert_eq!(contents(&layers[1]), [(3, 31)].into());
     assert_eq!(contents(&layers[2]), [(3, 32)].into());
 }
@@ -214,12 +206,8 @@ fn get_hit_at_top_does_not_touch_lower_layers() {
 fn set_writes_every_layer() {
     let (layers, cache) = stack(3, ErrorPolicy::Strict);
     layers[1].inner().set(4, 1).unwrap();
-    let before = counts(&layers);
-    cache.set(4, 40).unwrap();
-    assert_eq!(
-        calls_since(&layers, &before),
-        vec![vec![(Operation::Set, 1)]; 3]
-    );
+    let ((), calls) = calls_during(&layers, || cache.set(4, 40).unwrap());
+    assert_eq!(calls, vec![vec![(Operation::Set, 1)]; 3]);
     for layer in &layers {
         assert_eq!(contents(layer), [(4, 40)].into());
     }
@@ -230,14 +218,10 @@ fn remove_of_key_only_at_depth_two_returns_it_and_removes_it() {
     let (layers, cache) = stack(3, ErrorPolicy::Strict);
     layers[2].inner().set(2, 20).unwrap();
     layers[2].inner().set(9, 90).unwrap();
-    let before = counts(&layers);
+    let (removed, calls) = calls_during(&layers, || cache.remove(&2).unwrap());
 
-    assert_eq!(cache.remove(&2).unwrap(), Some(20));
-
-    assert_eq!(
-        calls_since(&layers, &before),
-        vec![vec![(Operation::Remove, 1)]; 3]
-    );
+    assert_eq!(removed, Some(20));
+    assert_eq!(calls, vec![vec![(Operation::Remove, 1)]; 3]);
     assert!(layers[0].inner().is_empty());
     assert!(layers[1].inner().is_empty());
     assert_eq!(contents(&layers[2]), [(9, 90)].into(), "other keys kept");
@@ -267,12 +251,9 @@ fn remove_returns_the_shallowest_value_and_removes_from_all() {
 fn remove_of_missing_key_is_none() {
     let (layers, cache) = stack(3, ErrorPolicy::Strict);
     layers[1].inner().set(1, 10).unwrap();
-    let before = counts(&layers);
-    assert_eq!(cache.remove(&7).unwrap(), None);
-    assert_eq!(
-        calls_since(&layers, &before),
-        vec![vec![(Operation::Remove, 1)]; 3]
-    );
+    let (removed, calls) = calls_during(&layers, || cache.remove(&7).unwrap());
+    assert_eq!(removed, None);
+    assert_eq!(calls, vec![vec![(Operation::Remove, 1)]; 3]);
     assert_eq!(contents(&layers[1]), [(1, 10)].into());
 }
 
@@ -376,11 +357,10 @@ fn strict_failing_read_fails_get() {
     assert_eq!(cache.get(&1).unwrap(), Some(10));
     assert_eq!(layers[1].calls(Operation::Get), 0);
 
-    let before = counts(&layers);
-    let error = cache.get(&2).unwrap_err();
+    let (error, calls) = calls_during(&layers, || cache.get(&2).unwrap_err());
     assert_layer_error(&error, 1, Operation::Get, Operation::Get);
     assert_eq!(
-        calls_since(&layers, &before),
+        calls,
         vec![vec![(Operation::Get, 1)], vec![(Operation::Get, 1)], vec![]],
         "stops at the failing layer"
     );
@@ -464,14 +444,14 @@ fn degrade_failing_middle_layer_is_a_miss() {
     assert_eq!(cache.policy(), ErrorPolicy::Degrade);
     layers[2].inner().set(9, 90).unwrap();
     layers[1].fail_reads(true);
-    let before = counts(&layers);
 
-    assert_eq!(cache.get(&9).unwrap(), Some(90));
+    let (got, calls) = calls_during(&layers, || cache.get(&9).unwrap());
 
+    assert_eq!(got, Some(90));
     assert_eq!(take(&log), [(1, Operation::Get, Operation::Get)]);
     assert_eq!(cache.failures(), 1);
     assert_eq!(
-        calls_since(&layers, &before),
+        calls,
         vec![
             vec![(Operation::Get, 1), (Operation::Set, 1)],
             vec![(Operation::Get, 1), (Operation::Set, 1)],

@@ -37,6 +37,33 @@ fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     }
 }
 
+/// Runs `f(0)` to `f(n - 1)` on `n` threads released together by a barrier,
+/// and returns their results in order; `within` `TIMEOUT`, as above.
+fn together<T, F>(n: usize, f: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> T + Send + Sync + 'static,
+{
+    within(move || {
+        let barrier = Barrier::new(n);
+        thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|i| {
+                    let (barrier, f) = (&barrier, &f);
+                    s.spawn(move || {
+                        barrier.wait();
+                        f(i)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("no panic"))
+                .collect()
+        })
+    })
+}
+
 type Memo = Memoiser<MemoryCache<String, u64>>;
 
 fn memo() -> Arc<Memo> {
@@ -50,28 +77,15 @@ fn memo() -> Arc<Memo> {
 fn concurrent_callers_of_one_key_compute_once() {
     let memo = memo();
     let calls = Arc::new(AtomicUsize::new(0));
-    let results = within({
+    let results = together(8, {
         let (memo, calls) = (memo.clone(), calls.clone());
-        move || {
-            let barrier = Barrier::new(8);
-            thread::scope(|s| {
-                let handles: Vec<_> = (0..8)
-                    .map(|_| {
-                        s.spawn(|| {
-                            barrier.wait();
-                            memo.call("slow", &(1, "x"), || {
-                                let n = calls.fetch_add(1, Ordering::SeqCst);
-                                thread::sleep(SLOW);
-                                100 + n as u64
-                            })
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("no panic").expect("a value"))
-                    .collect::<Vec<u64>>()
+        move |_| {
+            memo.call("slow", &(1, "x"), || {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                thread::sleep(SLOW);
+                100 + n as u64
             })
+            .expect("a value")
         }
     });
     assert_eq!(results, [100; 8]);
@@ -93,38 +107,22 @@ fn different_keys_compute_independently_and_concurrently() {
     let calls = Arc::new(AtomicUsize::new(0));
     let in_flight = Arc::new(AtomicUsize::new(0));
     let most_in_flight = Arc::new(AtomicUsize::new(0));
-    let results = within({
+    let results = together(8, {
         let (memo, calls) = (memo.clone(), calls.clone());
         let (in_flight, most_in_flight) = (in_flight.clone(), most_in_flight.clone());
-        move || {
-            let barrier = Barrier::new(8);
-            thread::scope(|s| {
-                let handles: Vec<_> = (0..8u64)
-                    .map(|i| {
-                        let (barrier, memo, calls) = (&barrier, &memo, &calls);
-                        let (in_flight, most_in_flight) = (&in_flight, &most_in_flight);
-                        s.spawn(move || {
-                            let arg = i % 2;
-                            barrier.wait();
-                            let value = memo
-                                .call("square-ish", &arg, || {
-                                    calls.fetch_add(1, Ordering::SeqCst);
-                                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                                    most_in_flight.fetch_max(now, Ordering::SeqCst);
-                                    thread::sleep(SLOW);
-                                    in_flight.fetch_sub(1, Ordering::SeqCst);
-                                    10 + arg
-                                })
-                                .expect("a value");
-                            (arg, value)
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("no panic"))
-                    .collect::<Vec<(u64, u64)>>()
-            })
+        move |i| {
+            let arg = i as u64 % 2;
+            let value = memo
+                .call("square-ish", &arg, || {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    most_in_flight.fetch_max(now, Ordering::SeqCst);
+                    thread::sleep(SLOW);
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    10 + arg
+                })
+                .expect("a value");
+            (arg, value)
         }
     });
     for (arg, value) in results {
@@ -193,31 +191,17 @@ fn errors_are_returned_and_not_cached() {
 fn waiters_on_a_failing_leader_compute_for_themselves() {
     let memo = memo();
     let calls = Arc::new(AtomicUsize::new(0));
-    let results = within({
+    let results: Vec<Result<u64, MyError>> = together(4, {
         let (memo, calls) = (memo.clone(), calls.clone());
-        move || {
-            let barrier = Barrier::new(4);
-            thread::scope(|s| {
-                let handles: Vec<_> = (0..4)
-                    .map(|_| {
-                        s.spawn(|| {
-                            barrier.wait();
-                            memo.try_call("fails-first", &(), || {
-                                let n = calls.fetch_add(1, Ordering::SeqCst);
-                                thread::sleep(SLOW);
-                                if n == 0 {
-                                    Err(MyError::Failed(n))
-                                } else {
-                                    Ok(40 + n as u64)
-                                }
-                            })
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("no panic"))
-                    .collect::<Vec<Result<u64, MyError>>>()
+        move |_| {
+            memo.try_call("fails-first", &(), || {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                thread::sleep(SLOW);
+                if n == 0 {
+                    Err(MyError::Failed(n))
+                } else {
+                    Ok(40 + n as u64)
+                }
             })
         }
     });

@@ -399,15 +399,23 @@ struct Stack {
     instrumented: Vec<Arc<Instrumented<Mem>>>,
 }
 
+/// A stack of `layers` with `policy`, top first.
+fn stack_of<C: Cache<u8, u32> + 'static>(
+    policy: ErrorPolicy,
+    layers: &[Arc<C>],
+) -> Layered<u8, u32> {
+    let mut cache = Layered::new().with_policy(policy);
+    for layer in layers {
+        cache.push(layer.clone());
+    }
+    cache
+}
+
 impl Stack {
     fn plain(policy: ErrorPolicy) -> Self {
         let plain: Vec<Arc<Mem>> = (0..DEPTH).map(|_| Arc::new(MemoryCache::new())).collect();
-        let mut cache = Layered::new().with_policy(policy);
-        for layer in &plain {
-            cache.push(layer.clone());
-        }
         Self {
-            cache,
+            cache: stack_of(policy, &plain),
             plain,
             instrumented: Vec::new(),
         }
@@ -420,12 +428,8 @@ impl Stack {
                 Arc::new(Instrumented::new(MemoryCache::with_shards(1 << (2 * d))))
             })
             .collect();
-        let mut cache = Layered::new().with_policy(policy);
-        for layer in &instrumented {
-            cache.push(layer.clone());
-        }
         Self {
-            cache,
+            cache: stack_of(policy, &instrumented),
             plain: Vec::new(),
             instrumented,
         }

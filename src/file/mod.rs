@@ -54,7 +54,9 @@ pub enum Durability {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Verification {
-    /// Records read (puts and tombstones, damaged ones included).
+    /// Records read: puts and tombstones, those whose key or value is
+    /// damaged included (a record whose header is damaged cannot be told
+    /// from its neighbours, and counts only as damage).
     pub records: u64,
     /// Keys with a live value.
     pub live: u64,
@@ -330,16 +332,10 @@ impl State {
         self.superseded_flag().load(Ordering::Acquire) != 0
     }
 
-    /// The file's bytes in `from..to`, which must lie below a committed
-    /// length this process has read.
-    fn bytes(&self, from: u64, to: u64) -> &[u8] {
-        mapped(&self.map, from, to)
-    }
-
     /// The end of the last whole, valid record at or below `limit`.
     fn valid_end(&self, limit: u64) -> u64 {
         let mut end = HEADER_SIZE;
-        walk(self.bytes(0, limit), HEADER_SIZE, |at, record| {
+        walk(mapped(&self.map, 0, limit), HEADER_SIZE, |at, record| {
             if let Walked::Record(header, _) = record {
                 end = at + header.total_len();
             }
@@ -399,6 +395,11 @@ impl State {
     fn file(&self) -> &[u8] {
         mapped(&self.map, 0, self.indexed)
     }
+
+    /// Bytes of indexed records that no live entry points at.
+    fn garbage(&self) -> u64 {
+        self.indexed - HEADER_SIZE - self.index.live_bytes()
+    }
 }
 
 /// The mapped bytes in `from..to`, which must lie below a committed length
@@ -406,7 +407,7 @@ impl State {
 fn mapped(map: &MmapRaw, from: u64, to: u64) -> &[u8] {
     debug_assert!(from <= to && to <= map.len() as u64);
     // SAFETY: callers pass ranges below a committed length they loaded (with
-    // Acquire ordering) from the header, and within the mapping (`refresh`
+    // Acquire ordering) from the header, and within the mapping (`catch_up`
     // and `append` remap before indexing anything beyond it). Those bytes
     // were written before the committed length was advanced past them, and
     // no process using this crate ever writes them again: records are
@@ -502,9 +503,7 @@ fn resync(bytes: &[u8], from: u64) -> u64 {
     let mut at = from;
     while at + RECORD_HEADER_SIZE as u64 <= end {
         let here = &bytes[at as usize..];
-        if here[..4] == format::RECORD_MAGIC
-            && format::decode_record_header(here).is_some_and(|h| at + h.total_len() <= end)
-        {
+        if format::decode_record_header(here).is_some_and(|h| at + h.total_len() <= end) {
             return at;
         }
         at += format::ALIGN;
@@ -579,8 +578,7 @@ impl FileCache {
     /// Bytes of dead records (overwritten or removed values, tombstones)
     /// that compaction would reclaim.
     pub fn garbage_bytes(&self) -> Result<u64> {
-        let state = self.fresh()?;
-        Ok(state.indexed - HEADER_SIZE - state.index.live_bytes())
+        Ok(self.fresh()?.garbage())
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
@@ -603,19 +601,15 @@ impl FileCache {
                 return Ok(state);
             }
         }
-        self.refresh(&mut self.write_state())?;
+        self.catch_up(&mut self.write_state(), false)?;
         Ok(self.read_state())
     }
 
     /// Catches `state` up: follows a compaction to the new file, remaps when
-    /// the file outgrew the mapping, and indexes new records.
-    fn refresh(&self, state: &mut State) -> Result<()> {
-        self.catch_up(state, false)
-    }
-
-    /// `refresh`, for a caller that holds the exclusive lock already
-    /// (`locked`) or not. An `flock` does not nest: taking it again and
-    /// dropping the inner guard would release the caller's lock too.
+    /// the file outgrew the mapping, and indexes new records. `locked` says
+    /// whether the caller holds the exclusive lock already: an `flock` does
+    /// not nest, so taking it again and dropping the inner guard would
+    /// release the caller's lock too.
     fn catch_up(&self, state: &mut State, locked: bool) -> Result<()> {
         while state.superseded() {
             let _exclusive = if locked {
@@ -681,19 +675,19 @@ impl FileCache {
 
     fn maybe_compact(&self, state: &mut State) -> Result<()> {
         let records = state.indexed - HEADER_SIZE;
-        let garbage = records - state.index.live_bytes();
+        let garbage = state.garbage();
         if garbage >= self.options.compact_min_bytes
             && garbage as f64 >= self.options.compact_ratio * records as f64
         {
-            self.rewrite(state, |_| true)?;
+            self.rewrite(state, true)?;
         }
         Ok(())
     }
 
-    /// Writes the live records that `keep` accepts to a new file, renames
-    /// it over the old one and flags the old one superseded. The caller
-    /// holds the locks.
-    fn rewrite(&self, state: &mut State, keep: impl Fn(&[u8]) -> bool) -> Result<()> {
+    /// Writes the live records (none unless `keep_live`) to a new file,
+    /// renames it over the old one and flags the old one superseded. The
+    /// caller holds the locks.
+    fn rewrite(&self, state: &mut State, keep_live: bool) -> Result<()> {
         let tmp = sibling(&self.path, ".compact");
         let io_tmp = |e| Error::io(&tmp, e);
         // Under the exclusive lock, a file left here is from a compaction
@@ -705,13 +699,10 @@ impl FileCache {
         let mut end = HEADER_SIZE;
         let mut record = Vec::new();
         let old = state.file();
-        for loc in state.index.iter() {
+        for loc in state.index.iter().filter(|_| keep_live) {
             let Some(key) = loc.checked_key(old) else {
                 continue; // damaged since it was indexed: drop it
             };
-            if !keep(key) {
-                continue;
-            }
             let value = loc.value(old);
             if crc(value) != loc.value_crc {
                 continue; // damaged: it reads as missing, so it is dropped
@@ -755,7 +746,7 @@ impl FileCache {
     /// of overwritten and removed values. Other processes follow to the new
     /// file on their next call and lose nothing.
     pub fn compact(&self) -> Result<()> {
-        self.with_writer(|_, state| self.rewrite(state, |_| true))
+        self.with_writer(|_, state| self.rewrite(state, true))
     }
 
     /// Reads every committed record and checks its checksums; reports where
@@ -763,7 +754,7 @@ impl FileCache {
     /// compaction drops them.
     pub fn verify(&self) -> Result<Verification> {
         let state = self.fresh()?;
-        let bytes = state.bytes(0, state.indexed);
+        let bytes = state.file();
         let mut report = Verification {
             records: 0,
             live: state.index.len() as u64,
@@ -881,7 +872,7 @@ impl FileCache {
     /// Removes every entry by replacing the file with an empty one (a
     /// compaction that keeps nothing), whatever the key type.
     pub fn clear(&self) -> Result<()> {
-        self.with_writer(|_, state| self.rewrite(state, |_| false))
+        self.with_writer(|_, state| self.rewrite(state, false))
     }
 }
 

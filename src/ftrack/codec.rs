@@ -5,7 +5,8 @@ use std::sync::Weak;
 
 use serde_json::{Map, Value as Json};
 
-use super::entity::{Entity, EntityKey};
+use super::entity::{Attribute, Entity, EntityKey};
+use super::schema::{Schema, default_primary_key};
 use super::session::SessionInner;
 use super::value::Value;
 use crate::codec::Codec;
@@ -64,20 +65,29 @@ impl EntityCodec {
     /// The entity as ftrack JSON, its attributes chosen by the strategy.
     pub fn to_json(&self, entity: &Entity) -> Result<Json> {
         let mut object = reference(entity);
-        let names = entity.attribute_names();
-        for name in names {
-            if object.contains_key(&name) {
-                continue; // the primary key, already written
+        let chosen: fn(&Attribute) -> &Value = match self.strategy {
+            EncodeStrategy::SetOnly => Attribute::value,
+            EncodeStrategy::ModifiedOnly => |attribute| &attribute.local,
+            EncodeStrategy::PersistedOnly => |attribute| &attribute.remote,
+            EncodeStrategy::All => {
+                // `get` may fetch, which writes the attributes: no lock is
+                // held across it.
+                for name in entity.attribute_names() {
+                    if !object.contains_key(&name)
+                        && let Some(json) = value_to_json(&entity.get(&name)?)
+                    {
+                        object.insert(name, json);
+                    }
+                }
+                return Ok(Json::Object(object));
             }
-            let attribute = entity.attribute(&name);
-            let value = match self.strategy {
-                EncodeStrategy::SetOnly => attribute.value().clone(),
-                EncodeStrategy::All => entity.get(&name)?,
-                EncodeStrategy::ModifiedOnly => attribute.local,
-                EncodeStrategy::PersistedOnly => attribute.remote,
-            };
-            if let Some(json) = value_to_json(&value) {
-                object.insert(name, json);
+        };
+        for (name, attribute) in entity.attributes().iter() {
+            // The primary key is already written.
+            if !object.contains_key(name)
+                && let Some(json) = value_to_json(chosen(attribute))
+            {
+                object.insert(name.clone(), json);
             }
         }
         Ok(Json::Object(object))
@@ -91,12 +101,13 @@ fn reference(entity: &Entity) -> Map<String, Json> {
         "__entity_type__".into(),
         Json::String(entity.entity_type().into()),
     );
-    let names: Vec<String> = match entity.0.session.upgrade() {
-        Some(session) => session.schema.primary_key(entity.entity_type()).to_vec(),
-        None => vec!["id".into()],
+    let session = entity.0.session.upgrade();
+    let names = match &session {
+        Some(session) => session.schema.primary_key(entity.entity_type()),
+        None => default_primary_key(),
     };
-    for (name, value) in names.into_iter().zip(&entity.key().primary_key) {
-        object.insert(name, Json::String(value.clone()));
+    for (name, value) in names.iter().zip(&entity.key().primary_key) {
+        object.insert(name.clone(), Json::String(value.clone()));
     }
     object
 }
@@ -116,17 +127,14 @@ fn value_to_json(value: &Value) -> Option<Json> {
 }
 
 /// Reads an entity record's identity.
-pub(crate) fn record_key(
-    object: &Map<String, Json>,
-    primary_key: impl Fn(&str) -> Vec<String>,
-) -> Result<EntityKey> {
+pub(crate) fn record_key(object: &Map<String, Json>, schema: &Schema) -> Result<EntityKey> {
     let entity_type = object
         .get("__entity_type__")
         .and_then(Json::as_str)
         .ok_or_else(|| decode_error("an entity record without \"__entity_type__\""))?;
     let mut values = Vec::new();
-    for name in primary_key(entity_type) {
-        let value = match object.get(&name) {
+    for name in schema.primary_key(entity_type) {
+        let value = match object.get(name) {
             Some(Json::String(s)) => s.clone(),
             Some(Json::Number(n)) => n.to_string(),
             _ => {

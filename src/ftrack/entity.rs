@@ -2,7 +2,7 @@
 //! identity.
 
 use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use serde::Serialize;
@@ -47,23 +47,29 @@ impl EntityKey {
 /// Writes `s` as Python's `repr` of a str would (for the characters that
 /// matter in keys: quotes and backslashes).
 fn python_repr(s: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    let quote = if s.contains('\'') && !s.contains('"') {
-        '"'
+    let (quote, escaped_quote) = if s.contains('\'') && !s.contains('"') {
+        ('"', "\\\"")
     } else {
-        '\''
+        ('\'', "\\'")
     };
-    write!(f, "{quote}")?;
-    for c in s.chars() {
-        match c {
-            '\\' => f.write_str("\\\\")?,
-            '\n' => f.write_str("\\n")?,
-            '\r' => f.write_str("\\r")?,
-            '\t' => f.write_str("\\t")?,
-            c if c == quote => write!(f, "\\{c}")?,
-            c => write!(f, "{c}")?,
-        }
+    f.write_char(quote)?;
+    // Runs of characters that need no escape are written whole.
+    let mut plain = 0;
+    for (at, c) in s.char_indices() {
+        let escape = match c {
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if c == quote => escaped_quote,
+            _ => continue,
+        };
+        f.write_str(&s[plain..at])?;
+        f.write_str(escape)?;
+        plain = at + c.len_utf8();
     }
-    write!(f, "{quote}")
+    f.write_str(&s[plain..])?;
+    f.write_char(quote)
 }
 
 impl fmt::Display for EntityKey {
@@ -124,9 +130,17 @@ impl Entity {
     }
 
     pub(crate) fn in_session(key: EntityKey, session: Weak<SessionInner>) -> Self {
+        Self::with_attributes(key, BTreeMap::new(), session)
+    }
+
+    pub(crate) fn with_attributes(
+        key: EntityKey,
+        attributes: BTreeMap<String, Attribute>,
+        session: Weak<SessionInner>,
+    ) -> Self {
         Entity(Arc::new(EntityInner {
             key,
-            attributes: RwLock::new(BTreeMap::new()),
+            attributes: RwLock::new(attributes),
             session,
         }))
     }
@@ -161,9 +175,10 @@ impl Entity {
     }
 
     /// The attribute's value: local if set, else remote. When neither is
-    /// set and the session auto-populates, it is fetched from the server
-    /// (after the session's lower cache layers), merged, and returned; with
-    /// auto-populate off, or for a detached entity, it is [`Value::NotSet`].
+    /// set, it is loaded from the session's cache layers below memory, or
+    /// else, when the session auto-populates, fetched from the server;
+    /// either is merged and returned. Otherwise (auto-populate off and no
+    /// lower layer has it, or a detached entity) it is [`Value::NotSet`].
     pub fn get(&self, name: &str) -> Result<Value> {
         let value = self.peek(name);
         if value.is_set() {

@@ -94,6 +94,7 @@ use serde_json::{Map, Value as Json, json};
 
 use super::query::{self, Store};
 use super::remote::Remote;
+use super::schema::Schema;
 use crate::error::{Error, Operation, Result};
 
 /// The name [`Error::Backend`] gives this server.
@@ -139,7 +140,7 @@ const BACKEND: &str = "ftrack fixture server";
 /// # }
 /// ```
 pub struct FixtureServer {
-    primary_keys: HashMap<String, Vec<String>>,
+    schema: Schema,
     data: RwLock<Data>,
     calls: AtomicUsize,
     operations: AtomicUsize,
@@ -156,12 +157,6 @@ struct Data {
 /// A record's type and primary key values (as JSON text).
 type Identity = (String, Vec<String>);
 
-/// The `id` key every type has by default.
-fn default_key() -> &'static [String] {
-    static ID: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    ID.get_or_init(|| vec!["id".to_owned()])
-}
-
 impl Default for FixtureServer {
     fn default() -> Self {
         Self::new()
@@ -172,7 +167,7 @@ impl FixtureServer {
     /// An empty server where every entity type is keyed by `id`.
     pub fn new() -> Self {
         FixtureServer {
-            primary_keys: HashMap::new(),
+            schema: Schema::new(),
             data: RwLock::new(Data::default()),
             calls: AtomicUsize::new(0),
             operations: AtomicUsize::new(0),
@@ -186,14 +181,11 @@ impl FixtureServer {
     /// re-indexed, and one lacking an attribute of the new key can no
     /// longer be found through references.
     pub fn with_primary_key(mut self, entity_type: &str, primary_key: &[&str]) -> Self {
-        self.primary_keys.insert(
-            entity_type.to_owned(),
-            primary_key.iter().map(|s| (*s).to_owned()).collect(),
-        );
+        self.schema = self.schema.with_type(entity_type, primary_key);
         let data = self.data.get_mut().unwrap_or_else(PoisonError::into_inner);
         let mut index = HashMap::new();
         for (position, record) in data.records.iter().enumerate() {
-            if let Ok(identity) = identity_of(&self.primary_keys, record) {
+            if let Ok(identity) = identity_of(&self.schema, record) {
                 index.entry(identity).or_insert(position);
             }
         }
@@ -222,20 +214,15 @@ impl FixtureServer {
     ///
     /// [`Error::Decode`] when `json` is not such a list.
     pub fn from_schemas(json: &str) -> Result<Self> {
-        let schema = super::Schema::from_json(json)?;
-        let mut server = FixtureServer::new();
-        for (name, key) in schema.types() {
-            let key: Vec<&str> = key.iter().map(String::as_str).collect();
-            server = server.with_primary_key(name, &key);
-        }
-        Ok(server)
+        Ok(FixtureServer {
+            schema: Schema::from_json(json)?,
+            ..FixtureServer::new()
+        })
     }
 
     /// The primary key attributes of `entity_type` (`["id"]` unless set).
     pub fn primary_key(&self, entity_type: &str) -> &[String] {
-        self.primary_keys
-            .get(entity_type)
-            .map_or(default_key(), Vec::as_slice)
+        self.schema.primary_key(entity_type)
     }
 
     /// Stores `record`, replacing the stored record of the same identity
@@ -265,7 +252,7 @@ impl FixtureServer {
                         reason: format!("an ftrack record must be a JSON object, not {record}"),
                     });
                 };
-                let identity = identity_of(&self.primary_keys, &record)?;
+                let identity = identity_of(&self.schema, &record)?;
                 Ok((identity, record))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -391,10 +378,7 @@ fn key_text(value: &Json) -> String {
 
 /// The identity of a record (or reference), checking it has a type and
 /// every primary key attribute.
-fn identity_of(
-    primary_keys: &HashMap<String, Vec<String>>,
-    record: &Map<String, Json>,
-) -> Result<Identity> {
+fn identity_of(schema: &Schema, record: &Map<String, Json>) -> Result<Identity> {
     let entity_type = record
         .get("__entity_type__")
         .and_then(Json::as_str)
@@ -404,10 +388,8 @@ fn identity_of(
                 Json::Object(record.clone())
             ),
         })?;
-    let names = primary_keys
-        .get(entity_type)
-        .map_or(default_key(), Vec::as_slice);
-    let values = names
+    let values = schema
+        .primary_key(entity_type)
         .iter()
         .map(|name| match record.get(name) {
             Some(value @ (Json::String(_) | Json::Number(_))) => Ok(key_text(value)),
@@ -430,7 +412,7 @@ struct View<'a> {
 
 impl Store for View<'_> {
     fn resolve(&self, reference: &Map<String, Json>) -> Option<&Map<String, Json>> {
-        let identity = identity_of(&self.server.primary_keys, reference).ok()?;
+        let identity = identity_of(&self.server.schema, reference).ok()?;
         let position = *self.data.index.get(&identity)?;
         self.data.records.get(position)
     }

@@ -444,27 +444,29 @@ impl Parser {
 
     /// `and_condition ("or" and_condition)*`
     fn or(&mut self) -> Parsed<Condition> {
-        let mut parts = vec![self.and()?];
-        while self.eat_keyword("or") {
-            parts.push(self.and()?);
-        }
-        Ok(if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Condition::Or(parts)
-        })
+        self.joined("or", Self::and, Condition::Or)
     }
 
     /// `unary ("and" unary)*`
     fn and(&mut self) -> Parsed<Condition> {
-        let mut parts = vec![self.unary()?];
-        while self.eat_keyword("and") {
-            parts.push(self.unary()?);
+        self.joined("and", Self::unary, Condition::And)
+    }
+
+    /// `part (keyword part)*`: the part alone, or `join` of the parts.
+    fn joined(
+        &mut self,
+        keyword: &str,
+        part: fn(&mut Self) -> Parsed<Condition>,
+        join: fn(Vec<Condition>) -> Condition,
+    ) -> Parsed<Condition> {
+        let mut parts = vec![part(self)?];
+        while self.eat_keyword(keyword) {
+            parts.push(part(self)?);
         }
         Ok(if parts.len() == 1 {
             parts.remove(0)
         } else {
-            Condition::And(parts)
+            join(parts)
         })
     }
 
@@ -488,22 +490,13 @@ impl Parser {
             return Ok(inner);
         }
         let path = self.path("an attribute name, \"(\" or \"not\"")?;
-        let negate = match self.peek() {
-            Tok::Eq => false,
-            Tok::Ne => true,
-            Tok::Word(w) if w.eq_ignore_ascii_case("is") => false,
-            Tok::Word(w) if w.eq_ignore_ascii_case("is_not") => true,
-            Tok::Word(w) if w.eq_ignore_ascii_case("in") || w.eq_ignore_ascii_case("not_in") => {
-                let negate = w.eq_ignore_ascii_case("not_in");
-                self.pos += 1;
-                let values = self.list()?;
-                let test = Condition::In { path, values };
-                return Ok(if negate {
-                    Condition::Not(Box::new(test))
-                } else {
-                    test
-                });
-            }
+        let (negate, list) = match self.peek() {
+            Tok::Eq => (false, false),
+            Tok::Ne => (true, false),
+            Tok::Word(w) if w.eq_ignore_ascii_case("is") => (false, false),
+            Tok::Word(w) if w.eq_ignore_ascii_case("is_not") => (true, false),
+            Tok::Word(w) if w.eq_ignore_ascii_case("in") => (false, true),
+            Tok::Word(w) if w.eq_ignore_ascii_case("not_in") => (true, true),
             _ => {
                 return Err(
                     self.expected("\"is\", \"is_not\", \"in\", \"not_in\", \"=\" or \"!=\"")
@@ -511,11 +504,12 @@ impl Parser {
             }
         };
         self.pos += 1;
-        let value = self.value()?;
-        let test = Condition::In {
-            path,
-            values: vec![value],
+        let values = if list {
+            self.list()?
+        } else {
+            vec![self.value()?]
         };
+        let test = Condition::In { path, values };
         Ok(if negate {
             Condition::Not(Box::new(test))
         } else {

@@ -84,10 +84,14 @@ impl Schema {
 
     /// The primary key attributes of `entity_type`.
     pub fn primary_key(&self, entity_type: &str) -> &[String] {
-        static ID: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-        match self.primary_keys.get(entity_type) {
-            Some(key) => key,
-            None => ID.get_or_init(|| vec!["id".to_owned()]),
-        }
+        self.primary_keys
+            .get(entity_type)
+            .map_or(default_primary_key(), Vec::as_slice)
     }
+}
+
+/// `["id"]`: the primary key of a type no schema lists.
+pub(crate) fn default_primary_key() -> &'static [String] {
+    static ID: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| vec!["id".to_owned()])
 }

@@ -1,7 +1,7 @@
 //! [`Session`]: entity records from a [`Remote`] server, cached through a
 //! [`Layered`] stack.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -10,12 +10,12 @@ use std::thread::{self, ThreadId};
 use serde_json::{Map, Value as Json};
 
 use super::codec::{EncodeStrategy, EntityCodec, record_key, value_from_json};
-use super::entity::{Entity, EntityKey};
+use super::entity::{Attribute, Entity, EntityKey};
 use super::remote::Remote;
 use super::schema::Schema;
 use super::value::Value;
 use crate::cache::Cache;
-use crate::error::{Error, Operation, Result};
+use crate::error::{Error, Result};
 use crate::key::{KeyMaker, StringKeyMaker};
 use crate::layered::Layered;
 use crate::memory::MemoryCache;
@@ -209,12 +209,7 @@ impl Session {
                 ),
             });
         }
-        let condition = names
-            .iter()
-            .zip(&key.primary_key)
-            .map(|(name, value)| format!("{name} is {}", quote(value)))
-            .collect::<Vec<_>>()
-            .join(" and ");
+        let condition = key_condition(names, &key.primary_key);
         let found = self.query(&format!("from {entity_type} where {condition}"))?;
         Ok(found.into_iter().next())
     }
@@ -260,14 +255,7 @@ impl Session {
             } else {
                 group
                     .iter()
-                    .map(|e| {
-                        let parts: Vec<String> = names
-                            .iter()
-                            .zip(&e.key().primary_key)
-                            .map(|(n, v)| format!("{n} is {}", quote(v)))
-                            .collect();
-                        format!("({})", parts.join(" and "))
-                    })
+                    .map(|e| format!("({})", key_condition(names, &e.key().primary_key)))
                     .collect::<Vec<_>>()
                     .join(" or ")
             };
@@ -289,6 +277,16 @@ impl Session {
 /// A string as a query literal.
 fn quote(value: &str) -> String {
     format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `a is "1" and b is "2"`: the condition selecting one identity.
+fn key_condition(names: &[String], values: &[String]) -> String {
+    names
+        .iter()
+        .zip(values)
+        .map(|(name, value)| format!("{name} is {}", quote(value)))
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 impl SessionInner {
@@ -319,22 +317,34 @@ impl SessionInner {
         Arc::downgrade(self)
     }
 
+    /// A new instance of this session from a record, its values remote,
+    /// references resolved by `resolve`.
+    fn record_entity(
+        self: &Arc<Self>,
+        object: &Map<String, Json>,
+        mut resolve: impl FnMut(&Map<String, Json>) -> Result<Entity>,
+    ) -> Result<Entity> {
+        let key = record_key(object, &self.schema)?;
+        let mut attributes = BTreeMap::new();
+        for (name, json) in object {
+            if name != "__entity_type__" {
+                let remote = value_from_json(json, &mut resolve)?;
+                attributes.insert(
+                    name.clone(),
+                    Attribute {
+                        local: Value::NotSet,
+                        remote,
+                    },
+                );
+            }
+        }
+        Ok(Entity::with_attributes(key, attributes, self.weak()))
+    }
+
     /// A detached entity tree from a server record: the record's entity and
     /// every entity it references, each a new instance of this session.
     fn entity_from_record(self: &Arc<Self>, object: &Map<String, Json>) -> Result<Entity> {
-        let key = record_key(object, |t| self.schema.primary_key(t).to_vec())?;
-        let entity = Entity::in_session(key, self.weak());
-        let mut resolve = |reference: &Map<String, Json>| self.entity_from_record(reference);
-        let mut attributes = entity.attributes_mut();
-        for (name, json) in object {
-            if name == "__entity_type__" {
-                continue;
-            }
-            let value = value_from_json(json, &mut resolve)?;
-            attributes.entry(name.clone()).or_default().remote = value;
-        }
-        drop(attributes);
-        Ok(entity)
+        self.record_entity(object, |reference| self.entity_from_record(reference))
     }
 
     /// Merges server records; returns the attached instances.
@@ -370,39 +380,36 @@ impl SessionInner {
         let mut changed = cached.is_none();
         let attached = cached.unwrap_or_else(|| incoming.clone());
         merged.insert(incoming.key().clone(), attached.clone());
+        // A snapshot: `incoming` may be `attached`, which is written below.
         let incoming_attributes = incoming.attributes().clone();
-        for (name, slots) in incoming_attributes {
-            for local in [true, false] {
-                let value = if local { &slots.local } else { &slots.remote };
-                if !value.is_set() {
-                    continue;
-                }
-                let value = match value {
-                    Value::Entity(e) => Value::Entity(self.merge(e, merged)?),
-                    Value::Collection(c) => Value::Collection(
-                        c.iter()
-                            .map(|e| self.merge(e, merged))
-                            .collect::<Result<_>>()?,
-                    ),
-                    other => other.clone(),
-                };
-                let mut attributes = attached.attributes_mut();
-                let slot = attributes.entry(name.clone()).or_default();
-                let slot = if local {
-                    &mut slot.local
-                } else {
-                    &mut slot.remote
-                };
-                if !identical(slot, &value) {
-                    *slot = value;
-                    changed = true;
-                }
+        for (name, Attribute { local, remote }) in incoming_attributes {
+            if !local.is_set() && !remote.is_set() {
+                continue;
             }
+            let local = self.merge_value(local, merged)?;
+            let remote = self.merge_value(remote, merged)?;
+            let mut attributes = attached.attributes_mut();
+            let slot = attributes.entry(name).or_default();
+            changed |= replace_if_set(&mut slot.local, local);
+            changed |= replace_if_set(&mut slot.remote, remote);
         }
         if changed {
             self.cache().set(cache_key, attached.clone())?;
         }
         Ok(attached)
+    }
+
+    /// `value` with the entities it holds merged (see [`merge`](Self::merge)).
+    fn merge_value(&self, value: Value, merged: &mut HashMap<EntityKey, Entity>) -> Result<Value> {
+        Ok(match value {
+            Value::Entity(e) => Value::Entity(self.merge(&e, merged)?),
+            Value::Collection(c) => Value::Collection(
+                c.iter()
+                    .map(|e| self.merge(e, merged))
+                    .collect::<Result<_>>()?,
+            ),
+            other => other,
+        })
     }
 
     /// An entity decoded from a persistent layer: a new instance with the
@@ -411,27 +418,13 @@ impl SessionInner {
     /// load from the cache when read.
     pub(crate) fn decode_record(self: &Arc<Self>, object: &Map<String, Json>) -> Result<Entity> {
         let _merging = self.merging.lock();
-        let key = record_key(object, |t| self.schema.primary_key(t).to_vec())?;
-        let entity = Entity::in_session(key, self.weak());
-        let mut resolve = |reference: &Map<String, Json>| self.instance(reference);
-        let mut values = Vec::new();
-        for (name, json) in object {
-            if name != "__entity_type__" {
-                values.push((name.clone(), value_from_json(json, &mut resolve)?));
-            }
-        }
-        let mut attributes = entity.attributes_mut();
-        for (name, value) in values {
-            attributes.entry(name).or_default().remote = value;
-        }
-        drop(attributes);
-        Ok(entity)
+        self.record_entity(object, |reference| self.instance(reference))
     }
 
     /// The session's instance for a reference: the memory layer's, or a new
     /// placeholder put there.
     fn instance(self: &Arc<Self>, reference: &Map<String, Json>) -> Result<Entity> {
-        let key = record_key(reference, |t| self.schema.primary_key(t).to_vec())?;
+        let key = record_key(reference, &self.schema)?;
         let cache_key = self.cache_key(&key)?;
         let cache = self.cache();
         let Some(memory) = cache.layer(0) else {
@@ -449,33 +442,10 @@ impl SessionInner {
     /// layers below memory, then, with auto-populate on, from the server.
     pub(crate) fn fill(self: &Arc<Self>, entity: &Entity, name: &str) -> Result<Value> {
         let cache_key = self.cache_key(entity.key())?;
-        let lower: Option<Entity> = {
-            let cache = self.cache();
-            let mut found = None;
-            for depth in 1..cache.depth() {
-                if let Some(layer) = cache.layer(depth) {
-                    match layer.get(&cache_key) {
-                        Ok(Some(e)) => {
-                            found = Some(e);
-                            break;
-                        }
-                        Ok(None) => {}
-                        // A failing layer is a miss under Degrade, as in
-                        // the stack's own reads.
-                        Err(_) if cache.policy() == crate::ErrorPolicy::Degrade => {}
-                        Err(error) => {
-                            return Err(Error::Layer {
-                                depth,
-                                layer: format!("{layer:?}"),
-                                operation: Operation::Get,
-                                source: Box::new(error),
-                            });
-                        }
-                    }
-                }
-            }
-            found
-        };
+        // The layers below memory, by the stack's own read (its policy, its
+        // failure hook); nothing is promoted: the merge below updates the
+        // instance memory already holds.
+        let lower: Option<Entity> = self.cache().lookup(&cache_key, 1, false)?;
         if let Some(stored) = lower
             && stored.key() == entity.key()
             && stored.peek(name).is_set()
@@ -493,6 +463,16 @@ impl SessionInner {
         Session(self.clone()).populate(std::slice::from_ref(entity), name)?;
         Ok(entity.peek(name))
     }
+}
+
+/// Puts `value` in `slot` if it is set and not [`identical`] to what is
+/// there; whether it did.
+fn replace_if_set(slot: &mut Value, value: Value) -> bool {
+    let replace = value.is_set() && !identical(slot, &value);
+    if replace {
+        *slot = value;
+    }
+    replace
 }
 
 /// Equal values, where entities must be the same instance.
