@@ -108,6 +108,28 @@ pub enum Error {
         reason: String,
     },
 
+    /// A file the cache will not use, though it may be a valid cache file:
+    /// a data file with other hard links (each name would get its own
+    /// lock, and writers through different names would not exclude each
+    /// other), one on a network file system, a directory, or a dangling
+    /// symbolic link. Nothing is created or changed.
+    #[error("refusing to use {} as a cache file: {reason}", path.display())]
+    Refused {
+        /// The path as given.
+        path: PathBuf,
+        /// Why, and what to do instead.
+        reason: String,
+    },
+
+    /// An option given to a builder is out of range. Nothing was opened.
+    #[error("invalid option {option}: {reason}")]
+    InvalidOption {
+        /// The option, as the builder method that sets it is named.
+        option: &'static str,
+        /// What is wrong with the value.
+        reason: String,
+    },
+
     /// A query expression the server does not understand.
     #[error("cannot run query {expression:?}: {reason}")]
     Query {

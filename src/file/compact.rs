@@ -1,103 +1,132 @@
 //! Compaction: rewriting the live records into a new file and renaming it
 //! over the old one.
 //!
-//! Invariants kept here: compaction runs under the exclusive lock; the old
-//! file is flagged superseded before the rename, so a process that sees the
-//! flag reopens the path (waiting on the lock until the rename is done); a
-//! flag left by a compaction that died before its rename is cleared by the
-//! next open.
+//! Invariants kept here:
+//! - Compaction runs under the exclusive lock, so one runs at a time across
+//!   every process, and its fixed temporary name (`<real path>.compact`)
+//!   cannot be in use by another.
+//! - The old file is flagged superseded before the rename, so a process that
+//!   sees the flag reopens the path, waiting on the lock until the rename is
+//!   done; a flag left by a compaction that died before its rename is
+//!   cleared by the next load.
+//! - A compaction that fails leaves the old file live and unflagged, and no
+//!   temporary file behind (a crash leaves one, which the next load under
+//!   the lock removes).
+//! - The new file gets the old one's mode, group and owner before it is
+//!   renamed into place, and is renamed onto the real path, so a symbolic
+//!   link to the cache stays a link.
+//! - Compaction never changes a value; it only drops dead and damaged
+//!   records.
 
 use std::fs::File;
 use std::io::{BufWriter, Write as _};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use super::format::{self, HEADER_SIZE, Kind, crc};
+use super::identity;
+use super::lock::Writer;
+use super::options::Options;
+use super::shared::Shared;
 use super::state::State;
-use super::{FileCache, open_private, sibling};
 use crate::error::{Error, Result};
 
-impl FileCache {
-    pub(super) fn maybe_compact(&self, state: &mut State) -> Result<()> {
-        let records = state.indexed - HEADER_SIZE;
-        let garbage = state.garbage();
-        if garbage >= self.options.compact_min_bytes
-            && garbage as f64 >= self.options.compact_ratio * records as f64
-        {
-            self.rewrite(state, true)?;
-        }
-        Ok(())
-    }
+/// The first pause after an automatic compaction failed.
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause between automatic compaction attempts that fail.
+const LONGEST_PAUSE: Duration = Duration::from_secs(60);
 
-    /// Writes the live records (none unless `keep_live`) to a new file,
-    /// renames it over the old one and flags the old one superseded. The
-    /// caller holds the locks.
-    pub(super) fn rewrite(&self, state: &mut State, keep_live: bool) -> Result<()> {
-        let tmp = sibling(&self.path, ".compact");
-        let io_tmp = |e| Error::io(&tmp, e);
-        // Under the exclusive lock, a file left here is from a compaction
-        // that died: replace it.
-        let file = open_private(&tmp, true)?;
-        let mut out = BufWriter::with_capacity(1 << 20, &file);
-        out.write_all(&format::new_header(state.generation + 1))
-            .map_err(io_tmp)?;
-        let mut end = HEADER_SIZE;
-        let mut record = Vec::new();
-        let old = state.file();
-        for loc in state.index.iter().filter(|_| keep_live) {
-            let Some(key) = loc.checked_key(old) else {
-                continue; // damaged since it was indexed: drop it
-            };
-            let value = loc.value(old);
-            if crc(value) != loc.value_crc {
-                continue; // damaged: it reads as missing, so it is dropped
-            }
-            record.clear();
-            format::encode_record(Kind::Put, key, value, &mut record);
-            out.write_all(&record).map_err(io_tmp)?;
-            end += record.len() as u64;
-        }
-        out.flush().map_err(io_tmp)?;
-        drop(out);
-        file.write_all_at(&end.to_le_bytes(), format::H_COMMITTED as u64)
-            .map_err(io_tmp)?;
-        file.sync_all().map_err(io_tmp)?;
-        // Flag the old file first: a process that sees the flag reopens the
-        // path, which blocks on the lock we hold until the rename is done.
-        // If we die before the rename, the next `load` finds the flag on the
-        // file still at the path and clears it.
-        state.superseded_flag().store(1, Ordering::Release);
-        if let Err(e) = std::fs::rename(&tmp, &self.path) {
-            state.superseded_flag().store(0, Ordering::Release);
-            return Err(Error::io(&self.path, e));
-        }
-        if let Some(dir) = self.path.parent() {
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            // Make the rename itself durable; not every platform lets a
-            // directory be opened and synced, and the data is safe either way.
-            if let Ok(dir) = File::open(dir) {
-                let _ = dir.sync_all();
-            }
-        }
-        *state = State::load(&self.path, &self.options)?;
-        Ok(())
+/// Writes the live records (none unless `keep_live`) to a new file, renames
+/// it over the old one and flags the old one superseded. The caller holds
+/// the exclusive lock and `state`, caught up.
+pub(super) fn rewrite(shared: &Shared, state: &mut State, keep_live: bool) -> Result<()> {
+    let paths = &shared.paths;
+    if let Err(e) = write_compacted(shared, state, keep_live) {
+        let _ = std::fs::remove_file(&paths.compact);
+        return Err(e);
     }
-
-    /// Rewrites the file with only its live records, reclaiming the space
-    /// of overwritten and removed values. Other processes follow to the new
-    /// file on their next call and lose nothing.
-    pub fn compact(&self) -> Result<()> {
-        self.with_writer(|_, state| self.rewrite(state, true))
+    // Flag the old file first: a process that sees the flag reopens the
+    // path, which blocks on the lock we hold until the rename is done. If we
+    // die before the rename, the next load finds the flag on the file still
+    // at the path and clears it.
+    state.superseded_flag().store(1, Ordering::Release);
+    if let Err(e) = std::fs::rename(&paths.compact, &paths.data) {
+        state.superseded_flag().store(0, Ordering::Release);
+        let _ = std::fs::remove_file(&paths.compact);
+        return Err(Error::io(&paths.given, e));
     }
+    identity::sync_parent(&paths.data);
+    *state = State::load(paths, shared.growth, shared.mode, shared.allow_remote)?;
+    Ok(())
+}
 
-    /// Removes every entry by replacing the file with an empty one (a
-    /// compaction that keeps nothing), whatever the key type.
-    pub fn clear(&self) -> Result<()> {
-        self.with_writer(|_, state| self.rewrite(state, false))
+/// Writes the new file at the compaction path, durably, with the old file's
+/// permissions.
+fn write_compacted(shared: &Shared, state: &State, keep_live: bool) -> Result<()> {
+    let tmp = &shared.paths.compact;
+    let io_tmp = |e| Error::io(tmp, e);
+    let old_meta = state.file.metadata().map_err(io_tmp)?;
+    let file = identity::create_replacing(tmp).map_err(io_tmp)?;
+    identity::inherit(&file, &old_meta).map_err(io_tmp)?;
+    let mut out = BufWriter::with_capacity(1 << 20, &file);
+    out.write_all(&format::new_header(state.generation + 1))
+        .map_err(io_tmp)?;
+    let mut end = HEADER_SIZE;
+    let mut record = Vec::new();
+    let old = state.file();
+    for loc in state.index.iter().filter(|_| keep_live) {
+        let Some(key) = loc.checked_key(old) else {
+            continue; // damaged since it was indexed: drop it
+        };
+        let value = loc.value(old);
+        if crc(value) != loc.value_crc {
+            continue; // damaged: it reads as missing, so it is dropped
+        }
+        record.clear();
+        format::encode_record(Kind::Put, key, value, &mut record);
+        out.write_all(&record).map_err(io_tmp)?;
+        end += record.len() as u64;
+    }
+    out.flush().map_err(io_tmp)?;
+    drop(out);
+    File::write_all_at(&file, &end.to_le_bytes(), format::H_COMMITTED as u64).map_err(io_tmp)?;
+    file.sync_all().map_err(io_tmp)
+}
+
+/// Compacts after a write when `options` say the garbage warrants it and no
+/// pause after a failure is running. Returns the error of a compaction that
+/// failed, for the caller to report once the locks are released.
+pub(super) fn after_write(
+    shared: &Shared,
+    state: &mut State,
+    writer: &mut Writer,
+    options: &Options,
+) -> Option<Error> {
+    let records = state.indexed - HEADER_SIZE;
+    let garbage = state.garbage();
+    if garbage < options.compact_min_bytes
+        || (garbage as f64) < options.compact_ratio * records as f64
+    {
+        return None;
+    }
+    let now = Instant::now();
+    if let Some((until, _)) = writer.compaction_pause
+        && now < until
+    {
+        return None;
+    }
+    match rewrite(shared, state, true) {
+        Ok(()) => {
+            writer.compaction_pause = None;
+            None
+        }
+        Err(e) => {
+            let pause = writer
+                .compaction_pause
+                .map_or(FIRST_PAUSE, |(_, last)| (last * 2).min(LONGEST_PAUSE));
+            writer.compaction_pause = Some((now + pause, pause));
+            Some(e)
+        }
     }
 }

@@ -5,12 +5,17 @@
 //! never change below the committed length. That saves an allocation per
 //! key, and a lookup touches the record's cache lines (key, then value)
 //! instead of a separate heap copy of the key.
+//!
+//! Invariants kept here: every `Loc` points at a whole put record below the
+//! indexed length, so its key and value lie inside any [`Log`] that reaches
+//! that length; `live_bytes` is the sum of the records' lengths.
 
 use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::format::{self, RECORD_HEADER_SIZE};
+use super::log::Log;
 
 /// Where a live value is.
 #[derive(Debug, Clone, Copy)]
@@ -24,26 +29,28 @@ pub struct Loc {
 }
 
 impl Loc {
-    fn key_at(&self) -> usize {
-        self.record as usize + RECORD_HEADER_SIZE
+    fn key_at(&self) -> u64 {
+        self.record + RECORD_HEADER_SIZE as u64
     }
 
-    /// The key's bytes in `file` (the mapped file from offset 0).
-    pub fn key<'a>(&self, file: &'a [u8]) -> &'a [u8] {
-        &file[self.key_at()..self.key_at() + self.key_len as usize]
+    /// The key's bytes in `file`, which reaches past this record.
+    pub fn key<'a>(&self, file: Log<'a>) -> &'a [u8] {
+        file.get(self.key_at(), self.key_len as usize)
+            .expect("an indexed record lies inside the indexed log")
     }
 
     /// The key's bytes in `file` if they still match their checksum:
     /// damage after indexing must not let a record answer for another key.
-    pub fn checked_key<'a>(&self, file: &'a [u8]) -> Option<&'a [u8]> {
+    pub fn checked_key<'a>(&self, file: Log<'a>) -> Option<&'a [u8]> {
         let key = self.key(file);
         (format::crc(key) == self.key_crc).then_some(key)
     }
 
     /// The value's bytes in `file`.
-    pub fn value<'a>(&self, file: &'a [u8]) -> &'a [u8] {
-        let at = self.key_at() + self.key_len as usize;
-        &file[at..at + self.value_len as usize]
+    pub fn value<'a>(&self, file: Log<'a>) -> &'a [u8] {
+        let at = self.key_at() + u64::from(self.key_len);
+        file.get(at, self.value_len as usize)
+            .expect("an indexed record lies inside the indexed log")
     }
 
     /// The record's length, padding included.
@@ -73,14 +80,14 @@ impl Index {
         self.table.iter()
     }
 
-    pub fn get(&self, file: &[u8], key: &[u8]) -> Option<&Loc> {
+    pub fn get(&self, file: Log<'_>, key: &[u8]) -> Option<&Loc> {
         let hash = self.hasher.hash_one(key);
         self.table.find(hash, |loc| loc.key(file) == key)
     }
 
     /// Points `key` (whose record is in `file`) at `loc`; returns the
     /// previous position.
-    pub fn insert(&mut self, file: &[u8], key: &[u8], loc: Loc) -> Option<Loc> {
+    pub fn insert(&mut self, file: Log<'_>, key: &[u8], loc: Loc) -> Option<Loc> {
         let hash = self.hasher.hash_one(key);
         self.live_bytes += loc.record_len();
         let hasher = &self.hasher;
@@ -98,7 +105,7 @@ impl Index {
         old
     }
 
-    pub fn remove(&mut self, file: &[u8], key: &[u8]) -> Option<Loc> {
+    pub fn remove(&mut self, file: Log<'_>, key: &[u8]) -> Option<Loc> {
         let hash = self.hasher.hash_one(key);
         let removed = self
             .table

@@ -1,33 +1,77 @@
 //! The log: reading records out of the mapped file.
 //!
-//! Invariants kept here: bytes below a committed length loaded from the
-//! header never change again (records are append-only, compaction writes a
-//! new file, and the only truncation cuts bytes past the committed length),
-//! so a slice of them may be held for as long as the mapping lives; a walk
-//! never reads past the slice it was given.
+//! Invariants kept here:
+//! - A [`Log`] covers the records only, from the end of the header page to a
+//!   committed length loaded from the header. It never covers the header,
+//!   whose committed length and superseded flag other processes store to
+//!   while we read.
+//! - Bytes below a committed length never change again (records are
+//!   append-only, compaction writes a new file, and the only truncation cuts
+//!   bytes past the committed length), so a `Log` may be held for as long as
+//!   the mapping lives.
+//! - A walk never reads past the `Log` it was given.
 
 use memmap2::MmapRaw;
 
-use super::format::{self, RECORD_HEADER_SIZE, crc};
+use super::format::{self, HEADER_SIZE, RECORD_HEADER_SIZE, crc};
 
-/// The mapped bytes in `from..to`, which must lie below a committed length
-/// this process has read.
-pub(super) fn mapped(map: &MmapRaw, from: u64, to: u64) -> &[u8] {
-    debug_assert!(from <= to && to <= map.len() as u64);
-    // SAFETY: callers pass ranges below a committed length they loaded (with
-    // Acquire ordering) from the header, and within the mapping (`catch_up`
-    // and `append` remap before indexing anything beyond it). Those bytes
-    // were written before the committed length was advanced past them, and
-    // no process using this crate ever writes them again: records are
-    // append-only, compaction writes a new file, and the only truncation
-    // cuts bytes past the committed length. They also lie within the file
-    // (the committed length never exceeds its size), so no access touches a
-    // page past the end of the file. The one caller that reads past a
-    // committed length, `State::load` repairing a damaged header, stops at
-    // the file's size and holds the exclusive lock, so nobody writes those
-    // bytes meanwhile. The slice borrows `map`, so it cannot outlive the
-    // mapping.
-    unsafe { std::slice::from_raw_parts(map.as_ptr().add(from as usize), (to - from) as usize) }
+/// The records of a mapped file, from [`HEADER_SIZE`] to an end, addressed
+/// by file offset.
+#[derive(Clone, Copy)]
+pub(super) struct Log<'a> {
+    records: &'a [u8],
+}
+
+impl<'a> Log<'a> {
+    /// The records of `map` up to the file offset `end`, which must lie
+    /// below a committed length this process has loaded, and within the
+    /// mapping and the file.
+    pub(super) fn of(map: &'a MmapRaw, end: u64) -> Log<'a> {
+        assert!(
+            HEADER_SIZE <= end && end <= map.len() as u64,
+            "a log ends past the header and within the mapping"
+        );
+        // SAFETY: the range HEADER_SIZE..end lies within the mapping (checked
+        // above), which is at least HEADER_SIZE long and starts at offset 0.
+        // Callers pass an `end` at or below a committed length they loaded
+        // (Acquire) from the header, or, when repairing at open, at or below
+        // the file's size while holding the exclusive lock. Those bytes were
+        // written (with `pwrite`) before the committed length was advanced
+        // past them, and no cooperating process writes them again: records
+        // are append-only, compaction writes a new file, and the only
+        // truncation cuts bytes past the committed length, under the lock. So
+        // the bytes are initialised, lie within the file (no access touches a
+        // page past its end, which would raise SIGBUS), and do not change
+        // while the slice lives. The header page, the only bytes written in
+        // place, is not part of the slice. The slice borrows `map`, so it
+        // cannot outlive the mapping.
+        let records = unsafe {
+            std::slice::from_raw_parts(
+                map.as_ptr().add(HEADER_SIZE as usize),
+                (end - HEADER_SIZE) as usize,
+            )
+        };
+        Log { records }
+    }
+
+    /// The file offset just past the last byte.
+    pub(super) fn end(&self) -> u64 {
+        HEADER_SIZE + self.records.len() as u64
+    }
+
+    /// The `len` bytes at file offset `at`; `None` when they run past the
+    /// end (or start before the records).
+    pub(super) fn get(&self, at: u64, len: usize) -> Option<&'a [u8]> {
+        let start = usize::try_from(at.checked_sub(HEADER_SIZE)?).ok()?;
+        self.records.get(start..start.checked_add(len)?)
+    }
+
+    /// Every byte from file offset `at` to the end (empty past the end).
+    pub(super) fn from(&self, at: u64) -> &'a [u8] {
+        at.checked_sub(HEADER_SIZE)
+            .and_then(|start| self.records.get(start as usize..))
+            .unwrap_or_default()
+    }
 }
 
 /// How a scan ended.
@@ -68,13 +112,13 @@ pub(super) enum Walked<'a> {
     Damaged(Damaged),
 }
 
-/// Walks the records of `bytes` from `from`, calling `visit` for each
-/// record and damaged place. Never reads past `bytes`.
-pub(super) fn walk<'a>(bytes: &'a [u8], from: u64, mut visit: impl FnMut(u64, Walked<'a>)) {
-    let end = bytes.len() as u64;
+/// Walks the records of `log` from the file offset `from`, calling `visit`
+/// for each record and damaged place. Never reads past the log's end.
+pub(super) fn walk<'a>(log: Log<'a>, from: u64, mut visit: impl FnMut(u64, Walked<'a>)) {
+    let end = log.end();
     let mut at = from;
     while at + RECORD_HEADER_SIZE as u64 <= end {
-        let here = &bytes[at as usize..];
+        let here = log.from(at);
         match format::decode_record_header(here) {
             Some(header) if at + header.total_len() <= end => {
                 let key = &here[RECORD_HEADER_SIZE..RECORD_HEADER_SIZE + header.key_len as usize];
@@ -98,19 +142,19 @@ pub(super) fn walk<'a>(bytes: &'a [u8], from: u64, mut visit: impl FnMut(u64, Wa
             }
             None => {
                 visit(at, Walked::Damaged(Damaged::Header));
-                at = resync(bytes, at + format::ALIGN);
+                at = resync(log, at + format::ALIGN);
             }
         }
     }
 }
 
 /// The offset of the next valid record header at or after `from`, or the
-/// end of `bytes`.
-pub(super) fn resync(bytes: &[u8], from: u64) -> u64 {
-    let end = bytes.len() as u64;
+/// end of `log`.
+pub(super) fn resync(log: Log<'_>, from: u64) -> u64 {
+    let end = log.end();
     let mut at = from;
     while at + RECORD_HEADER_SIZE as u64 <= end {
-        let here = &bytes[at as usize..];
+        let here = log.from(at);
         if format::decode_record_header(here).is_some_and(|h| at + h.total_len() <= end) {
             return at;
         }

@@ -3,40 +3,57 @@
 //!
 //! The file is a log (in the manner of Bitcask): a header page, then
 //! append-only records, each a put or a tombstone with checksums. Every
-//! process keeps its own index (key → record) built by scanning the file
-//! when it opens, and caught up by scanning the new tail whenever the
+//! process keeps one index (key → record) per file, built by scanning the
+//! file when it opens, and caught up by scanning the new tail whenever the
 //! header's committed length has moved. Reads go through a shared memory map
-//! and cost no system call; writes append with `pwrite` under an OS lock on
-//! `<path>.lock`, then advance the committed length in the mapped header.
-//! Compaction writes the live records to a new file and renames it over the
-//! old one; other processes notice a flag in the old header and follow.
+//! and cost no system call; writes append with `pwrite` under an exclusive
+//! lock, then advance the committed length in the mapped header. Compaction
+//! writes the live records to a new file and renames it over the old one;
+//! other processes notice a flag in the old header and follow.
 //!
-//! The byte layout is in `docs/file-format.md`.
+//! The code is split by mechanism, each file stating the invariants it
+//! keeps:
+//!
+//! - `identity.rs`: resolving names to one file; creating and replacing
+//!   files with the right mode and owner; refusing hard links and network
+//!   file systems.
+//! - `shared.rs`: one state per file per process, and what a fork does.
+//! - `lock.rs`: the exclusive lock, between threads and between processes.
+//! - `state.rs`: one process's map and index of one file; loading, repair.
+//! - `log.rs` and `format.rs`: the records and their bytes.
+//! - `index.rs`: key → newest record.
+//! - `compact.rs`: rewriting the live records into a new file.
+//! - `verify.rs`: reporting damage.
+//! - this file: the handle users hold.
+//!
+//! The byte layout and the assumptions made of the OS are in
+//! `docs/file-format.md`.
 
 mod compact;
 mod format;
+mod identity;
 mod index;
 mod lock;
 mod log;
 mod options;
+mod shared;
 mod state;
 mod verify;
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
+use std::sync::{Arc, PoisonError, RwLockReadGuard};
 
 pub use self::options::{Durability, FileCacheBuilder};
 pub use self::verify::{Damage, Verification};
 
 use self::format::{HEADER_SIZE, Kind, crc};
 use self::index::Loc;
-use self::lock::LockFile;
+use self::lock::Writer;
 use self::options::Options;
+use self::shared::Shared;
 use self::state::{State, map_file};
 use crate::cache::Cache;
 use crate::error::{Error, Result};
@@ -47,20 +64,26 @@ use crate::error::{Error, Result};
 ///   the file is reopened.
 /// - **Shared**: any number of processes may open one path and read and
 ///   write at once; a value one sets is returned by another's next `get`,
-///   and a removal is seen likewise, with no reopening.
+///   and a removal is seen likewise, with no reopening. Threads may share a
+///   handle or open their own; forked children may keep using a handle
+///   they inherited; a symbolic link and the real path name the same cache.
 /// - **Fast reads**: a hit is an index lookup and a copy out of the memory
 ///   map, with its checksum checked: no system call.
 /// - **Crash safe**: a process killed at any moment leaves a file that
 ///   opens, with every write that returned.
 /// - **Damage contained**: a damaged record reads as missing, never as
 ///   wrong bytes, and [`verify`](FileCache::verify) says where it is.
+/// - **A write's result is the write's**: when the automatic compaction
+///   that may follow a write fails, the write still returns `Ok` and the
+///   failure goes to [`FileCacheBuilder::on_compaction_error`].
 ///
 /// It is a `Cache<String, Vec<u8>>` and a `Cache<Vec<u8>, Vec<u8>>`: wrap it
 /// in a [`Serialised`](crate::Serialised) for typed values.
 ///
-/// Unix only (it relies on `pwrite`, shared memory maps and `flock`). Do not
-/// truncate or rewrite a cache file from outside while it is open: a
-/// process reading a mapped page that no longer exists gets SIGBUS.
+/// Unix only (it relies on `pwrite`, shared memory maps and `flock`). What
+/// it assumes of the OS, and what a process that does not use this crate
+/// can break (truncating the file by hand, deleting its lock file), is in
+/// `docs/file-format.md`, "Assumptions".
 ///
 /// # Example
 ///
@@ -68,30 +91,39 @@ use crate::error::{Error, Result};
 /// use layercache::{Cache, FileCache};
 ///
 /// # fn main() -> layercache::Result<()> {
-/// let dir = std::env::temp_dir().join(format!("layercache-doc-{}", std::process::id()));
-/// std::fs::create_dir_all(&dir).unwrap();
-/// let path = dir.join("cache.lc");
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("cache.lc");
 /// {
 ///     let cache = FileCache::open(&path)?;
 ///     cache.set("greeting".to_string(), b"hello".to_vec())?;
 /// }
 /// let cache = FileCache::open(&path)?; // a later run, or another process
 /// assert_eq!(cache.get(&"greeting".to_string())?, Some(b"hello".to_vec()));
-/// # std::fs::remove_dir_all(&dir).unwrap();
 /// # Ok(())
 /// # }
 /// ```
 pub struct FileCache {
+    /// The path as given.
     path: PathBuf,
     options: Options,
-    lock: LockFile,
-    state: RwLock<State>,
-    writer: Mutex<Writer>,
+    /// The state of this file in the process that opened the handle; after
+    /// a fork, `Shared::current` finds the child's own.
+    shared: Arc<Shared>,
 }
 
-struct Writer {
-    buf: Vec<u8>,
-    last_sync: Instant,
+/// Counters of one cache file in this process (every handle on the file
+/// shares them): see [`FileCache::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct FileStats {
+    /// Times the file was forced to stable storage by
+    /// [`Durability::Periodic`] (in the background or when a handle is
+    /// dropped).
+    pub syncs: u64,
+    /// Automatic compactions that failed (each reported to
+    /// [`FileCacheBuilder::on_compaction_error`]); the writes they followed
+    /// succeeded.
+    pub compaction_failures: u64,
 }
 
 fn lock_poisoned<T>(result: std::result::Result<T, PoisonError<T>>) -> T {
@@ -101,50 +133,30 @@ fn lock_poisoned<T>(result: std::result::Result<T, PoisonError<T>>) -> T {
     result.unwrap_or_else(PoisonError::into_inner)
 }
 
-/// `path` with `suffix` appended (`cache.lc` → `cache.lc.lock`).
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-/// Opens `path` read-write, creating it readable and writable by its owner
-/// only, emptied first if `truncate`.
-fn open_private(path: &Path, truncate: bool) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(truncate)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(path, e))
-}
-
 impl FileCacheBuilder {
-    /// Opens the cache file, creating it (readable and writable by its owner
-    /// only) if it does not exist.
+    /// Opens the cache file, creating it (with [`mode`](Self::mode), by
+    /// default readable and writable by its owner only) if it does not
+    /// exist. A symbolic link is followed: the lock file goes beside the
+    /// real file, and compaction replaces the real file, not the link.
     ///
     /// # Errors
     ///
-    /// [`Error::Format`] when the file is not a cache file, is of a newer
-    /// format version, or has a damaged header (the file is not touched);
-    /// [`Error::Io`] when it cannot be opened.
+    /// - [`Error::InvalidOption`] when an option is out of range (nothing is
+    ///   opened or created);
+    /// - [`Error::Format`] when the file is not a cache file, is of a newer
+    ///   format version, or has a damaged header (the file is not touched);
+    /// - [`Error::Refused`] when the file has other hard links, is on a
+    ///   network file system (see
+    ///   [`allow_network_fs`](Self::allow_network_fs)), is not a regular
+    ///   file, or is a dangling symbolic link;
+    /// - [`Error::Io`] when it cannot be opened.
     pub fn open(self) -> Result<FileCache> {
-        let lock = LockFile::open(&self.path)?;
-        let state = {
-            let _exclusive = lock.exclusive()?;
-            State::load(&self.path, &self.options)?
-        };
+        let options = self.options.validate()?;
+        let shared = Shared::open(&self.path, &options)?;
         Ok(FileCache {
             path: self.path,
-            options: self.options,
-            lock,
-            state: RwLock::new(state),
-            writer: Mutex::new(Writer {
-                buf: Vec::new(),
-                last_sync: Instant::now(),
-            }),
+            options,
+            shared,
         })
     }
 }
@@ -164,7 +176,7 @@ impl FileCache {
         }
     }
 
-    /// The cache file's path.
+    /// The cache file's path, as given to [`open`](Self::open).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -190,69 +202,84 @@ impl FileCache {
         Ok(self.fresh()?.garbage())
     }
 
-    fn read_state(&self) -> RwLockReadGuard<'_, State> {
-        lock_poisoned(self.state.read())
+    /// This process's counters for this file.
+    pub fn stats(&self) -> FileStats {
+        let shared = self.shared.current_if_open();
+        FileStats {
+            syncs: shared.syncs.load(Ordering::Relaxed),
+            compaction_failures: shared.compaction_failures.load(Ordering::Relaxed),
+        }
     }
 
-    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
-        lock_poisoned(self.state.write())
-    }
-
-    fn writer(&self) -> MutexGuard<'_, Writer> {
-        lock_poisoned(self.writer.lock())
+    /// The state this process uses for the file.
+    #[inline]
+    fn shared(&self) -> Result<&Shared> {
+        self.shared.current(&self.options)
     }
 
     /// The state, caught up with every write committed before the call.
     fn fresh(&self) -> Result<RwLockReadGuard<'_, State>> {
+        let shared = self.shared()?;
         {
-            let state = self.read_state();
+            let state = shared.read();
             if !state.superseded() && state.committed() == state.indexed {
                 return Ok(state);
             }
         }
-        self.catch_up(&mut self.write_state(), false)?;
-        Ok(self.read_state())
+        if shared.read().superseded() {
+            // Another process compacted: loading the new file takes the
+            // lock, as every load does, and so waits for its rename.
+            let _exclusive = shared.exclusive()?;
+            follow(shared, &mut shared.write())?;
+        } else {
+            catch_up(shared, &mut shared.write())?;
+        }
+        Ok(shared.read())
     }
 
-    /// Catches `state` up: follows a compaction to the new file, remaps when
-    /// the file outgrew the mapping, and indexes new records. `locked` says
-    /// whether the caller holds the exclusive lock already: an `flock` does
-    /// not nest, so taking it again and dropping the inner guard would
-    /// release the caller's lock too.
-    fn catch_up(&self, state: &mut State, locked: bool) -> Result<()> {
-        while state.superseded() {
-            let _exclusive = if locked {
-                None
-            } else {
-                Some(self.lock.exclusive()?)
-            };
-            *state = State::load(&self.path, &self.options)?;
-        }
-        let committed = state.committed();
-        if committed > state.map.len() as u64 {
-            state.map = map_file(&state.file, committed, self.options.growth)
-                .map_err(|e| Error::io(&self.path, e))?;
-        }
-        state.scan(committed);
-        Ok(())
-    }
-
-    /// Runs `write` holding this process's writer lock, the OS lock and the
-    /// state, caught up and on the current file.
-    fn with_writer<T>(
+    /// Runs `op` holding the exclusive lock and the state, caught up and on
+    /// the file now at the path.
+    fn locked<T>(
         &self,
-        write: impl FnOnce(&mut Writer, &mut State) -> Result<T>,
+        op: impl FnOnce(&Shared, &mut Writer, &mut State) -> Result<T>,
     ) -> Result<T> {
-        let mut writer = self.writer();
-        let _exclusive = self.lock.exclusive()?;
-        let mut state = self.write_state();
-        self.catch_up(&mut state, true)?;
-        write(&mut writer, &mut state)
+        let shared = self.shared()?;
+        let mut writer = shared.exclusive()?;
+        let mut state = shared.write();
+        follow(shared, &mut state)?;
+        let result = op(shared, &mut writer, &mut state);
+        writer.shrink();
+        result
     }
 
-    /// Appends the encoded records in `buf` at the committed end and indexes
-    /// them. The caller holds the locks (`with_writer`).
-    fn append(&self, writer: &mut Writer, state: &mut State) -> Result<()> {
+    /// [`locked`](Self::locked), then an automatic compaction if one is
+    /// due. A compaction's failure is reported once the locks are released,
+    /// and does not change what `op` returned.
+    fn write<T>(
+        &self,
+        op: impl FnOnce(&Shared, &mut Writer, &mut State) -> Result<T>,
+    ) -> Result<T> {
+        let mut failed = None;
+        let result = self.locked(|shared, writer, state| {
+            let result = op(shared, writer, state)?;
+            failed = compact::after_write(shared, state, writer, &self.options);
+            Ok(result)
+        });
+        if let Some(error) = failed {
+            self.shared
+                .current_if_open()
+                .compaction_failures
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(hook) = &self.options.on_compaction_error {
+                hook(&error);
+            }
+        }
+        result
+    }
+
+    /// Appends the encoded records in `writer.buf` at the committed end and
+    /// indexes them. The caller holds the locks.
+    fn append(&self, shared: &Shared, writer: &mut Writer, state: &mut State) -> Result<()> {
         let io = |e| Error::io(&self.path, e);
         let at = state.committed();
         let end = at + writer.buf.len() as u64;
@@ -262,24 +289,39 @@ impl FileCache {
             let _ = state.file.set_len(at);
             return Err(io(e));
         }
-        let sync = match self.options.durability {
-            Durability::Buffered => false,
-            Durability::Sync => true,
-            Durability::Periodic(every) => writer.last_sync.elapsed() >= every,
-        };
+        let sync = self.options.durability == Durability::Sync;
         if sync {
             state.file.sync_data().map_err(io)?;
         }
         if end > state.map.len() as u64 {
-            state.map = map_file(&state.file, end, self.options.growth).map_err(io)?;
+            state.map = Arc::new(map_file(&state.file, end, shared.growth).map_err(io)?);
         }
         state.committed_atomic().store(end, Ordering::Release);
         if sync {
             state.map.flush_range(0, HEADER_SIZE as usize).map_err(io)?;
-            writer.last_sync = Instant::now();
+        } else if let Durability::Periodic(_) = self.options.durability {
+            shared.dirty.store(true, Ordering::Release);
         }
         state.scan(end);
-        self.maybe_compact(state)
+        Ok(())
+    }
+
+    /// Rewrites the file with only its live records, reclaiming the space
+    /// of overwritten and removed values. Other processes follow to the new
+    /// file on their next call and lose nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the new file cannot be written (a full disk, say):
+    /// the old file stays in place, whole, and nothing is left beside it.
+    pub fn compact(&self) -> Result<()> {
+        self.locked(|shared, _, state| compact::rewrite(shared, state, true))
+    }
+
+    /// Removes every entry by replacing the file with an empty one (a
+    /// compaction that keeps nothing), whatever the key type.
+    pub fn clear(&self) -> Result<()> {
+        self.locked(|shared, _, state| compact::rewrite(shared, state, false))
     }
 
     fn check_sizes(&self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -310,10 +352,10 @@ impl FileCache {
 
     fn set_bytes(&self, key: &[u8], value: &[u8]) -> Result<()> {
         self.check_sizes(key, value)?;
-        self.with_writer(|writer, state| {
+        self.write(|shared, writer, state| {
             writer.buf.clear();
             format::encode_record(Kind::Put, key, value, &mut writer.buf);
-            self.append(writer, state)
+            self.append(shared, writer, state)
         })
     }
 
@@ -321,14 +363,14 @@ impl FileCache {
         if key.len() > self.options.max_key_len {
             return Ok(None); // never stored
         }
-        self.with_writer(|writer, state| {
+        self.write(|shared, writer, state| {
             let Some(loc) = state.index.get(state.file(), key).copied() else {
                 return Ok(None);
             };
             let old = read_value(state, &loc);
             writer.buf.clear();
             format::encode_record(Kind::Tombstone, key, &[], &mut writer.buf);
-            self.append(writer, state)?;
+            self.append(shared, writer, state)?;
             Ok(old)
         })
     }
@@ -348,7 +390,7 @@ impl FileCache {
         if keys.is_empty() {
             return Ok(0);
         }
-        self.with_writer(|writer, state| {
+        self.write(|shared, writer, state| {
             writer.buf.clear();
             let mut removed = 0;
             for key in keys {
@@ -358,7 +400,7 @@ impl FileCache {
                 }
             }
             if removed > 0 {
-                self.append(writer, state)?;
+                self.append(shared, writer, state)?;
             }
             Ok(removed)
         })
@@ -441,7 +483,49 @@ impl Cache<String, Vec<u8>> for FileCache {
 
 impl fmt::Debug for FileCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let entries = self.read_state().index.len();
+        let entries = self.shared.current_if_open().read().index.len();
         write!(f, "File({:?}, {entries} entries)", self.path)
+    }
+}
+
+/// Catches `state` up with the records other processes committed: remaps
+/// when the file outgrew the mapping, and indexes the new records.
+fn catch_up(shared: &Shared, state: &mut State) -> Result<()> {
+    let committed = state.committed();
+    if committed > state.map.len() as u64 {
+        state.map = Arc::new(
+            map_file(&state.file, committed, shared.growth)
+                .map_err(|e| Error::io(&shared.paths.given, e))?,
+        );
+    }
+    state.scan(committed);
+    Ok(())
+}
+
+/// Moves `state` to the file now at the data path if it is no longer there
+/// (compacted by another process, or removed or replaced from outside),
+/// then catches it up. The caller holds the exclusive lock.
+fn follow(shared: &Shared, state: &mut State) -> Result<()> {
+    if !state.is_current(&shared.paths) {
+        *state = State::load(
+            &shared.paths,
+            shared.growth,
+            shared.mode,
+            shared.allow_remote,
+        )?;
+    }
+    catch_up(shared, state)
+}
+
+impl Drop for FileCache {
+    fn drop(&mut self) {
+        if let Durability::Periodic(_) = self.options.durability {
+            let shared = self.shared.current_if_open();
+            if shared.dirty.load(Ordering::Acquire) {
+                // Nothing to report an error to; the background thread
+                // retries while another handle keeps the file open.
+                let _ = shared.sync();
+            }
+        }
     }
 }

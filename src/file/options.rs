@@ -1,15 +1,22 @@
 //! What a [`FileCache`](super::FileCache) is opened with: durability,
-//! compaction thresholds, the map's reach and size limits.
+//! compaction thresholds, the map's reach, size limits, the mode of new
+//! files and what to do with a failed automatic compaction.
 //!
-//! Invariant kept here: an `Options` value is what `open` uses; setters only
-//! record what the user asked for.
+//! Invariant kept here: setters record what the user asked for, unchecked;
+//! [`Options::validate`] runs at open and turns every out-of-range value
+//! into an [`Error::InvalidOption`] naming the option, so nothing later can
+//! panic on a value it was given.
 
+use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::format::HEADER_SIZE;
+use crate::error::{Error, Result};
 
-/// When a [`FileCache`] forces its writes to stable storage.
+/// When a [`FileCache`](super::FileCache) forces its writes to stable
+/// storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// Never: a write is in the OS's page cache when `set` returns. It
@@ -20,19 +27,42 @@ pub enum Durability {
     /// `fdatasync` after every write: a write that returned survives an OS
     /// crash. Costs a disk flush per write.
     Sync,
-    /// `fdatasync` on a write when at least this long has passed since the
-    /// last one: bounds what an OS crash can lose to about this window.
+    /// `fdatasync` at most this long after a write: a write that returned
+    /// survives an OS crash that happens more than about this long after it.
+    /// A background thread (one per cache file per process) syncs what is
+    /// still unsynced when the interval has passed, so the last writes of a
+    /// burst are covered too, and a handle syncs when it is dropped. Must be
+    /// longer than zero.
     Periodic(Duration),
 }
 
-/// Options for opening a [`FileCache`]: see [`FileCache::builder`].
-#[derive(Debug, Clone)]
+/// Called with the error of an automatic compaction that failed.
+pub(super) type CompactionHook = Arc<dyn Fn(&Error) + Send + Sync>;
+
+/// Options for opening a [`FileCache`](super::FileCache): see
+/// [`FileCache::builder`](super::FileCache::builder).
+///
+/// Setters take any value; [`open`](FileCacheBuilder::open) checks them all
+/// and refuses an out-of-range one with [`Error::InvalidOption`].
+#[derive(Clone)]
 pub struct FileCacheBuilder {
     pub(super) path: PathBuf,
     pub(super) options: Options,
 }
 
-#[derive(Debug, Clone)]
+impl fmt::Debug for FileCacheBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileCacheBuilder")
+            .field("path", &self.path)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// The largest map reach accepted: 1 TiB of address space.
+const MAX_GROWTH: u64 = 1 << 40;
+
+#[derive(Clone)]
 pub(super) struct Options {
     pub(super) durability: Durability,
     pub(super) compact_ratio: f64,
@@ -40,6 +70,25 @@ pub(super) struct Options {
     pub(super) growth: u64,
     pub(super) max_key_len: usize,
     pub(super) max_value_len: usize,
+    pub(super) mode: u32,
+    pub(super) allow_network_fs: bool,
+    pub(super) on_compaction_error: Option<CompactionHook>,
+}
+
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("durability", &self.durability)
+            .field("compact_ratio", &self.compact_ratio)
+            .field("compact_min_bytes", &self.compact_min_bytes)
+            .field("growth", &self.growth)
+            .field("max_key_len", &self.max_key_len)
+            .field("max_value_len", &self.max_value_len)
+            .field("mode", &format_args!("{:#o}", self.mode))
+            .field("allow_network_fs", &self.allow_network_fs)
+            .field("on_compaction_error", &self.on_compaction_error.is_some())
+            .finish()
+    }
 }
 
 impl Default for Options {
@@ -51,7 +100,68 @@ impl Default for Options {
             growth: 64 * 1024 * 1024,
             max_key_len: 64 * 1024,
             max_value_len: 256 * 1024 * 1024,
+            mode: 0o600,
+            allow_network_fs: false,
+            on_compaction_error: None,
         }
+    }
+}
+
+fn invalid(option: &'static str, reason: String) -> Error {
+    Error::InvalidOption { option, reason }
+}
+
+impl Options {
+    /// Checks every option, and rounds the map's reach up to whole pages.
+    pub(super) fn validate(mut self) -> Result<Options> {
+        if let Durability::Periodic(every) = self.durability
+            && every.is_zero()
+        {
+            return Err(invalid(
+                "durability",
+                "Periodic(0) would sync continuously; use Durability::Sync".into(),
+            ));
+        }
+        if self.compact_ratio.is_nan() || self.compact_ratio < 0.0 {
+            return Err(invalid(
+                "compact_when",
+                format!(
+                    "ratio {} is not a number of at least 0 (above 1 turns automatic compaction off)",
+                    self.compact_ratio
+                ),
+            ));
+        }
+        if !(HEADER_SIZE..=MAX_GROWTH).contains(&self.growth) {
+            return Err(invalid(
+                "growth",
+                format!(
+                    "{} bytes is outside {HEADER_SIZE} bytes to {MAX_GROWTH} bytes (1 TiB)",
+                    self.growth
+                ),
+            ));
+        }
+        self.growth = self.growth.div_ceil(HEADER_SIZE) * HEADER_SIZE;
+        for (option, value) in [
+            ("max_key_len", self.max_key_len),
+            ("max_value_len", self.max_value_len),
+        ] {
+            if value > u32::MAX as usize {
+                return Err(invalid(
+                    option,
+                    format!("{value} bytes is more than the format's limit of 4 GiB - 1"),
+                ));
+            }
+        }
+        if self.mode & !0o777 != 0 || self.mode & 0o600 != 0o600 {
+            return Err(invalid(
+                "mode",
+                format!(
+                    "{:#o} must be permission bits only (at most 0o777) and let the owner read and write (0o600)",
+                    self.mode
+                ),
+            ));
+        }
+        Ok(self)
     }
 }
 
@@ -65,8 +175,9 @@ impl FileCacheBuilder {
     /// Compact automatically, after a write, once dead records (overwritten
     /// or removed values, tombstones) are at least `ratio` of the records'
     /// bytes and at least `min_bytes` (defaults 0.5 and 4 MiB). A ratio
-    /// above 1 turns automatic compaction off; [`FileCache::compact`] still
-    /// works.
+    /// above 1 turns automatic compaction off;
+    /// [`FileCache::compact`](super::FileCache::compact) still works. A
+    /// negative or NaN ratio is refused at open.
     pub fn compact_when(mut self, ratio: f64, min_bytes: u64) -> Self {
         self.options.compact_ratio = ratio;
         self.options.compact_min_bytes = min_bytes;
@@ -74,23 +185,95 @@ impl FileCacheBuilder {
     }
 
     /// How far past the file's end the memory map reaches (default 64 MiB,
-    /// rounded to whole pages): appends by any process within that reach
-    /// are read without remapping. Address space, not memory.
+    /// rounded up to whole pages; 4 KiB to 1 TiB): appends by any process
+    /// within that reach are read without remapping. Address space, not
+    /// memory. The first handle a process opens on a file sets it for the
+    /// process.
     pub fn growth(mut self, bytes: u64) -> Self {
-        self.options.growth = bytes.max(HEADER_SIZE).div_ceil(HEADER_SIZE) * HEADER_SIZE;
+        self.options.growth = bytes;
         self
     }
 
-    /// The largest key accepted, in bytes (default 64 KiB).
+    /// The largest key accepted, in bytes (default 64 KiB, at most
+    /// 4 GiB - 1).
     pub fn max_key_len(mut self, bytes: usize) -> Self {
-        self.options.max_key_len = bytes.min(u32::MAX as usize);
+        self.options.max_key_len = bytes;
         self
     }
 
     /// The largest value accepted, in bytes (default 256 MiB, at most
     /// 4 GiB - 1).
     pub fn max_value_len(mut self, bytes: usize) -> Self {
-        self.options.max_value_len = bytes.min(u32::MAX as usize);
+        self.options.max_value_len = bytes;
+        self
+    }
+
+    /// The permission bits of the files this handle creates: the data file,
+    /// its lock file and compaction's new file (default `0o600`, readable
+    /// and writable by the owner only). The mode is set exactly, whatever
+    /// the process's umask. `0o660` lets a group share the cache (give the
+    /// directory to that group with the setgid bit, so new files get its
+    /// group). The owner must keep read and write (`0o600`); only
+    /// permission bits are accepted. Compaction keeps an existing file's
+    /// mode, group and owner, whatever this says.
+    ///
+    /// ```
+    /// use std::os::unix::fs::PermissionsExt;
+    /// # fn main() -> layercache::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("farm.lc");
+    /// let cache = layercache::FileCache::builder(&path).mode(0o660).open()?;
+    /// let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    /// assert_eq!(mode & 0o777, 0o660);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.options.mode = mode;
+        self
+    }
+
+    /// Opens a file on a network file system (NFS, SMB/CIFS, AFS, Ceph,
+    /// Lustre, GFS2, OCFS2, GPFS, 9P) or a FUSE file system, which `open`
+    /// refuses by default (Linux detects them; other systems are not
+    /// checked). What it risks: processes on one host still exclude each
+    /// other and see each other's writes, but a shared memory map is not
+    /// coherent across hosts and `flock` may not reach other hosts, so two
+    /// hosts writing one file can lose writes and read torn records (which
+    /// the checksums turn into misses). Allow it only when a single host
+    /// opens the file, or for a FUSE file system known to be local.
+    pub fn allow_network_fs(mut self, allow: bool) -> Self {
+        self.options.allow_network_fs = allow;
+        self
+    }
+
+    /// Called with the error of an automatic compaction (one that runs after
+    /// a write) that failed. The write itself succeeded and returns `Ok`;
+    /// the failure is also counted by
+    /// [`FileCache::stats`](super::FileCache::stats) (`compaction_failures`),
+    /// and automatic compaction pauses (1 s, doubling to at most a minute)
+    /// before it tries again. Runs on the writing thread with no lock held,
+    /// so it may use the cache.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// # fn main() -> layercache::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let failures = Arc::new(AtomicUsize::new(0));
+    /// let seen = failures.clone();
+    /// let cache = layercache::FileCache::builder(dir.path().join("c.lc"))
+    ///     .on_compaction_error(move |error| {
+    ///         eprintln!("cache compaction failed: {error}");
+    ///         seen.fetch_add(1, Ordering::Relaxed);
+    ///     })
+    ///     .open()?;
+    /// # drop(cache);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn on_compaction_error(mut self, hook: impl Fn(&Error) + Send + Sync + 'static) -> Self {
+        self.options.on_compaction_error = Some(Arc::new(hook));
         self
     }
 }

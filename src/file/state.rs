@@ -1,28 +1,40 @@
 //! One process's view of one cache file: the open file, its shared memory
 //! map and the index of its committed records.
 //!
-//! Invariants kept here: `indexed` never exceeds the committed length, and
-//! every record below `indexed` is in the index; the header's committed
-//! length and superseded flag are only ever accessed atomically.
+//! Invariants kept here:
+//! - `indexed` never exceeds the committed length, and every record below
+//!   `indexed` is in the index.
+//! - The header's committed length and superseded flag are the only bytes
+//!   written in place, by any process, and are only ever accessed as
+//!   atomics through the map; no slice covers the header (see `log.rs`).
+//! - A file is loaded, created, repaired or cleared of a dead compaction's
+//!   leftovers only under the exclusive lock, so no other cooperating
+//!   process is writing, compacting or repairing it meanwhile.
+//! - The only truncation cuts bytes past the committed length, which no
+//!   cooperating process reads (they read below a committed length they
+//!   loaded, and under the lock nobody advances it): no page that another
+//!   process may read is ever taken from under its map.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use memmap2::{MmapOptions, MmapRaw};
 
 use super::format::{self, HEADER_SIZE, Kind, RECORD_HEADER_SIZE};
+use super::identity::{self, Ident, Paths, ident};
 use super::index::{Index, Loc};
-use super::log::{Damaged, ScanEnd, Walked, mapped, walk};
-use super::open_private;
-use super::options::Options;
+use super::log::{Damaged, Log, ScanEnd, Walked, walk};
 use crate::error::{Error, Result};
 
 /// One process's view of one file: the mapping and the index.
 pub(super) struct State {
-    pub(super) file: File,
-    pub(super) map: MmapRaw,
+    /// Shared with `Durability::Periodic`'s syncs, which run with no lock.
+    pub(super) file: Arc<File>,
+    pub(super) map: Arc<MmapRaw>,
+    /// The data file's (device, inode), to notice it was replaced.
+    pub(super) ident: Ident,
     pub(super) generation: u64,
     pub(super) index: Index,
     /// Records below this offset are in the index.
@@ -30,17 +42,28 @@ pub(super) struct State {
 }
 
 impl State {
-    /// Opens `path` and indexes it. The caller holds the exclusive lock, so
-    /// nobody is writing: a new file gets its header, and a torn tail past
-    /// the committed length is cut off.
-    pub(super) fn load(path: &Path, options: &Options) -> Result<State> {
-        let io = |e| Error::io(path, e);
+    /// Opens the data file (creating it with `mode`), checks that it is one
+    /// this process may use, and indexes it. The caller holds the exclusive
+    /// lock, so nobody is writing: a new file gets its header, a torn tail
+    /// past the committed length is cut off, and a compaction file left by
+    /// a compaction that died is removed.
+    pub(super) fn load(paths: &Paths, growth: u64, mode: u32, allow_remote: bool) -> Result<State> {
+        let given = &paths.given;
+        let io = |e| Error::io(given, e);
         let format_error = |reason: String| Error::Format {
-            path: path.to_owned(),
+            path: given.to_owned(),
             reason,
         };
-        let file = open_private(path, false)?;
+        let file = identity::open_or_create(&paths.data, mode, given)?;
         let meta = file.metadata().map_err(io)?;
+        identity::check_links(&meta, given)?;
+        identity::check_local(&file, given, allow_remote)?;
+        match std::fs::remove_file(&paths.compact) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // A directory, or no permission: compaction will report it.
+            Err(_) => {}
+        }
         let mut len = meta.len();
         if len == 0 {
             file.write_all_at(&format::new_header(0), 0).map_err(io)?;
@@ -55,10 +78,11 @@ impl State {
         let mut header = vec![0u8; HEADER_SIZE as usize];
         file.read_exact_at(&mut header, 0).map_err(io)?;
         let generation = format::check_header(&header).map_err(|p| format_error(p.to_string()))?;
-        let map = map_file(&file, len, options.growth).map_err(io)?;
+        let map = map_file(&file, len, growth).map_err(io)?;
         let mut state = State {
-            file,
-            map,
+            file: Arc::new(file),
+            map: Arc::new(map),
+            ident: ident(&meta),
             generation,
             index: Index::default(),
             indexed: HEADER_SIZE,
@@ -96,10 +120,14 @@ impl State {
     pub(super) fn atomic_u64(&self, at: usize) -> &AtomicU64 {
         // SAFETY: `at` is one of the header's 8-byte-aligned u64 fields
         // (H_COMMITTED), inside the first page, which every mapping covers
-        // (files are at least HEADER_SIZE long and mappings start at 0 and
-        // are page aligned). The field is only ever accessed atomically, by
-        // this process and by every other (they map the same page shared),
-        // and the reference does not outlive `self.map`.
+        // (files are at least HEADER_SIZE long, and mappings start at offset
+        // 0 and are page aligned, so the address is aligned for AtomicU64).
+        // Other processes store to this field while we hold the reference;
+        // that is sound because every access to it, in every process, is
+        // atomic through a shared mapping of the same page (no `&[u8]` ever
+        // covers the header: see `Log`), and the only non-atomic write to a
+        // header, `pwrite` of a fresh header, happens before any process maps
+        // the file. The reference does not outlive `self.map`.
         unsafe { &*(self.map.as_ptr().add(at) as *const AtomicU64) }
     }
 
@@ -124,7 +152,7 @@ impl State {
     /// The end of the last whole, valid record at or below `limit`.
     pub(super) fn valid_end(&self, limit: u64) -> u64 {
         let mut end = HEADER_SIZE;
-        walk(mapped(&self.map, 0, limit), HEADER_SIZE, |at, record| {
+        walk(Log::of(&self.map, limit), HEADER_SIZE, |at, record| {
             if let Walked::Record(header, _) = record {
                 end = at + header.total_len();
             }
@@ -139,7 +167,7 @@ impl State {
             return ScanEnd::Clean;
         }
         let index = &mut self.index;
-        let file = mapped(&self.map, 0, to);
+        let file = Log::of(&self.map, to);
         let mut end = ScanEnd::Clean;
         walk(file, self.indexed, |at, record| match record {
             Walked::Record(header, key) => match header.kind {
@@ -170,8 +198,7 @@ impl State {
                 // older value is never served in place of the lost one (a
                 // key that merely shares a prefix is forgotten too: it reads
                 // as missing, which is safe).
-                let key_at = at as usize + RECORD_HEADER_SIZE;
-                let here = file.get(key_at..).unwrap_or_default();
+                let here = file.from(at + RECORD_HEADER_SIZE as u64);
                 index.retain(|loc| !(loc.record < at && here.starts_with(loc.key(file))));
             }
             Walked::Damaged(Damaged::PastEnd) => end = ScanEnd::InsideRecord,
@@ -180,9 +207,17 @@ impl State {
         end
     }
 
-    /// The indexed part of the file, from offset 0.
-    pub(super) fn file(&self) -> &[u8] {
-        mapped(&self.map, 0, self.indexed)
+    /// The indexed records.
+    pub(super) fn file(&self) -> Log<'_> {
+        Log::of(&self.map, self.indexed)
+    }
+
+    /// Whether the file is still the one at the data path: not superseded
+    /// by a compaction, nor removed or replaced from outside (a `stat` of
+    /// the path; run under the exclusive lock before every write).
+    pub(super) fn is_current(&self, paths: &Paths) -> bool {
+        !self.superseded()
+            && std::fs::metadata(&paths.data).is_ok_and(|meta| ident(&meta) == self.ident)
     }
 
     /// Bytes of indexed records that no live entry points at.

@@ -48,9 +48,8 @@ impl FileCache {
         walk(bytes, HEADER_SIZE, |at, walked| match walked {
             Walked::Record(header, _) => {
                 report.records += 1;
-                let value_at = (at + header.value_offset()) as usize;
-                let value = &bytes[value_at..value_at + header.value_len as usize];
-                if crc(value) != header.value_crc {
+                let value = bytes.get(at + header.value_offset(), header.value_len as usize);
+                if value.is_none_or(|value| crc(value) != header.value_crc) {
                     report.damage.push(Damage {
                         offset: at,
                         problem: "value fails its checksum",

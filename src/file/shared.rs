@@ -1,0 +1,452 @@
+//! One state per cache file per process, shared by every handle and thread
+//! of the process, and rebuilt in a forked child.
+//!
+//! Invariants kept here:
+//! - A process holds at most one [`Shared`] per lock file, found in a
+//!   registry by the lock file's (device, inode), so every handle on one
+//!   file, whatever name it was opened by, shares one OS lock holder, one
+//!   map and one index (see `lock.rs` for why `flock` needs that).
+//! - A forked child never uses its parent's `Shared`: [`Shared::current`]
+//!   compares a fork generation (bumped by a `pthread_atfork` child handler,
+//!   so the check is one relaxed load, no system call) and opens the child's
+//!   own. The locks of the parent's `Shared` may have been held by threads
+//!   that do not exist in the child, and its lock file description is the
+//!   parent's: the child handler points every lock descriptor the registry
+//!   knows at `/dev/null`, so the child can neither unlock the parent's
+//!   lock nor keep it alive after the parent dies holding it.
+//! - Every lock descriptor is registered, under the registry's mutex, from
+//!   the moment it is opened until it is closed, and the `pthread_atfork`
+//!   prepare handler holds that mutex across `fork()`, so no descriptor
+//!   escapes the child handler.
+//! - Lock order: a state's exclusive lock, then its `RwLock<State>`; the
+//!   registry's mutex is taken inside either, never around them.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{
+    Arc, Mutex, MutexGuard, Once, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+};
+use std::time::Duration;
+
+use memmap2::MmapRaw;
+
+use super::identity::{self, Ident, Paths, ident};
+use super::lock::{Exclusive, ProcessLock};
+use super::lock_poisoned;
+use super::options::Options;
+use super::state::State;
+use crate::error::{Error, Result};
+
+/// One registered lock descriptor.
+struct Entry {
+    ident: Ident,
+    fd: RawFd,
+    fork_generation: u64,
+    /// Empty while the state is being built.
+    shared: Weak<Shared>,
+}
+
+static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+
+/// Bumped in a forked child, before anything else runs there.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+static FORK_HANDLERS: Once = Once::new();
+static FORK_HANDLERS_OK: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// The registry, held by the forking thread from the prepare handler
+    /// until the parent or child handler.
+    static HELD_ACROSS_FORK: RefCell<Option<MutexGuard<'static, Vec<Entry>>>> =
+        const { RefCell::new(None) };
+}
+
+fn registry() -> MutexGuard<'static, Vec<Entry>> {
+    lock_poisoned(REGISTRY.lock())
+}
+
+extern "C" fn before_fork() {
+    let _ = HELD_ACROSS_FORK.try_with(|held| {
+        if let Ok(mut held) = held.try_borrow_mut() {
+            *held = Some(registry());
+        }
+    });
+}
+
+extern "C" fn after_fork_in_parent() {
+    let _ = HELD_ACROSS_FORK.try_with(|held| {
+        if let Ok(mut held) = held.try_borrow_mut() {
+            held.take();
+        }
+    });
+}
+
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+    let _ = HELD_ACROSS_FORK.try_with(|held| {
+        if let Ok(mut held) = held.try_borrow_mut()
+            && let Some(entries) = held.take()
+        {
+            disown(&entries);
+        }
+    });
+}
+
+/// Points every lock descriptor in `entries` at `/dev/null`: in a forked
+/// child, they share the parent's open file descriptions.
+fn disown(entries: &[Entry]) {
+    // SAFETY: `open` is given a NUL-terminated path and plain flags, and is
+    // async-signal-safe, as a fork handler in a multithreaded parent needs.
+    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if null < 0 {
+        return; // no /dev/null: the child keeps the parent's descriptions
+    }
+    for entry in entries {
+        // SAFETY: `entry.fd` is open: it is owned by a `File` in a lock holder
+        // that unregisters it, under the registry mutex that the prepare
+        // handler held across the fork, before closing it. `dup2` replaces
+        // what the descriptor refers to without closing the number, so that
+        // `File` stays valid; the child never locks it again (its `Shared`
+        // is never used there) and only closes it, now closing `/dev/null`
+        // instead of dropping a reference to the parent's lock. Both calls
+        // are async-signal-safe.
+        unsafe {
+            libc::dup2(null, entry.fd);
+            libc::fcntl(entry.fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
+    // SAFETY: `null` was opened above and is closed once.
+    unsafe { libc::close(null) };
+}
+
+fn install_fork_handlers() -> Result<()> {
+    FORK_HANDLERS.call_once(|| {
+        // SAFETY: the handlers are `extern "C"` functions that live for the
+        // whole program, take no arguments and do not unwind (they only use
+        // `try_with`, `try_borrow_mut` and a mutex whose poisoning is
+        // recovered).
+        let rc = unsafe {
+            libc::pthread_atfork(
+                Some(before_fork),
+                Some(after_fork_in_parent),
+                Some(after_fork_in_child),
+            )
+        };
+        FORK_HANDLERS_OK.store(rc == 0, Ordering::Release);
+    });
+    if FORK_HANDLERS_OK.load(Ordering::Acquire) {
+        Ok(())
+    } else {
+        Err(Error::io(
+            "pthread_atfork",
+            std::io::Error::other("cannot install the fork handlers FileCache needs"),
+        ))
+    }
+}
+
+/// Opens (creating with `mode`) the lock file at `paths.lock` and
+/// registers its descriptor, under the registry's mutex. Unless `replacing`
+/// names a descriptor to swap out, a live state already registered for the
+/// same file is returned instead.
+fn open_lock(
+    paths: &Paths,
+    mode: u32,
+    replacing: Option<RawFd>,
+) -> Result<std::result::Result<(File, Ident), Arc<Shared>>> {
+    let generation = FORK_GENERATION.load(Ordering::Relaxed);
+    let mut entries = registry();
+    // Entries from before a fork are the parent's: already disowned.
+    entries.retain(|e| e.fork_generation == generation);
+    if replacing.is_none()
+        && let Ok(meta) = std::fs::metadata(&paths.lock)
+        && let Some(shared) = live(&entries, ident(&meta))
+    {
+        return Ok(Err(shared));
+    }
+    let file = identity::open_or_create(&paths.lock, mode, &paths.given)?;
+    let id = ident(&file.metadata().map_err(|e| Error::io(&paths.given, e))?);
+    if replacing.is_none()
+        && let Some(shared) = live(&entries, id)
+    {
+        return Ok(Err(shared));
+    }
+    match replacing.and_then(|fd| entries.iter_mut().find(|e| e.fd == fd)) {
+        Some(entry) => {
+            entry.fd = file.as_raw_fd();
+            entry.ident = id;
+        }
+        None => entries.push(Entry {
+            ident: id,
+            fd: file.as_raw_fd(),
+            fork_generation: generation,
+            shared: Weak::new(),
+        }),
+    }
+    Ok(Ok((file, id)))
+}
+
+fn live(entries: &[Entry], id: Ident) -> Option<Arc<Shared>> {
+    entries
+        .iter()
+        .filter(|e| e.ident == id)
+        .find_map(|e| e.shared.upgrade())
+}
+
+/// Forgets the registry entry of the descriptor `fd`.
+fn unregister(fd: RawFd) {
+    registry().retain(|e| e.fd != fd);
+}
+
+/// A process's state for one cache file.
+pub(super) struct Shared {
+    pub(super) paths: Paths,
+    fork_generation: u64,
+    lock: ProcessLock,
+    state: RwLock<State>,
+    /// The map's reach past the file's end.
+    pub(super) growth: u64,
+    /// The mode of files this state creates.
+    pub(super) mode: u32,
+    /// Whether the file may be on a network file system.
+    pub(super) allow_remote: bool,
+    /// Written since the last sync (`Durability::Periodic`).
+    pub(super) dirty: AtomicBool,
+    /// `Durability::Periodic`'s background thread, once started, and its
+    /// interval in nanoseconds (the shortest any handle asked for).
+    flusher: OnceLock<std::thread::Thread>,
+    flush_every: AtomicU64,
+    pub(super) syncs: AtomicU64,
+    pub(super) compaction_failures: AtomicU64,
+    /// This process's own state, opened after a fork.
+    forked: OnceLock<Arc<Shared>>,
+    forking: Mutex<()>,
+}
+
+impl Shared {
+    /// The state for the cache file at `given` in this process: the one
+    /// already open, or a new one.
+    pub(super) fn open(given: &Path, options: &Options) -> Result<Arc<Shared>> {
+        let shared = Self::find_or_build(given, options)?;
+        if let super::Durability::Periodic(every) = options.durability {
+            shared.flush_within(every);
+        }
+        Ok(shared)
+    }
+
+    fn find_or_build(given: &Path, options: &Options) -> Result<Arc<Shared>> {
+        install_fork_handlers()?;
+        let paths = Paths::resolve(given)?;
+        let (file, id) = match open_lock(&paths, options.mode, None)? {
+            Ok(opened) => opened,
+            Err(shared) => return Ok(shared),
+        };
+        let fd = file.as_raw_fd();
+        let built = Self::build(paths, file, id, options);
+        let mut entries = registry();
+        match built {
+            Ok(shared) => {
+                if let Some(winner) = live(&entries, id) {
+                    // Another thread opened the same file meanwhile: share
+                    // its state; ours unregisters as it drops.
+                    drop(entries);
+                    return Ok(winner);
+                }
+                if let Some(entry) = entries.iter_mut().find(|e| e.fd == fd) {
+                    entry.shared = Arc::downgrade(&shared);
+                }
+                Ok(shared)
+            }
+            Err(failed) => {
+                let (error, lock) = *failed;
+                // Unregister before the descriptor closes, as in `drop`.
+                entries.retain(|e| e.fd != fd);
+                drop(entries);
+                drop(lock);
+                Err(error)
+            }
+        }
+    }
+
+    fn build(
+        paths: Paths,
+        file: File,
+        id: Ident,
+        options: &Options,
+    ) -> std::result::Result<Arc<Shared>, Box<(Error, ProcessLock)>> {
+        let lock = ProcessLock::new(file, id);
+        let loaded = lock
+            .exclusive(&paths.lock, |old| relock(&paths, options.mode, old))
+            .and_then(|_exclusive| {
+                State::load(
+                    &paths,
+                    options.growth,
+                    options.mode,
+                    options.allow_network_fs,
+                )
+            });
+        let state = match loaded {
+            Ok(state) => state,
+            Err(e) => return Err(Box::new((e, lock))),
+        };
+        Ok(Arc::new(Shared {
+            paths,
+            fork_generation: FORK_GENERATION.load(Ordering::Relaxed),
+            lock,
+            state: RwLock::new(state),
+            growth: options.growth,
+            mode: options.mode,
+            allow_remote: options.allow_network_fs,
+            dirty: AtomicBool::new(false),
+            flusher: OnceLock::new(),
+            flush_every: AtomicU64::new(u64::MAX),
+            syncs: AtomicU64::new(0),
+            compaction_failures: AtomicU64::new(0),
+            forked: OnceLock::new(),
+            forking: Mutex::new(()),
+        }))
+    }
+
+    /// The state this process uses: `self`, or after a fork the child's own
+    /// (opened on first use, with `options`).
+    #[inline]
+    pub(super) fn current(&self, options: &Options) -> Result<&Shared> {
+        if self.fork_generation == FORK_GENERATION.load(Ordering::Relaxed) {
+            return Ok(self);
+        }
+        self.after_fork(options)
+    }
+
+    /// The state this process uses, if it has one: like
+    /// [`current`](Self::current), but never opens one after a fork (the
+    /// parent's is returned then, for reading counters and the index only).
+    pub(super) fn current_if_open(&self) -> &Shared {
+        if self.fork_generation == FORK_GENERATION.load(Ordering::Relaxed) {
+            return self;
+        }
+        match self.forked.get() {
+            Some(child) => child.current_if_open(),
+            None => self,
+        }
+    }
+
+    #[cold]
+    fn after_fork(&self, options: &Options) -> Result<&Shared> {
+        if let Some(child) = self.forked.get() {
+            return child.current(options);
+        }
+        let _forking = lock_poisoned(self.forking.lock());
+        if self.forked.get().is_none() {
+            let child = Shared::open(&self.paths.data, options)?;
+            let _ = self.forked.set(child);
+        }
+        self.forked
+            .get()
+            .expect("set above, or by the thread we waited for")
+            .current(options)
+    }
+
+    pub(super) fn read(&self) -> RwLockReadGuard<'_, State> {
+        lock_poisoned(self.state.read())
+    }
+
+    pub(super) fn write(&self) -> RwLockWriteGuard<'_, State> {
+        lock_poisoned(self.state.write())
+    }
+
+    /// Blocks until this thread holds the exclusive lock, following a lock
+    /// file that was removed or replaced.
+    pub(super) fn exclusive(&self) -> Result<Exclusive<'_>> {
+        self.lock
+            .exclusive(&self.paths.lock, |old| relock(&self.paths, self.mode, old))
+    }
+
+    /// Forces what was written to stable storage: the records, then the
+    /// header page that commits them. No lock is held while the disk works.
+    pub(super) fn sync(&self) -> std::io::Result<()> {
+        let (file, map): (Arc<File>, Arc<MmapRaw>) = {
+            let state = self.read();
+            (state.file.clone(), state.map.clone())
+        };
+        self.dirty.store(false, Ordering::Release);
+        let synced = file
+            .sync_data()
+            .and_then(|()| map.flush_range(0, super::format::HEADER_SIZE as usize));
+        if synced.is_err() {
+            self.dirty.store(true, Ordering::Release);
+        }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        synced
+    }
+
+    /// Makes sure a background thread syncs unsynced writes at most `every`
+    /// after they were made.
+    pub(super) fn flush_within(self: &Arc<Self>, every: Duration) {
+        let nanos = u64::try_from(every.as_nanos()).unwrap_or(u64::MAX);
+        let before = self.flush_every.fetch_min(nanos, Ordering::AcqRel);
+        let thread = self.flusher.get_or_init(|| {
+            let weak = Arc::downgrade(self);
+            std::thread::Builder::new()
+                .name("layercache-flush".into())
+                .spawn(move || flush_loop(weak))
+                .map(|handle| handle.thread().clone())
+                .unwrap_or_else(|_| std::thread::current())
+        });
+        if nanos < before {
+            thread.unpark(); // take the shorter interval now
+        }
+    }
+}
+
+/// `Durability::Periodic`'s background thread: every interval, syncs what
+/// was written since the last sync; ends once its state is dropped.
+fn flush_loop(shared: Weak<Shared>) {
+    loop {
+        let every = match shared.upgrade() {
+            Some(shared) => Duration::from_nanos(shared.flush_every.load(Ordering::Acquire)),
+            None => return,
+        };
+        std::thread::park_timeout(every);
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.dirty.load(Ordering::Acquire) {
+            // An error is retried on the next round (the flag stays set);
+            // `Durability::Sync` is for callers that must hear of it.
+            let _ = shared.sync();
+        }
+    }
+}
+
+/// Opens the lock file now at `paths.lock` in place of `old`, which was
+/// removed or replaced.
+fn relock(paths: &Paths, mode: u32, old: &File) -> Result<(File, Ident)> {
+    match open_lock(paths, mode, Some(old.as_raw_fd()))? {
+        Ok(opened) => Ok(opened),
+        Err(_) => unreachable!("a replacing open never returns a live state"),
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Unregister before the descriptor closes (as the fields drop), so a
+        // fork in between cannot leave it unknown to the child handler. No
+        // unlock here: a held lock is released by the `Exclusive` guard, and
+        // in a forked child the descriptor is `/dev/null` by now.
+        let fd = self.lock.file_mut().as_raw_fd();
+        unregister(fd);
+        if let Some(flusher) = self.flusher.get() {
+            flusher.unpark(); // let it see we are gone
+        }
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
+    }
+}
