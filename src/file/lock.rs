@@ -122,6 +122,14 @@ impl ProcessLock {
     }
 }
 
+#[cfg(test)]
+impl ProcessLock {
+    /// The write buffer's capacity, for tests.
+    pub(super) fn buffer_capacity(&self) -> usize {
+        lock_poisoned(self.held.lock()).writer.buf.capacity()
+    }
+}
+
 impl Deref for Exclusive<'_> {
     type Target = Writer;
     fn deref(&self) -> &Writer {

@@ -529,3 +529,27 @@ impl Drop for FileCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: one large value pinned its write buffer's capacity for
+    /// the life of the process.
+    #[test]
+    fn a_large_values_buffer_is_given_back() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let cache = FileCache::open(dir.path().join("big.lc")).expect("open");
+        let big = vec![7u8; 8 << 20];
+        cache.set("big".to_string(), big.clone()).expect("set");
+        assert_eq!(cache.get(&"big".to_string()).expect("get"), Some(big));
+        let shared = cache.shared().expect("state");
+        assert!(
+            shared.buffer_capacity() <= 1 << 20,
+            "{} bytes kept after an 8 MiB value",
+            shared.buffer_capacity()
+        );
+        cache.set("small".to_string(), vec![1; 100]).expect("set");
+        assert!(shared.buffer_capacity() > 0, "small writes keep theirs");
+    }
+}

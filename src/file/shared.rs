@@ -363,6 +363,12 @@ impl Shared {
             .exclusive(&self.paths.lock, |old| relock(&self.paths, self.mode, old))
     }
 
+    /// The write buffer's capacity, for tests.
+    #[cfg(test)]
+    pub(super) fn buffer_capacity(&self) -> usize {
+        self.lock.buffer_capacity()
+    }
+
     /// Forces what was written to stable storage: the records, then the
     /// header page that commits them. No lock is held while the disk works.
     pub(super) fn sync(&self) -> std::io::Result<()> {
