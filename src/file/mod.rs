@@ -202,13 +202,16 @@ impl FileCache {
         Ok(self.fresh()?.garbage())
     }
 
-    /// This process's counters for this file.
+    /// This process's counters for this file (zero in a forked child that
+    /// has not used the cache yet).
     pub fn stats(&self) -> FileStats {
-        let shared = self.shared.current_if_open();
-        FileStats {
-            syncs: shared.syncs.load(Ordering::Relaxed),
-            compaction_failures: shared.compaction_failures.load(Ordering::Relaxed),
-        }
+        self.shared
+            .opened_here()
+            .map(|shared| FileStats {
+                syncs: shared.syncs.load(Ordering::Relaxed),
+                compaction_failures: shared.compaction_failures.load(Ordering::Relaxed),
+            })
+            .unwrap_or_default()
     }
 
     /// The state this process uses for the file.
@@ -263,16 +266,13 @@ impl FileCache {
         let result = self.locked(|shared, writer, state| {
             let result = op(shared, writer, state)?;
             failed = compact::after_write(shared, state, writer, &self.options);
+            if failed.is_some() {
+                shared.compaction_failures.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(result)
         });
-        if let Some(error) = failed {
-            self.shared
-                .current_if_open()
-                .compaction_failures
-                .fetch_add(1, Ordering::Relaxed);
-            if let Some(hook) = &self.options.on_compaction_error {
-                hook(&error);
-            }
+        if let (Some(error), Some(hook)) = (failed, &self.options.on_compaction_error) {
+            hook(&error);
         }
         result
     }
@@ -483,8 +483,15 @@ impl Cache<String, Vec<u8>> for FileCache {
 
 impl fmt::Debug for FileCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let entries = self.shared.current_if_open().read().index.len();
-        write!(f, "File({:?}, {entries} entries)", self.path)
+        // A forked child that has not used the cache yet has no state of its
+        // own, and must not lock its parent's.
+        match self.shared.opened_here() {
+            Some(shared) => {
+                let entries = shared.read().index.len();
+                write!(f, "File({:?}, {entries} entries)", self.path)
+            }
+            None => write!(f, "File({:?})", self.path),
+        }
     }
 }
 
@@ -519,13 +526,13 @@ fn follow(shared: &Shared, state: &mut State) -> Result<()> {
 
 impl Drop for FileCache {
     fn drop(&mut self) {
-        if let Durability::Periodic(_) = self.options.durability {
-            let shared = self.shared.current_if_open();
-            if shared.dirty.load(Ordering::Acquire) {
-                // Nothing to report an error to; the background thread
-                // retries while another handle keeps the file open.
-                let _ = shared.sync();
-            }
+        if let Durability::Periodic(_) = self.options.durability
+            && let Some(shared) = self.shared.opened_here()
+            && shared.dirty.load(Ordering::Acquire)
+        {
+            // Nothing to report an error to; the background thread retries
+            // while another handle keeps the file open.
+            let _ = shared.sync();
         }
     }
 }

@@ -319,17 +319,13 @@ impl Shared {
         self.after_fork(options)
     }
 
-    /// The state this process uses, if it has one: like
-    /// [`current`](Self::current), but never opens one after a fork (the
-    /// parent's is returned then, for reading counters and the index only).
-    pub(super) fn current_if_open(&self) -> &Shared {
+    /// The state this process has opened for the file, if any: like
+    /// [`current`](Self::current), but never opens one after a fork.
+    pub(super) fn opened_here(&self) -> Option<&Shared> {
         if self.fork_generation == FORK_GENERATION.load(Ordering::Relaxed) {
-            return self;
+            return Some(self);
         }
-        match self.forked.get() {
-            Some(child) => child.current_if_open(),
-            None => self,
-        }
+        self.forked.get()?.opened_here()
     }
 
     #[cold]
