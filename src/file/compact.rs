@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use super::format::{self, HEADER_SIZE, Kind, crc};
 use super::identity;
-use super::lock::Writer;
+use super::lock::Exclusive;
 use super::options::Options;
 use super::shared::Shared;
 use super::state::State;
@@ -39,8 +39,16 @@ const LONGEST_PAUSE: Duration = Duration::from_secs(60);
 
 /// Writes the live records (none unless `keep_live`) to a new file, renames
 /// it over the old one and flags the old one superseded. The caller holds
-/// the exclusive lock and `state`, caught up.
-pub(super) fn rewrite(shared: &Shared, state: &mut State, keep_live: bool) -> Result<()> {
+/// the exclusive lock and `state`. Checks first, with `stat`, that the
+/// data path still names `state`'s file (following it if not), so that a
+/// rename never replaces a file this process has not read.
+pub(super) fn rewrite(
+    shared: &Shared,
+    lock: &mut Exclusive<'_>,
+    state: &mut State,
+    keep_live: bool,
+) -> Result<()> {
+    shared.follow(lock, state, true)?;
     let paths = &shared.paths;
     if let Err(e) = write_compacted(shared, state, keep_live) {
         let _ = std::fs::remove_file(&paths.compact);
@@ -57,7 +65,8 @@ pub(super) fn rewrite(shared: &Shared, state: &mut State, keep_live: bool) -> Re
         return Err(Error::io(&paths.given, e));
     }
     identity::sync_parent(&paths.data);
-    *state = State::load(paths, shared.growth, shared.mode, shared.allow_remote)?;
+    lock.bump_epoch();
+    *state = State::load(paths, shared.growth, shared.mode, shared.allow_remote, lock)?;
     Ok(())
 }
 
@@ -99,8 +108,8 @@ fn write_compacted(shared: &Shared, state: &State, keep_live: bool) -> Result<()
 /// failed, for the caller to report once the locks are released.
 pub(super) fn after_write(
     shared: &Shared,
+    lock: &mut Exclusive<'_>,
     state: &mut State,
-    writer: &mut Writer,
     options: &Options,
 ) -> Option<Error> {
     let records = state.indexed - HEADER_SIZE;
@@ -111,21 +120,21 @@ pub(super) fn after_write(
         return None;
     }
     let now = Instant::now();
-    if let Some((until, _)) = writer.compaction_pause
+    if let Some((until, _)) = lock.compaction_pause
         && now < until
     {
         return None;
     }
-    match rewrite(shared, state, true) {
+    match rewrite(shared, lock, state, true) {
         Ok(()) => {
-            writer.compaction_pause = None;
+            lock.compaction_pause = None;
             None
         }
         Err(e) => {
-            let pause = writer
+            let pause = lock
                 .compaction_pause
                 .map_or(FIRST_PAUSE, |(_, last)| (last * 2).min(LONGEST_PAUSE));
-            writer.compaction_pause = Some((now + pause, pause));
+            lock.compaction_pause = Some((now + pause, pause));
             Some(e)
         }
     }

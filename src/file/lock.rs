@@ -12,16 +12,29 @@
 //!   process), and the description is only ever locked and unlocked by the
 //!   holder of the in-process mutex around it: a thread takes the mutex,
 //!   then the OS lock, and gives them back in the other order.
-//! - After `flock` returns, the lock path is checked to still name the
-//!   locked file; if it was removed or replaced, the file now at the path is
-//!   locked instead, so every process converges on one lock file.
+//! - The lock file's first page is mapped shared and holds the data epoch:
+//!   a counter that every process bumps, under the lock, whenever it puts a
+//!   new data file at the path (creating one, or compaction's rename). A
+//!   writer that finds the epoch moved since it loaded its file knows, with
+//!   no system call, that the path names another file now.
+//! - A full check (a `stat` of the lock path and of the data path) runs
+//!   when the epoch moved, when the file is flagged superseded, before every
+//!   compaction, and otherwise at most every [`FULL_CHECK_EVERY`]: it
+//!   notices files removed or replaced by hand. A lock file that was
+//!   replaced is followed: the file now at the path is locked instead, so
+//!   every process converges on one lock file.
 //! - A forked child never locks or unlocks a description it inherited: it
 //!   opens its own (see `shared.rs`).
 
 use std::fs::{self, File};
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use std::path::Path;
 
 use super::identity::{Ident, ident};
 use super::lock_poisoned;
@@ -36,7 +49,17 @@ pub(super) struct Writer {
     /// After an automatic compaction failed: not before this instant, and
     /// the pause to take after the next failure.
     pub(super) compaction_pause: Option<(Instant, Duration)>,
+    /// When the paths were last checked against the open files.
+    pub(super) last_full_check: Instant,
 }
+
+/// The longest a writer goes without checking, with `stat`, that the lock
+/// and data paths still name the files it has open (when nothing else
+/// made it check).
+pub(super) const FULL_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The lock file's size: one page, mapped by every process.
+pub(super) const LOCK_PAGE: u64 = 4096;
 
 /// The write buffer's capacity is given back after a write that needed more.
 const KEPT_BUFFER: usize = 1 << 20;
@@ -54,7 +77,19 @@ impl Writer {
 struct Holder {
     file: File,
     ident: Ident,
+    /// The lock file's page, for the data epoch.
+    page: MmapRaw,
     writer: Writer,
+}
+
+/// Maps the lock file's page, making the file that long first if it is
+/// shorter (extending is idempotent, so processes may race to do it; no
+/// process ever shortens a lock file).
+fn map_page(file: &File) -> std::io::Result<MmapRaw> {
+    if file.metadata()?.len() < LOCK_PAGE {
+        file.set_len(LOCK_PAGE)?;
+    }
+    MmapOptions::new().len(LOCK_PAGE as usize).map_raw(file)
 }
 
 /// A process's hold on one lock file.
@@ -71,48 +106,33 @@ pub(super) struct Exclusive<'a> {
 }
 
 impl ProcessLock {
-    /// Takes over `file`, the open lock file whose identity is `ident`.
-    pub(super) fn new(file: File, ident: Ident) -> Self {
-        ProcessLock {
+    /// Takes over `file`, the open lock file whose identity is `ident`,
+    /// or gives it back with the error that prevented mapping its page.
+    pub(super) fn new(file: File, ident: Ident) -> Result<Self, (std::io::Error, File)> {
+        let page = match map_page(&file) {
+            Ok(page) => page,
+            Err(e) => return Err((e, file)),
+        };
+        Ok(ProcessLock {
             held: Mutex::new(Holder {
                 file,
                 ident,
+                page,
                 writer: Writer {
                     buf: Vec::new(),
                     compaction_pause: None,
+                    last_full_check: Instant::now(),
                 },
             }),
-        }
+        })
     }
 
     /// Blocks until this thread holds the lock, within the process and
-    /// between processes. `path` is the lock file's path; `reopen` opens
-    /// the lock file now at `path` when the one held was removed or
-    /// replaced (it returns the new file and its identity).
-    pub(super) fn exclusive(
-        &self,
-        path: &std::path::Path,
-        mut reopen: impl FnMut(&File) -> Result<(File, Ident)>,
-    ) -> Result<Exclusive<'_>> {
-        let mut holder = lock_poisoned(self.held.lock());
-        loop {
-            holder.file.lock().map_err(|e| Error::io(path, e))?;
-            match fs::metadata(path) {
-                Ok(meta) if ident(&meta) == holder.ident => return Ok(Exclusive { holder }),
-                _ => {
-                    // Someone removed or replaced the lock file: the lock we
-                    // hold excludes nobody who opens the path from now on.
-                    let _ = holder.file.unlock();
-                    match reopen(&holder.file) {
-                        Ok((file, id)) => {
-                            holder.file = file;
-                            holder.ident = id;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-        }
+    /// between processes. `path` is the lock file's path, for errors.
+    pub(super) fn exclusive(&self, path: &Path) -> Result<Exclusive<'_>> {
+        let holder = lock_poisoned(self.held.lock());
+        holder.file.lock().map_err(|e| Error::io(path, e))?;
+        Ok(Exclusive { holder })
     }
 
     /// The lock file, for the fork handler's bookkeeping; `&mut` access
@@ -127,6 +147,56 @@ impl ProcessLock {
     /// The write buffer's capacity, for tests.
     pub(super) fn buffer_capacity(&self) -> usize {
         lock_poisoned(self.held.lock()).writer.buf.capacity()
+    }
+}
+
+impl Exclusive<'_> {
+    fn epoch_atomic(&self) -> &AtomicU64 {
+        // SAFETY: the page is mapped shared, read-write, from offset 0 of
+        // the lock file, which `map_page` made at least LOCK_PAGE long and no
+        // process shortens; a mapping is page aligned, so its first 8 bytes
+        // are aligned for an AtomicU64. Every process accesses these bytes
+        // only as this atomic, through its own shared mapping of the same
+        // page, and no slice ever covers them. The reference borrows `self`,
+        // so it cannot outlive the holder's mapping.
+        unsafe { &*(self.holder.page.as_ptr() as *const AtomicU64) }
+    }
+
+    /// The data epoch: how many times a data file was put at the path.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch_atomic().load(Ordering::Acquire)
+    }
+
+    /// Records that a new data file is now at the path; returns the new
+    /// epoch.
+    pub(super) fn bump_epoch(&self) -> u64 {
+        self.epoch_atomic().fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Makes sure the lock held is on the file now at `path`: if the lock
+    /// file was removed or replaced, the lock held excludes nobody who
+    /// opens the path from now on, so `reopen` opens the file now there
+    /// (returning it and its identity) and that one is locked instead.
+    pub(super) fn ensure_current(
+        &mut self,
+        path: &Path,
+        mut reopen: impl FnMut(&File) -> Result<(File, Ident)>,
+    ) -> Result<()> {
+        loop {
+            match fs::metadata(path) {
+                Ok(meta) if ident(&meta) == self.holder.ident => return Ok(()),
+                _ => {
+                    let _ = self.holder.file.unlock();
+                    let (file, id) = reopen(&self.holder.file)?;
+                    let page = map_page(&file).map_err(|e| Error::io(path, e))?;
+                    let holder = &mut *self.holder;
+                    holder.file = file;
+                    holder.ident = id;
+                    holder.page = page;
+                    holder.file.lock().map_err(|e| Error::io(path, e))?;
+                }
+            }
+        }
     }
 }
 

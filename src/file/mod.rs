@@ -51,7 +51,7 @@ pub use self::verify::{Damage, Verification};
 
 use self::format::{HEADER_SIZE, Kind, crc};
 use self::index::Loc;
-use self::lock::Writer;
+use self::lock::{Exclusive, Writer};
 use self::options::Options;
 use self::shared::Shared;
 use self::state::{State, map_file};
@@ -232,10 +232,10 @@ impl FileCache {
         if shared.read().superseded() {
             // Another process compacted: loading the new file takes the
             // lock, as every load does, and so waits for its rename.
-            let _exclusive = shared.exclusive()?;
-            follow(shared, &mut shared.write())?;
+            let mut lock = shared.exclusive()?;
+            shared.follow(&mut lock, &mut shared.write(), false)?;
         } else {
-            catch_up(shared, &mut shared.write())?;
+            shared.catch_up(&mut shared.write())?;
         }
         Ok(shared.read())
     }
@@ -244,14 +244,14 @@ impl FileCache {
     /// the file now at the path.
     fn locked<T>(
         &self,
-        op: impl FnOnce(&Shared, &mut Writer, &mut State) -> Result<T>,
+        op: impl FnOnce(&Shared, &mut Exclusive<'_>, &mut State) -> Result<T>,
     ) -> Result<T> {
         let shared = self.shared()?;
-        let mut writer = shared.exclusive()?;
+        let mut lock = shared.exclusive()?;
         let mut state = shared.write();
-        follow(shared, &mut state)?;
-        let result = op(shared, &mut writer, &mut state);
-        writer.shrink();
+        shared.follow(&mut lock, &mut state, false)?;
+        let result = op(shared, &mut lock, &mut state);
+        lock.shrink();
         result
     }
 
@@ -260,12 +260,12 @@ impl FileCache {
     /// and does not change what `op` returned.
     fn write<T>(
         &self,
-        op: impl FnOnce(&Shared, &mut Writer, &mut State) -> Result<T>,
+        op: impl FnOnce(&Shared, &mut Exclusive<'_>, &mut State) -> Result<T>,
     ) -> Result<T> {
         let mut failed = None;
         let result = self.locked(|shared, writer, state| {
             let result = op(shared, writer, state)?;
-            failed = compact::after_write(shared, state, writer, &self.options);
+            failed = compact::after_write(shared, writer, state, &self.options);
             if failed.is_some() {
                 shared.compaction_failures.fetch_add(1, Ordering::Relaxed);
             }
@@ -315,13 +315,13 @@ impl FileCache {
     /// [`Error::Io`] when the new file cannot be written (a full disk, say):
     /// the old file stays in place, whole, and nothing is left beside it.
     pub fn compact(&self) -> Result<()> {
-        self.locked(|shared, _, state| compact::rewrite(shared, state, true))
+        self.locked(|shared, lock, state| compact::rewrite(shared, lock, state, true))
     }
 
     /// Removes every entry by replacing the file with an empty one (a
     /// compaction that keeps nothing), whatever the key type.
     pub fn clear(&self) -> Result<()> {
-        self.locked(|shared, _, state| compact::rewrite(shared, state, false))
+        self.locked(|shared, lock, state| compact::rewrite(shared, lock, state, false))
     }
 
     fn check_sizes(&self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -493,35 +493,6 @@ impl fmt::Debug for FileCache {
             None => write!(f, "File({:?})", self.path),
         }
     }
-}
-
-/// Catches `state` up with the records other processes committed: remaps
-/// when the file outgrew the mapping, and indexes the new records.
-fn catch_up(shared: &Shared, state: &mut State) -> Result<()> {
-    let committed = state.committed();
-    if committed > state.map.len() as u64 {
-        state.map = Arc::new(
-            map_file(&state.file, committed, shared.growth)
-                .map_err(|e| Error::io(&shared.paths.given, e))?,
-        );
-    }
-    state.scan(committed);
-    Ok(())
-}
-
-/// Moves `state` to the file now at the data path if it is no longer there
-/// (compacted by another process, or removed or replaced from outside),
-/// then catches it up. The caller holds the exclusive lock.
-fn follow(shared: &Shared, state: &mut State) -> Result<()> {
-    if !state.is_current(&shared.paths) {
-        *state = State::load(
-            &shared.paths,
-            shared.growth,
-            shared.mode,
-            shared.allow_remote,
-        )?;
-    }
-    catch_up(shared, state)
 }
 
 impl Drop for FileCache {

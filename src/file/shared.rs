@@ -29,15 +29,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{
     Arc, Mutex, MutexGuard, Once, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
 };
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use memmap2::MmapRaw;
 
 use super::identity::{self, Ident, Paths, ident};
-use super::lock::{Exclusive, ProcessLock};
+use super::lock::{Exclusive, FULL_CHECK_EVERY, ProcessLock};
 use super::lock_poisoned;
 use super::options::Options;
-use super::state::State;
+use super::state::{State, map_file};
 use crate::error::{Error, Result};
 
 /// One registered lock descriptor.
@@ -200,6 +200,14 @@ fn unregister(fd: RawFd) {
     registry().retain(|e| e.fd != fd);
 }
 
+/// What a failed open holds until it has unregistered the lock descriptor:
+/// dropping it closes the descriptor.
+#[expect(dead_code, reason = "held only to be dropped after unregistering")]
+enum Unwound {
+    File(File),
+    Lock(ProcessLock),
+}
+
 /// A process's state for one cache file.
 pub(super) struct Shared {
     pub(super) paths: Paths,
@@ -275,21 +283,25 @@ impl Shared {
         file: File,
         id: Ident,
         options: &Options,
-    ) -> std::result::Result<Arc<Shared>, Box<(Error, ProcessLock)>> {
-        let lock = ProcessLock::new(file, id);
-        let loaded = lock
-            .exclusive(&paths.lock, |old| relock(&paths, options.mode, old))
-            .and_then(|_exclusive| {
-                State::load(
-                    &paths,
-                    options.growth,
-                    options.mode,
-                    options.allow_network_fs,
-                )
-            });
+    ) -> std::result::Result<Arc<Shared>, Box<(Error, Unwound)>> {
+        let lock = match ProcessLock::new(file, id) {
+            Ok(lock) => lock,
+            Err((e, file)) => {
+                return Err(Box::new((Error::io(&paths.given, e), Unwound::File(file))));
+            }
+        };
+        let loaded = lock.exclusive(&paths.lock).and_then(|exclusive| {
+            State::load(
+                &paths,
+                options.growth,
+                options.mode,
+                options.allow_network_fs,
+                &exclusive,
+            )
+        });
         let state = match loaded {
             Ok(state) => state,
-            Err(e) => return Err(Box::new((e, lock))),
+            Err(e) => return Err(Box::new((e, Unwound::Lock(lock)))),
         };
         Ok(Arc::new(Shared {
             paths,
@@ -352,11 +364,56 @@ impl Shared {
         lock_poisoned(self.state.write())
     }
 
-    /// Blocks until this thread holds the exclusive lock, following a lock
-    /// file that was removed or replaced.
+    /// Blocks until this thread holds the exclusive lock.
     pub(super) fn exclusive(&self) -> Result<Exclusive<'_>> {
-        self.lock
-            .exclusive(&self.paths.lock, |old| relock(&self.paths, self.mode, old))
+        self.lock.exclusive(&self.paths.lock)
+    }
+
+    /// Under the exclusive lock: moves `state` to the file now at the data
+    /// path if that is another (compacted by another process, created anew
+    /// after a removal, or replaced by hand), then catches it up.
+    ///
+    /// The full check, a `stat` of the lock path and of the data path, runs
+    /// when `force`, when the file is flagged superseded, when the lock
+    /// file's data epoch moved (another process put a new data file at the
+    /// path), and otherwise at most every [`FULL_CHECK_EVERY`]; a write
+    /// between checks costs no system call for it.
+    pub(super) fn follow(
+        &self,
+        lock: &mut Exclusive<'_>,
+        state: &mut State,
+        force: bool,
+    ) -> Result<()> {
+        let due = force
+            || state.superseded()
+            || state.epoch != lock.epoch()
+            || lock.last_full_check.elapsed() >= FULL_CHECK_EVERY;
+        if due {
+            lock.ensure_current(&self.paths.lock, |old| relock(&self.paths, self.mode, old))?;
+            if state.is_current(&self.paths) {
+                state.epoch = lock.epoch();
+            } else {
+                *state = State::load(&self.paths, self.growth, self.mode, self.allow_remote, lock)?;
+            }
+            lock.last_full_check = Instant::now();
+        }
+        self.catch_up(state)
+    }
+
+    /// Catches `state` up with the records other processes committed:
+    /// remaps when the file outgrew the mapping, and indexes the new
+    /// records. Needs no lock between processes: the records below the
+    /// committed length never change.
+    pub(super) fn catch_up(&self, state: &mut State) -> Result<()> {
+        let committed = state.committed();
+        if committed > state.map.len() as u64 {
+            state.map = Arc::new(
+                map_file(&state.file, committed, self.growth)
+                    .map_err(|e| Error::io(&self.paths.given, e))?,
+            );
+        }
+        state.scan(committed);
+        Ok(())
     }
 
     /// The write buffer's capacity, for tests.
@@ -396,8 +453,8 @@ impl Shared {
                 .map(|handle| handle.thread().clone())
                 .unwrap_or_else(|_| std::thread::current())
         });
-        if nanos < before {
-            thread.unpark(); // take the shorter interval now
+        if before != u64::MAX && nanos < before {
+            thread.unpark(); // a running thread takes the shorter interval now
         }
     }
 }

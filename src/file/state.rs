@@ -25,6 +25,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use super::format::{self, HEADER_SIZE, Kind, RECORD_HEADER_SIZE};
 use super::identity::{self, Ident, Paths, ident};
 use super::index::{Index, Loc};
+use super::lock::Exclusive;
 use super::log::{Damaged, Log, ScanEnd, Walked, walk};
 use crate::error::{Error, Result};
 
@@ -35,6 +36,8 @@ pub(super) struct State {
     pub(super) map: Arc<MmapRaw>,
     /// The data file's (device, inode), to notice it was replaced.
     pub(super) ident: Ident,
+    /// The lock file's data epoch when this file was loaded.
+    pub(super) epoch: u64,
     pub(super) generation: u64,
     pub(super) index: Index,
     /// Records below this offset are in the index.
@@ -47,7 +50,13 @@ impl State {
     /// lock, so nobody is writing: a new file gets its header, a torn tail
     /// past the committed length is cut off, and a compaction file left by
     /// a compaction that died is removed.
-    pub(super) fn load(paths: &Paths, growth: u64, mode: u32, allow_remote: bool) -> Result<State> {
+    pub(super) fn load(
+        paths: &Paths,
+        growth: u64,
+        mode: u32,
+        allow_remote: bool,
+        lock: &Exclusive<'_>,
+    ) -> Result<State> {
         let given = &paths.given;
         let io = |e| Error::io(given, e);
         let format_error = |reason: String| Error::Format {
@@ -65,11 +74,16 @@ impl State {
             Err(_) => {}
         }
         let mut len = meta.len();
-        if len == 0 {
+        let epoch = if len == 0 {
+            // A new data file at the path: tell the processes still on an
+            // older one (see `lock.rs`).
             file.write_all_at(&format::new_header(0), 0).map_err(io)?;
             file.sync_all().map_err(io)?;
             len = HEADER_SIZE;
-        }
+            lock.bump_epoch()
+        } else {
+            lock.epoch()
+        };
         if len < HEADER_SIZE {
             return Err(format_error(format!(
                 "{len} bytes is shorter than a cache file's header: not a layercache file"
@@ -83,6 +97,7 @@ impl State {
             file: Arc::new(file),
             map: Arc::new(map),
             ident: ident(&meta),
+            epoch,
             generation,
             index: Index::default(),
             indexed: HEADER_SIZE,
@@ -214,7 +229,7 @@ impl State {
 
     /// Whether the file is still the one at the data path: not superseded
     /// by a compaction, nor removed or replaced from outside (a `stat` of
-    /// the path; run under the exclusive lock before every write).
+    /// the path).
     pub(super) fn is_current(&self, paths: &Paths) -> bool {
         !self.superseded()
             && std::fs::metadata(&paths.data).is_ok_and(|meta| ident(&meta) == self.ident)
