@@ -800,6 +800,56 @@ fn a_deleted_and_recreated_file_is_not_overwritten_by_an_old_writer() {
     );
 }
 
+/// A cache file replaced by hand (`mv other.lc cache.lc`) under an open
+/// handle: the handle's compaction must compact the file now at the path,
+/// never rename its old content over it, and its writes a little later go
+/// to the new file. (The old main renamed its old file over the new one.)
+#[test]
+fn a_file_replaced_by_hand_is_followed_not_renamed_over() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("cache.lc");
+    let cache = FileCache::open(&path).unwrap();
+    cache.set("ours".to_string(), b"old file".to_vec()).unwrap();
+    // Another cache file, made elsewhere and moved into place.
+    let elsewhere = TempDir::new_in(dir.path()).unwrap();
+    let other = elsewhere.path().join("other.lc");
+    {
+        let theirs = FileCache::open(&other).unwrap();
+        theirs
+            .set("theirs".to_string(), b"new file".to_vec())
+            .unwrap();
+    }
+    std::fs::rename(&other, &path).unwrap();
+    cache.compact().unwrap();
+    assert_eq!(
+        cache.get(&"theirs".to_string()).unwrap(),
+        Some(b"new file".to_vec()),
+        "the compaction followed the file now at the path"
+    );
+    assert_eq!(cache.get(&"ours".to_string()).unwrap(), None);
+    // Replaced again, with no compaction: a write 100 ms later follows too.
+    {
+        let third = FileCache::open(&other).unwrap();
+        third
+            .set("third".to_string(), b"third file".to_vec())
+            .unwrap();
+    }
+    std::fs::rename(&other, &path).unwrap();
+    thread::sleep(Duration::from_millis(150));
+    cache.set("after".to_string(), b"written".to_vec()).unwrap();
+    drop(cache);
+    let reopened = FileCache::open(&path).unwrap();
+    assert_eq!(
+        reopened.get(&"third".to_string()).unwrap(),
+        Some(b"third file".to_vec())
+    );
+    assert_eq!(
+        reopened.get(&"after".to_string()).unwrap(),
+        Some(b"written".to_vec()),
+        "the write went to the file at the path, not to the unlinked one"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 4. A failed automatic compaction does not fail the write before it.
 // ---------------------------------------------------------------------------

@@ -53,9 +53,11 @@ fn refused(given: &Path, reason: impl Into<String>) -> Error {
 
 impl Paths {
     /// Resolves `given` to the data file's real path, and checks, before
-    /// anything is created beside it, that what is there can be a cache
-    /// file: a regular file starting with the format's magic, or nothing.
-    pub(super) fn resolve(given: &Path) -> Result<Paths> {
+    /// anything is opened or created beside it, that its directory is on a
+    /// local file system (unless `allow_remote`) and that what is there can
+    /// be a cache file: a regular file starting with the format's magic, or
+    /// nothing.
+    pub(super) fn resolve(given: &Path, allow_remote: bool) -> Result<Paths> {
         let data = match fs::canonicalize(given) {
             Ok(real) => real,
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -78,6 +80,10 @@ impl Paths {
             }
             Err(e) => return Err(Error::io(given, e)),
         };
+        if let Some(dir) = data.parent() {
+            let dir_file = File::open(dir).map_err(|e| Error::io(dir, e))?;
+            check_local(&dir_file, given, allow_remote)?;
+        }
         match fs::metadata(&data) {
             Ok(meta) if !meta.is_file() => {
                 return Err(refused(given, "it is not a regular file"));

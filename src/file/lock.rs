@@ -56,7 +56,7 @@ pub(super) struct Writer {
 /// The longest a writer goes without checking, with `stat`, that the lock
 /// and data paths still name the files it has open (when nothing else
 /// made it check).
-pub(super) const FULL_CHECK_EVERY: Duration = Duration::from_secs(1);
+pub(super) const FULL_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// The lock file's size: one page, mapped by every process.
 pub(super) const LOCK_PAGE: u64 = 4096;

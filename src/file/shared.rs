@@ -246,7 +246,7 @@ impl Shared {
 
     fn find_or_build(given: &Path, options: &Options) -> Result<Arc<Shared>> {
         install_fork_handlers()?;
-        let paths = Paths::resolve(given)?;
+        let paths = Paths::resolve(given, options.allow_network_fs)?;
         let (file, id) = match open_lock(&paths, options.mode, None)? {
             Ok(opened) => opened,
             Err(shared) => return Ok(shared),
