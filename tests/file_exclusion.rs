@@ -552,6 +552,124 @@ fn forked_workers_writing_through_an_inherited_handle_lose_nothing() {
     );
 }
 
+/// Fills `PATH` with enough data that a compaction holds the lock for a
+/// while, forks a sleeper that never touches the cache (but inherits the
+/// handle, and with it, unless the fork handler disowned it, the lock's
+/// open file description), reports `sleeper <pid>`, then compacts until it
+/// is killed.
+#[test]
+fn child_compactor_with_a_sleeping_child() {
+    if !is_child("child_compactor_with_a_sleeping_child") {
+        return;
+    }
+    let cache = FileCache::builder(Path::new(&arg("PATH")))
+        .compact_when(2.0, 0)
+        .open()
+        .expect("open");
+    let value = vec![0x5Au8; 2048];
+    for n in 0..20_000 {
+        cache.set(format!("k{n:05}"), value.clone()).expect("fill");
+    }
+    // SAFETY: the sleeper only redirects its output, sleeps and leaves with
+    // _exit, never returning into the test harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: plain descriptor calls; the sleeper lets go of the pipes
+        // to the test (so the test sees the compactor's output end) and
+        // sleeps until the test kills it.
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            libc::sleep(60);
+            libc::_exit(0);
+        }
+    }
+    report(format!("sleeper {pid}"));
+    loop {
+        cache.compact().expect("compact");
+    }
+}
+
+/// A process killed while it holds the lock must not leave the lock held
+/// by a forked child that inherited its handle but never used it: the fork
+/// handler points the child's copy of the lock descriptor at /dev/null.
+/// (On the old main the sleeping child kept the dead process's lock, and
+/// every writer of the cache waited until the child exited.)
+#[test]
+fn a_forked_child_does_not_keep_its_dead_parents_lock() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("held.lc");
+    let lock_path = dir.path().join("held.lc.lock");
+    let mut compactor = Running::spawn(
+        "compactor",
+        child_command(
+            "child_compactor_with_a_sleeping_child",
+            &[("PATH", path.display().to_string())],
+        ),
+    );
+    assert!(
+        compactor.wait_until("the sleeper", CHILD_DEADLINE, |reports| {
+            reports.iter().any(|r| r.starts_with("sleeper "))
+        }),
+        "the compactor never forked its sleeper"
+    );
+    let sleeper: libc::pid_t = compactor.reports_so_far()[0]
+        .strip_prefix("sleeper ")
+        .and_then(|pid| pid.parse().ok())
+        .expect("the sleeper's pid");
+    // Kill the compactor while it holds the lock (as a probe that fails to
+    // take it shows).
+    let probe = std::fs::File::open(&lock_path).unwrap();
+    let deadline = Instant::now() + CHILD_DEADLINE;
+    loop {
+        match probe.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) => break,
+            Ok(()) => probe.unlock().unwrap(),
+            Err(e) => panic!("probe: {e:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the compactor never held the lock"
+        );
+        thread::sleep(Duration::from_micros(200));
+    }
+    compactor.kill();
+    let killed = compactor.finish();
+    assert_eq!(killed.status.signal(), Some(libc::SIGKILL));
+    // With the compactor dead, the lock must come free though the sleeper,
+    // which inherited the compactor's handle, lives on.
+    let freed_by = Instant::now() + Duration::from_secs(5);
+    let freed = loop {
+        match probe.try_lock() {
+            Ok(()) => break true,
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < freed_by => {
+                thread::sleep(Duration::from_millis(5))
+            }
+            Err(_) => break false,
+        }
+    };
+    // SAFETY: the sleeper is the compactor's child, reparented; signalling
+    // it by pid is all we do (it may already be gone).
+    let sleeper_alive = unsafe { libc::kill(sleeper, 0) } == 0;
+    // SAFETY: as above.
+    unsafe { libc::kill(sleeper, libc::SIGKILL) };
+    assert!(
+        sleeper_alive,
+        "the sleeper must outlive the compactor for the test to mean anything"
+    );
+    assert!(
+        freed,
+        "the lock stayed held after its holder died: the forked child kept it"
+    );
+    probe.unlock().unwrap();
+    // And the file the compactor was rewriting opens whole.
+    let cache = FileCache::open(&path).unwrap();
+    assert_eq!(cache.len().unwrap(), 20_000);
+    assert!(cache.verify().unwrap().damage.is_empty());
+}
+
 // ---------------------------------------------------------------------------
 // 3. File identity: one file, two names; a file replaced under a writer.
 // ---------------------------------------------------------------------------

@@ -82,14 +82,32 @@ struct Holder {
     writer: Writer,
 }
 
-/// Maps the lock file's page, making the file that long first if it is
-/// shorter (extending is idempotent, so processes may race to do it; no
-/// process ever shortens a lock file).
-fn map_page(file: &File) -> std::io::Result<MmapRaw> {
-    if file.metadata()?.len() < LOCK_PAGE {
+/// Maps the page of the lock file at `path`, whose identity must be
+/// `ident`, making the file that long first if it is shorter (extending is
+/// idempotent, so processes may race to do it; no process ever shortens a
+/// lock file).
+///
+/// The map is made through a descriptor of its own, opened here and closed
+/// once mapped, never through the descriptor that is locked: a mapping
+/// holds a reference to the open file description it was made from, and a
+/// forked child inherits mappings. Were the page mapped from the locked
+/// description, a child would keep the parent's lock alive after the parent
+/// died holding it, and every writer would wait for the child to exit.
+fn map_page(path: &Path, ident: Ident) -> std::io::Result<MmapRaw> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if super::identity::ident(&meta) != ident {
+        return Err(std::io::Error::other(
+            "the lock file was replaced while it was being opened",
+        ));
+    }
+    if meta.len() < LOCK_PAGE {
         file.set_len(LOCK_PAGE)?;
     }
-    MmapOptions::new().len(LOCK_PAGE as usize).map_raw(file)
+    MmapOptions::new().len(LOCK_PAGE as usize).map_raw(&file)
 }
 
 /// A process's hold on one lock file.
@@ -106,10 +124,15 @@ pub(super) struct Exclusive<'a> {
 }
 
 impl ProcessLock {
-    /// Takes over `file`, the open lock file whose identity is `ident`,
-    /// or gives it back with the error that prevented mapping its page.
-    pub(super) fn new(file: File, ident: Ident) -> Result<Self, (std::io::Error, File)> {
-        let page = match map_page(&file) {
+    /// Takes over `file`, the lock file at `path` whose identity is
+    /// `ident`, or gives it back with the error that prevented mapping its
+    /// page.
+    pub(super) fn new(
+        file: File,
+        ident: Ident,
+        path: &Path,
+    ) -> Result<Self, (std::io::Error, File)> {
+        let page = match map_page(path, ident) {
             Ok(page) => page,
             Err(e) => return Err((e, file)),
         };
@@ -188,7 +211,7 @@ impl Exclusive<'_> {
                 _ => {
                     let _ = self.holder.file.unlock();
                     let (file, id) = reopen(&self.holder.file)?;
-                    let page = map_page(&file).map_err(|e| Error::io(path, e))?;
+                    let page = map_page(path, id).map_err(|e| Error::io(path, e))?;
                     let holder = &mut *self.holder;
                     holder.file = file;
                     holder.ident = id;

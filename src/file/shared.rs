@@ -284,7 +284,7 @@ impl Shared {
         id: Ident,
         options: &Options,
     ) -> std::result::Result<Arc<Shared>, Box<(Error, Unwound)>> {
-        let lock = match ProcessLock::new(file, id) {
+        let lock = match ProcessLock::new(file, id, &paths.lock) {
             Ok(lock) => lock,
             Err((e, file)) => {
                 return Err(Box::new((Error::io(&paths.given, e), Unwound::File(file))));
