@@ -230,6 +230,7 @@ pub(super) struct Shared {
     pub(super) compaction_failures: AtomicU64,
     /// This process's own state, opened after a fork.
     forked: OnceLock<Arc<Shared>>,
+    /// Taken to open `forked`, or to start `flusher`, once.
     forking: Mutex<()>,
 }
 
@@ -239,7 +240,9 @@ impl Shared {
     pub(super) fn open(given: &Path, options: &Options) -> Result<Arc<Shared>> {
         let shared = Self::find_or_build(given, options)?;
         if let super::Durability::Periodic(every) = options.durability {
-            shared.flush_within(every);
+            shared
+                .flush_within(every)
+                .map_err(|e| Error::io("the Periodic durability sync thread", e))?;
         }
         Ok(shared)
     }
@@ -441,21 +444,25 @@ impl Shared {
     }
 
     /// Makes sure a background thread syncs unsynced writes at most `every`
-    /// after they were made.
-    pub(super) fn flush_within(self: &Arc<Self>, every: Duration) {
+    /// after they were made; fails when no thread can be started.
+    pub(super) fn flush_within(self: &Arc<Self>, every: Duration) -> std::io::Result<()> {
         let nanos = u64::try_from(every.as_nanos()).unwrap_or(u64::MAX);
         let before = self.flush_every.fetch_min(nanos, Ordering::AcqRel);
-        let thread = self.flusher.get_or_init(|| {
-            let weak = Arc::downgrade(self);
-            std::thread::Builder::new()
-                .name("layercache-flush".into())
-                .spawn(move || flush_loop(weak))
-                .map(|handle| handle.thread().clone())
-                .unwrap_or_else(|_| std::thread::current())
-        });
-        if before != u64::MAX && nanos < before {
-            thread.unpark(); // a running thread takes the shorter interval now
+        if let Some(thread) = self.flusher.get() {
+            if nanos < before {
+                thread.unpark(); // the running thread takes the shorter interval now
+            }
+            return Ok(());
         }
+        let _starting = lock_poisoned(self.forking.lock());
+        if self.flusher.get().is_none() {
+            let weak = Arc::downgrade(self);
+            let handle = std::thread::Builder::new()
+                .name("layercache-flush".into())
+                .spawn(move || flush_loop(weak))?;
+            let _ = self.flusher.set(handle.thread().clone());
+        }
+        Ok(())
     }
 }
 
