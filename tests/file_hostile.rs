@@ -2,16 +2,15 @@
 //! processes, real files, links, renames and full disks, each aimed at one
 //! claim the code makes.
 //!
-//! Tests named `*_breaks_*` reproduce a flaw that was found: they fail on
-//! the code as it is (run the others with `-- --skip _breaks_`):
-//! - a `remove` through a handle with a smaller `max_key_len` returns `Ok`
-//!   and removes nothing;
-//! - the lock file's page is a hole, so on a full disk the first touch of
-//!   a new or short lock file kills the process with SIGBUS;
-//! - the lock file's page mapping is inherited by forked children and
-//!   keeps the parent's open file description (and its `flock`) alive: a
-//!   parent killed while holding the lock leaves it held until its last
-//!   child exits.
+//! Three of these found flaws, since fixed; each failed before its fix:
+//! - a `remove` through a handle with a smaller `max_key_len` returned `Ok`
+//!   and removed nothing;
+//! - the lock file's page was a hole, so on a full disk the first touch of
+//!   a new or short lock file killed the process with SIGBUS;
+//! - the lock file's page was mapped from the locked descriptor, and the
+//!   mapping, inherited by forked children, kept the parent's open file
+//!   description (and its `flock`) alive: a parent killed while holding the
+//!   lock left it held until its last child exited.
 //!
 //! Every other test is an attack that held.
 
@@ -112,15 +111,15 @@ fn fill(dir: &Path) {
 // 1. remove() through a handle with a smaller max_key_len.
 // ---------------------------------------------------------------------------
 
-/// `remove` returns `Ok(None)` ("was not there") without writing anything
-/// when the key is longer than *this handle's* `max_key_len`, on the
+/// `remove` returned `Ok(None)` ("was not there") without writing anything
+/// when the key was longer than *this handle's* `max_key_len`, on the
 /// assumption that such a key was never stored. But the limit is a
 /// per-handle option, not a property of the file: another handle (another
 /// process, another part of the program) with a larger limit stores such
-/// keys, and `get` through the small-limit handle returns them. So a
-/// `remove` that returned `Ok` leaves the key in place.
+/// keys, and `get` through the small-limit handle returns them. A `remove`
+/// that returns `Ok` must remove.
 #[test]
-fn remove_through_a_handle_with_a_smaller_key_limit_breaks_the_remove() {
+fn a_remove_through_a_handle_with_a_smaller_key_limit_removes() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("limits.lc");
     let wide = FileCache::open(&path).unwrap();
@@ -154,14 +153,15 @@ fn child_open_and_set() {
     }
 }
 
-/// The lock file's page is made with `set_len` (a hole), not written, and
+/// The lock file's page was made with `set_len` (a hole), not reserved, and
 /// then touched through a shared map. When the lock file is new or short
 /// (created by `flock(1)` in a script that takes part in the exclusion, as
 /// the docs invite; or removed while no process ran), and the disk is
-/// full, the kernel cannot allocate the page at the first touch, and the
-/// process dies of SIGBUS instead of getting an error from `open`.
+/// full, the kernel could not allocate the page at the first touch, and the
+/// process died of SIGBUS instead of getting an error from `open`. Once
+/// space returns, the cache opens with its data.
 #[test]
-fn a_full_disk_and_a_new_lock_file_breaks_open_with_sigbus() {
+fn a_full_disk_and_a_new_lock_file_is_an_error_not_sigbus() {
     let tmpfs = match Tmpfs::mount("1m") {
         Ok(t) => t,
         Err(why) => {
@@ -196,6 +196,12 @@ fn a_full_disk_and_a_new_lock_file_breaks_open_with_sigbus() {
         finished.status.signal().is_none(),
         "open on a full disk killed the process: {}",
         finished.diagnostics()
+    );
+    std::fs::remove_file(tmpfs.path().join("filler")).unwrap();
+    let cache = FileCache::open(&path).expect("open once space returned");
+    assert_eq!(
+        cache.get(&"before".to_string()).unwrap(),
+        Some(b"x".to_vec())
     );
 }
 
@@ -623,7 +629,7 @@ fn kill_holder_with_children() -> (bool, bool) {
 /// while a thread of it writes, and the lock stays held until the last
 /// child exits: every other process blocks in `set`, `open`, `compact`.
 #[test]
-fn killing_the_holder_breaks_the_lock_while_its_forked_children_live() {
+fn killing_the_holder_frees_the_lock_while_its_forked_children_live() {
     // Three attempts, in case one kill lands while no thread holds the lock.
     for attempt in 0..3 {
         let (free, free_after) = kill_holder_with_children();

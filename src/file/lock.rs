@@ -83,9 +83,11 @@ struct Holder {
 }
 
 /// Maps the page of the lock file at `path`, whose identity must be
-/// `ident`, making the file that long first if it is shorter (extending is
-/// idempotent, so processes may race to do it; no process ever shortens a
-/// lock file).
+/// `ident`, first reserving the page's blocks (and making the file that
+/// long if it is shorter): a store through a map into a hole the file
+/// system cannot fill, on a full disk, would raise SIGBUS, where reserving
+/// fails with an error. Reserving and extending are idempotent, so
+/// processes may race to do them; no process ever shortens a lock file.
 ///
 /// The map is made through a descriptor of its own, opened here and closed
 /// once mapped, never through the descriptor that is locked: a mapping
@@ -93,21 +95,48 @@ struct Holder {
 /// forked child inherits mappings. Were the page mapped from the locked
 /// description, a child would keep the parent's lock alive after the parent
 /// died holding it, and every writer would wait for the child to exit.
-fn map_page(path: &Path, ident: Ident) -> std::io::Result<MmapRaw> {
+pub(super) fn map_page(path: &Path, ident: Ident) -> std::io::Result<MmapRaw> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)?;
-    let meta = file.metadata()?;
-    if super::identity::ident(&meta) != ident {
+    if super::identity::ident(&file.metadata()?) != ident {
         return Err(std::io::Error::other(
             "the lock file was replaced while it was being opened",
         ));
     }
-    if meta.len() < LOCK_PAGE {
+    reserve_page(&file)?;
+    MmapOptions::new().len(LOCK_PAGE as usize).map_raw(&file)
+}
+
+/// Allocates the blocks of the lock file's page, extending it if shorter.
+#[cfg(target_os = "linux")]
+fn reserve_page(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on a descriptor open for the duration of
+    // the call; mode 0 allocates without changing any byte already written.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, LOCK_PAGE as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        // A file system that cannot reserve: extend, as elsewhere.
+        Some(libc::EOPNOTSUPP) => extend_page(file),
+        _ => Err(error),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reserve_page(file: &File) -> std::io::Result<()> {
+    extend_page(file)
+}
+
+fn extend_page(file: &File) -> std::io::Result<()> {
+    if file.metadata()?.len() < LOCK_PAGE {
         file.set_len(LOCK_PAGE)?;
     }
-    MmapOptions::new().len(LOCK_PAGE as usize).map_raw(&file)
+    Ok(())
 }
 
 /// A process's hold on one lock file.
@@ -199,19 +228,19 @@ impl Exclusive<'_> {
     /// Makes sure the lock held is on the file now at `path`: if the lock
     /// file was removed or replaced, the lock held excludes nobody who
     /// opens the path from now on, so `reopen` opens the file now there
-    /// (returning it and its identity) and that one is locked instead.
+    /// (returning it, its identity and its mapped page) and that one is
+    /// locked instead.
     pub(super) fn ensure_current(
         &mut self,
         path: &Path,
-        mut reopen: impl FnMut(&File) -> Result<(File, Ident)>,
+        mut reopen: impl FnMut(&File) -> Result<(File, Ident, MmapRaw)>,
     ) -> Result<()> {
         loop {
             match fs::metadata(path) {
                 Ok(meta) if ident(&meta) == self.holder.ident => return Ok(()),
                 _ => {
                     let _ = self.holder.file.unlock();
-                    let (file, id) = reopen(&self.holder.file)?;
-                    let page = map_page(path, id).map_err(|e| Error::io(path, e))?;
+                    let (file, id, page) = reopen(&self.holder.file)?;
                     let holder = &mut *self.holder;
                     holder.file = file;
                     holder.ident = id;

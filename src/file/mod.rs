@@ -300,7 +300,7 @@ impl FileCache {
         if sync {
             state.map.flush_range(0, HEADER_SIZE as usize).map_err(io)?;
         } else if let Durability::Periodic(_) = self.options.durability {
-            shared.dirty.store(true, Ordering::Release);
+            shared.written.fetch_add(1, Ordering::AcqRel);
         }
         state.scan(end);
         Ok(())
@@ -360,8 +360,10 @@ impl FileCache {
     }
 
     fn remove_bytes(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if key.len() > self.options.max_key_len {
-            return Ok(None); // never stored
+        // Not this handle's `max_key_len`: another handle, or another
+        // process, may have stored a longer key.
+        if key.len() > u32::MAX as usize {
+            return Ok(None); // the format cannot hold it: never stored
         }
         self.write(|shared, writer, state| {
             let Some(loc) = state.index.get(state.file(), key).copied() else {
@@ -499,7 +501,7 @@ impl Drop for FileCache {
     fn drop(&mut self) {
         if let Durability::Periodic(_) = self.options.durability
             && let Some(shared) = self.shared.opened_here()
-            && shared.dirty.load(Ordering::Acquire)
+            && shared.unsynced()
         {
             // Nothing to report an error to; the background thread retries
             // while another handle keeps the file open.

@@ -23,9 +23,9 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{
     Arc, Mutex, MutexGuard, Once, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
 };
@@ -95,17 +95,22 @@ extern "C" fn after_fork_in_child() {
     });
 }
 
+/// `/dev/null`, opened when the fork handlers are installed and kept open
+/// for the life of the process, so that the child handler needs no free
+/// descriptor to disown the lock descriptors (-1 if it could not be
+/// opened).
+static DEV_NULL: AtomicI32 = AtomicI32::new(-1);
+
 /// Points every lock descriptor in `entries` at `/dev/null`: in a forked
 /// child, they share the parent's open file descriptions.
 fn disown(entries: &[Entry]) {
-    // SAFETY: `open` is given a NUL-terminated path and plain flags, and is
-    // async-signal-safe, as a fork handler in a multithreaded parent needs.
-    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    let null = DEV_NULL.load(Ordering::Relaxed);
     if null < 0 {
         return; // no /dev/null: the child keeps the parent's descriptions
     }
     for entry in entries {
-        // SAFETY: `entry.fd` is open: it is owned by a `File` in a lock holder
+        // SAFETY: `null` is open for the life of the process (`DEV_NULL`).
+        // `entry.fd` is open: it is owned by a `File` in a lock holder
         // that unregisters it, under the registry mutex that the prepare
         // handler held across the fork, before closing it. `dup2` replaces
         // what the descriptor refers to without closing the number, so that
@@ -118,12 +123,17 @@ fn disown(entries: &[Entry]) {
             libc::fcntl(entry.fd, libc::F_SETFD, libc::FD_CLOEXEC);
         }
     }
-    // SAFETY: `null` was opened above and is closed once.
-    unsafe { libc::close(null) };
 }
 
 fn install_fork_handlers() -> Result<()> {
     FORK_HANDLERS.call_once(|| {
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
+            DEV_NULL.store(null.into_raw_fd(), Ordering::Relaxed);
+        }
         // SAFETY: the handlers are `extern "C"` functions that live for the
         // whole program, take no arguments and do not unwind (they only use
         // `try_with`, `try_borrow_mut` and a mutex whose poisoning is
@@ -148,32 +158,43 @@ fn install_fork_handlers() -> Result<()> {
 }
 
 /// Opens (creating with `mode`) the lock file at `paths.lock` and
-/// registers its descriptor, under the registry's mutex. Unless `replacing`
-/// names a descriptor to swap out, a live state already registered for the
-/// same file is returned instead.
-fn open_lock(
-    paths: &Paths,
-    mode: u32,
-    replacing: Option<RawFd>,
-) -> Result<std::result::Result<(File, Ident), Arc<Shared>>> {
+/// registers its descriptor, under the registry's mutex; or returns a live
+/// state already registered for the same file.
+fn open_lock(paths: &Paths, mode: u32) -> Result<std::result::Result<(File, Ident), Arc<Shared>>> {
     let generation = FORK_GENERATION.load(Ordering::Relaxed);
     let mut entries = registry();
     // Entries from before a fork are the parent's: already disowned.
     entries.retain(|e| e.fork_generation == generation);
-    if replacing.is_none()
-        && let Ok(meta) = std::fs::metadata(&paths.lock)
+    if let Ok(meta) = std::fs::metadata(&paths.lock)
         && let Some(shared) = live(&entries, ident(&meta))
     {
         return Ok(Err(shared));
     }
     let file = identity::open_or_create(&paths.lock, mode, &paths.given)?;
     let id = ident(&file.metadata().map_err(|e| Error::io(&paths.given, e))?);
-    if replacing.is_none()
-        && let Some(shared) = live(&entries, id)
-    {
+    if let Some(shared) = live(&entries, id) {
         return Ok(Err(shared));
     }
-    match replacing.and_then(|fd| entries.iter_mut().find(|e| e.fd == fd)) {
+    entries.push(Entry {
+        ident: id,
+        fd: file.as_raw_fd(),
+        fork_generation: generation,
+        shared: Weak::new(),
+    });
+    Ok(Ok((file, id)))
+}
+
+/// Opens the lock file now at `paths.lock` in place of `old`, which was
+/// removed or replaced, maps its page, and only then registers it in place
+/// of `old`, all under the registry's mutex: a failure closes the new
+/// descriptor before it was ever registered, and `old` stays registered
+/// until it closes.
+fn relock(paths: &Paths, mode: u32, old: &File) -> Result<(File, Ident, MmapRaw)> {
+    let mut entries = registry();
+    let file = identity::open_or_create(&paths.lock, mode, &paths.given)?;
+    let id = ident(&file.metadata().map_err(|e| Error::io(&paths.given, e))?);
+    let page = super::lock::map_page(&paths.lock, id).map_err(|e| Error::io(&paths.lock, e))?;
+    match entries.iter_mut().find(|e| e.fd == old.as_raw_fd()) {
         Some(entry) => {
             entry.fd = file.as_raw_fd();
             entry.ident = id;
@@ -181,11 +202,11 @@ fn open_lock(
         None => entries.push(Entry {
             ident: id,
             fd: file.as_raw_fd(),
-            fork_generation: generation,
+            fork_generation: FORK_GENERATION.load(Ordering::Relaxed),
             shared: Weak::new(),
         }),
     }
-    Ok(Ok((file, id)))
+    Ok((file, id, page))
 }
 
 fn live(entries: &[Entry], id: Ident) -> Option<Arc<Shared>> {
@@ -220,8 +241,10 @@ pub(super) struct Shared {
     pub(super) mode: u32,
     /// Whether the file may be on a network file system.
     pub(super) allow_remote: bool,
-    /// Written since the last sync (`Durability::Periodic`).
-    pub(super) dirty: AtomicBool,
+    /// Writes made by `Durability::Periodic` handles, and how many of them
+    /// were covered by a completed sync.
+    pub(super) written: AtomicU64,
+    synced: AtomicU64,
     /// `Durability::Periodic`'s background thread, once started, and its
     /// interval in nanoseconds (the shortest any handle asked for).
     flusher: OnceLock<std::thread::Thread>,
@@ -250,7 +273,7 @@ impl Shared {
     fn find_or_build(given: &Path, options: &Options) -> Result<Arc<Shared>> {
         install_fork_handlers()?;
         let paths = Paths::resolve(given, options.allow_network_fs)?;
-        let (file, id) = match open_lock(&paths, options.mode, None)? {
+        let (file, id) = match open_lock(&paths, options.mode)? {
             Ok(opened) => opened,
             Err(shared) => return Ok(shared),
         };
@@ -314,7 +337,8 @@ impl Shared {
             growth: options.growth,
             mode: options.mode,
             allow_remote: options.allow_network_fs,
-            dirty: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
             flusher: OnceLock::new(),
             flush_every: AtomicU64::new(u64::MAX),
             syncs: AtomicU64::new(0),
@@ -425,22 +449,27 @@ impl Shared {
         self.lock.buffer_capacity()
     }
 
+    /// Whether a write of a `Durability::Periodic` handle is not yet
+    /// covered by a completed sync.
+    pub(super) fn unsynced(&self) -> bool {
+        self.written.load(Ordering::Acquire) > self.synced.load(Ordering::Acquire)
+    }
+
     /// Forces what was written to stable storage: the records, then the
     /// header page that commits them. No lock is held while the disk works.
+    /// Returns once every write counted before the call is durable: a sync
+    /// that another thread has under way is not taken for this one.
     pub(super) fn sync(&self) -> std::io::Result<()> {
+        let covers = self.written.load(Ordering::Acquire);
         let (file, map): (Arc<File>, Arc<MmapRaw>) = {
             let state = self.read();
             (state.file.clone(), state.map.clone())
         };
-        self.dirty.store(false, Ordering::Release);
-        let synced = file
-            .sync_data()
-            .and_then(|()| map.flush_range(0, super::format::HEADER_SIZE as usize));
-        if synced.is_err() {
-            self.dirty.store(true, Ordering::Release);
-        }
+        file.sync_data()?;
+        map.flush_range(0, super::format::HEADER_SIZE as usize)?;
+        self.synced.fetch_max(covers, Ordering::AcqRel);
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        synced
+        Ok(())
     }
 
     /// Makes sure a background thread syncs unsynced writes at most `every`
@@ -478,20 +507,11 @@ fn flush_loop(shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        if shared.dirty.load(Ordering::Acquire) {
+        if shared.unsynced() {
             // An error is retried on the next round (the flag stays set);
             // `Durability::Sync` is for callers that must hear of it.
             let _ = shared.sync();
         }
-    }
-}
-
-/// Opens the lock file now at `paths.lock` in place of `old`, which was
-/// removed or replaced.
-fn relock(paths: &Paths, mode: u32, old: &File) -> Result<(File, Ident)> {
-    match open_lock(paths, mode, Some(old.as_raw_fd()))? {
-        Ok(opened) => Ok(opened),
-        Err(_) => unreachable!("a replacing open never returns a live state"),
     }
 }
 
