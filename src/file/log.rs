@@ -162,3 +162,39 @@ pub(super) fn resync(log: Log<'_>, from: u64) -> u64 {
     }
     end
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The header, which other processes store to while we read, is not
+    /// reachable through a `Log`: what the SAFETY comment of `Log::of`
+    /// relies on.
+    #[test]
+    fn a_log_never_reaches_the_header() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("log");
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("a file");
+        file.set_len(HEADER_SIZE + 64).expect("room for records");
+        let map = memmap2::MmapOptions::new()
+            .len((HEADER_SIZE + 64) as usize)
+            .map_raw(&file)
+            .expect("a map");
+        let log = Log::of(&map, HEADER_SIZE + 64);
+        assert_eq!(log.end(), HEADER_SIZE + 64);
+        for at in [0, 8, 32, 40, HEADER_SIZE - 1] {
+            assert_eq!(log.get(at, 1), None, "offset {at}");
+            assert!(log.from(at).is_empty(), "offset {at}");
+        }
+        assert_eq!(log.get(HEADER_SIZE, 64).map(<[u8]>::len), Some(64));
+        assert_eq!(log.get(HEADER_SIZE, 65), None, "nor past its end");
+        let empty = Log::of(&map, HEADER_SIZE);
+        assert_eq!(empty.get(HEADER_SIZE, 1), None);
+    }
+}
