@@ -120,14 +120,32 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 
 /// Opens `path` read-write, creating it with exactly `mode` if it does not
 /// exist (the umask does not apply). `name` is the path to put in errors.
+///
+/// A symbolic link at `path` is refused, not followed: the data path was
+/// resolved already, and the lock file is derived from it, so a link there
+/// was planted by someone who can write the directory, to make this
+/// process write (and, as root, chown) the file it points to.
 pub(super) fn open_or_create(path: &Path, mode: u32, name: &Path) -> Result<File> {
-    let io = |e| Error::io(name, e);
+    let io = |e: std::io::Error| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            refused(
+                name,
+                format!(
+                    "{} is a symbolic link; the cache's own files are never opened through one",
+                    path.display()
+                ),
+            )
+        } else {
+            Error::io(name, e)
+        }
+    };
     loop {
         match OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
         {
             Ok(file) => {
@@ -138,7 +156,12 @@ pub(super) fn open_or_create(path: &Path, mode: u32, name: &Path) -> Result<File
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io(e)),
         }
-        match OpenOptions::new().read(true).write(true).open(path) {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+        {
             Ok(file) => return Ok(file),
             // Removed between the two opens: create it after all.
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -147,16 +170,32 @@ pub(super) fn open_or_create(path: &Path, mode: u32, name: &Path) -> Result<File
     }
 }
 
-/// Creates `path` empty (replacing a file left there), readable and
-/// writable by the owner only until [`inherit`] gives it another file's
-/// permissions.
-pub(super) fn create_replacing(path: &Path) -> std::io::Result<File> {
+/// Opens an existing file read-write, never through a symbolic link.
+pub(super) fn open_existing(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Creates `path` anew, empty, readable and writable by the owner only
+/// until [`inherit`] gives it another file's permissions. Whatever is at
+/// `path` (a file left by a compaction that died, or a symbolic link
+/// someone planted) is removed first, and the file is created exclusively
+/// and never through a link, so compaction writes only a file of its own.
+pub(super) fn create_replacing(path: &Path) -> std::io::Result<File> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
 }
 

@@ -96,10 +96,7 @@ struct Holder {
 /// description, a child would keep the parent's lock alive after the parent
 /// died holding it, and every writer would wait for the child to exit.
 pub(super) fn map_page(path: &Path, ident: Ident) -> std::io::Result<MmapRaw> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)?;
+    let file = super::identity::open_existing(path)?;
     if super::identity::ident(&file.metadata()?) != ident {
         return Err(std::io::Error::other(
             "the lock file was replaced while it was being opened",

@@ -27,7 +27,7 @@ use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{
-    Arc, Mutex, MutexGuard, Once, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
+    Arc, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
 };
 use std::time::{Duration, Instant};
 
@@ -54,8 +54,9 @@ static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 /// Bumped in a forked child, before anything else runs there.
 static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 
-static FORK_HANDLERS: Once = Once::new();
-static FORK_HANDLERS_OK: AtomicBool = AtomicBool::new(false);
+/// Whether the fork handlers are installed. Not a `Once`: a child forked
+/// while another thread ran a `Once` would inherit it running for good.
+static FORK_HANDLERS: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     /// The registry, held by the forking thread from the prepare handler
@@ -70,7 +71,11 @@ fn registry() -> MutexGuard<'static, Vec<Entry>> {
 
 extern "C" fn before_fork() {
     let _ = HELD_ACROSS_FORK.try_with(|held| {
-        if let Ok(mut held) = held.try_borrow_mut() {
+        // The handlers may be installed more than once (threads racing to
+        // install them); the registry is taken once per fork.
+        if let Ok(mut held) = held.try_borrow_mut()
+            && held.is_none()
+        {
             *held = Some(registry());
         }
     });
@@ -126,35 +131,48 @@ fn disown(entries: &[Entry]) {
 }
 
 fn install_fork_handlers() -> Result<()> {
-    FORK_HANDLERS.call_once(|| {
-        if let Ok(null) = std::fs::OpenOptions::new()
+    if FORK_HANDLERS.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    // No lock and no `Once` here: a child forked while another thread
+    // installs would inherit either held. Threads that race may each
+    // install the handlers; they are written to run more than once per
+    // fork (the registry is taken once, the generation bumped twice).
+    if DEV_NULL.load(Ordering::Acquire) < 0
+        && let Ok(null) = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open("/dev/null")
+    {
+        let fd = null.into_raw_fd();
+        if DEV_NULL
+            .compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
         {
-            DEV_NULL.store(null.into_raw_fd(), Ordering::Relaxed);
+            // SAFETY: `fd` was just opened here and is owned by nobody
+            // else; another thread's descriptor won the slot.
+            drop(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
         }
-        // SAFETY: the handlers are `extern "C"` functions that live for the
-        // whole program, take no arguments and do not unwind (they only use
-        // `try_with`, `try_borrow_mut` and a mutex whose poisoning is
-        // recovered).
-        let rc = unsafe {
-            libc::pthread_atfork(
-                Some(before_fork),
-                Some(after_fork_in_parent),
-                Some(after_fork_in_child),
-            )
-        };
-        FORK_HANDLERS_OK.store(rc == 0, Ordering::Release);
-    });
-    if FORK_HANDLERS_OK.load(Ordering::Acquire) {
-        Ok(())
-    } else {
-        Err(Error::io(
-            "pthread_atfork",
-            std::io::Error::other("cannot install the fork handlers FileCache needs"),
-        ))
     }
+    // SAFETY: the handlers are `extern "C"` functions that live for the
+    // whole program, take no arguments and do not unwind (they only use
+    // `try_with`, `try_borrow_mut` and a mutex whose poisoning is
+    // recovered).
+    let rc = unsafe {
+        libc::pthread_atfork(
+            Some(before_fork),
+            Some(after_fork_in_parent),
+            Some(after_fork_in_child),
+        )
+    };
+    if rc != 0 {
+        return Err(Error::io(
+            "pthread_atfork",
+            std::io::Error::from_raw_os_error(rc),
+        ));
+    }
+    FORK_HANDLERS.store(true, Ordering::Release);
+    Ok(())
 }
 
 /// Opens (creating with `mode`) the lock file at `paths.lock` and
@@ -253,8 +271,9 @@ pub(super) struct Shared {
     pub(super) compaction_failures: AtomicU64,
     /// This process's own state, opened after a fork.
     forked: OnceLock<Arc<Shared>>,
-    /// Taken to open `forked`, or to start `flusher`, once.
-    forking: Mutex<()>,
+    /// Taken to start `flusher` once (only in the process that owns this
+    /// state: a forked child opens its own).
+    starting: Mutex<()>,
 }
 
 impl Shared {
@@ -344,7 +363,7 @@ impl Shared {
             syncs: AtomicU64::new(0),
             compaction_failures: AtomicU64::new(0),
             forked: OnceLock::new(),
-            forking: Mutex::new(()),
+            starting: Mutex::new(()),
         }))
     }
 
@@ -372,14 +391,14 @@ impl Shared {
         if let Some(child) = self.forked.get() {
             return child.current(options);
         }
-        let _forking = lock_poisoned(self.forking.lock());
-        if self.forked.get().is_none() {
-            let child = Shared::open(&self.paths.data, options)?;
-            let _ = self.forked.set(child);
-        }
+        // No mutex: one of ours could have been held, at the fork, by a
+        // thread the child does not have. Threads of the child that race
+        // here get the same state from the registry, and one `set` wins.
+        let child = Shared::open(&self.paths.data, options)?;
+        let _ = self.forked.set(child);
         self.forked
             .get()
-            .expect("set above, or by the thread we waited for")
+            .expect("set above, or by a racing thread")
             .current(options)
     }
 
@@ -483,7 +502,7 @@ impl Shared {
             }
             return Ok(());
         }
-        let _starting = lock_poisoned(self.forking.lock());
+        let _starting = lock_poisoned(self.starting.lock());
         if self.flusher.get().is_none() {
             let weak = Arc::downgrade(self);
             let handle = std::thread::Builder::new()
