@@ -29,11 +29,13 @@ pub struct Loc {
 }
 
 impl Loc {
+    #[inline]
     fn key_at(&self) -> u64 {
         self.record + RECORD_HEADER_SIZE as u64
     }
 
     /// The key's bytes in `file`, which reaches past this record.
+    #[inline]
     pub fn key<'a>(&self, file: Log<'a>) -> &'a [u8] {
         file.get(self.key_at(), self.key_len as usize)
             .expect("an indexed record lies inside the indexed log")
@@ -41,12 +43,14 @@ impl Loc {
 
     /// The key's bytes in `file` if they still match their checksum:
     /// damage after indexing must not let a record answer for another key.
+    #[inline]
     pub fn checked_key<'a>(&self, file: Log<'a>) -> Option<&'a [u8]> {
         let key = self.key(file);
         (format::crc(key) == self.key_crc).then_some(key)
     }
 
     /// The value's bytes in `file`.
+    #[inline]
     pub fn value<'a>(&self, file: Log<'a>) -> &'a [u8] {
         let at = self.key_at() + u64::from(self.key_len);
         file.get(at, self.value_len as usize)
@@ -80,6 +84,7 @@ impl Index {
         self.table.iter()
     }
 
+    #[inline]
     pub fn get(&self, file: Log<'_>, key: &[u8]) -> Option<&Loc> {
         let hash = self.hasher.hash_one(key);
         self.table.find(hash, |loc| loc.key(file) == key)

@@ -49,8 +49,10 @@ pub(super) struct Writer {
     /// After an automatic compaction failed: not before this instant, and
     /// the pause to take after the next failure.
     pub(super) compaction_pause: Option<(Instant, Duration)>,
-    /// When the paths were last checked against the open files.
-    pub(super) last_full_check: Instant,
+    /// When the paths are next due to be checked against the open files
+    /// (a deadline, so the hot path compares two instants and subtracts
+    /// none).
+    pub(super) next_full_check: Instant,
 }
 
 /// The longest a writer goes without checking, with `stat`, that the lock
@@ -170,7 +172,7 @@ impl ProcessLock {
                 writer: Writer {
                     buf: Vec::new(),
                     compaction_pause: None,
-                    last_full_check: Instant::now(),
+                    next_full_check: Instant::now(),
                 },
             }),
         })

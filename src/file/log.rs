@@ -26,6 +26,7 @@ impl<'a> Log<'a> {
     /// The records of `map` up to the file offset `end`, which must lie
     /// below a committed length this process has loaded, and within the
     /// mapping and the file.
+    #[inline]
     pub(super) fn of(map: &'a MmapRaw, end: u64) -> Log<'a> {
         assert!(
             HEADER_SIZE <= end && end <= map.len() as u64,
@@ -55,18 +56,21 @@ impl<'a> Log<'a> {
     }
 
     /// The file offset just past the last byte.
+    #[inline]
     pub(super) fn end(&self) -> u64 {
         HEADER_SIZE + self.records.len() as u64
     }
 
     /// The `len` bytes at file offset `at`; `None` when they run past the
     /// end (or start before the records).
+    #[inline]
     pub(super) fn get(&self, at: u64, len: usize) -> Option<&'a [u8]> {
         let start = usize::try_from(at.checked_sub(HEADER_SIZE)?).ok()?;
         self.records.get(start..start.checked_add(len)?)
     }
 
     /// Every byte from file offset `at` to the end (empty past the end).
+    #[inline]
     pub(super) fn from(&self, at: u64) -> &'a [u8] {
         at.checked_sub(HEADER_SIZE)
             .and_then(|start| self.records.get(start as usize..))

@@ -411,6 +411,7 @@ impl FileCache {
 
 /// The value at `loc`, or `None` when it or its key fails its checksum
 /// (the file was damaged after the record was indexed).
+#[inline]
 fn read_value(state: &State, loc: &Loc) -> Option<Vec<u8>> {
     let file = state.file();
     loc.checked_key(file)?;

@@ -402,6 +402,7 @@ impl Shared {
             .current(options)
     }
 
+    #[inline]
     pub(super) fn read(&self) -> RwLockReadGuard<'_, State> {
         lock_poisoned(self.state.read())
     }
@@ -433,7 +434,7 @@ impl Shared {
         let due = force
             || state.superseded()
             || state.epoch != lock.epoch()
-            || lock.last_full_check.elapsed() >= FULL_CHECK_EVERY;
+            || Instant::now() >= lock.next_full_check;
         if due {
             lock.ensure_current(&self.paths.lock, |old| relock(&self.paths, self.mode, old))?;
             if state.is_current(&self.paths) {
@@ -441,7 +442,7 @@ impl Shared {
             } else {
                 *state = State::load(&self.paths, self.growth, self.mode, self.allow_remote, lock)?;
             }
-            lock.last_full_check = Instant::now();
+            lock.next_full_check = Instant::now() + FULL_CHECK_EVERY;
         }
         self.catch_up(state)
     }

@@ -132,6 +132,7 @@ impl State {
         Ok(state)
     }
 
+    #[inline]
     pub(super) fn atomic_u64(&self, at: usize) -> &AtomicU64 {
         // SAFETY: `at` is one of the header's 8-byte-aligned u64 fields
         // (H_COMMITTED), inside the first page, which every mapping covers
@@ -146,20 +147,24 @@ impl State {
         unsafe { &*(self.map.as_ptr().add(at) as *const AtomicU64) }
     }
 
+    #[inline]
     pub(super) fn committed_atomic(&self) -> &AtomicU64 {
         self.atomic_u64(format::H_COMMITTED)
     }
 
+    #[inline]
     pub(super) fn committed(&self) -> u64 {
         self.committed_atomic().load(Ordering::Acquire)
     }
 
+    #[inline]
     pub(super) fn superseded_flag(&self) -> &AtomicU32 {
         // SAFETY: as in `atomic_u64`: H_SUPERSEDED is a 4-byte-aligned u32 in
         // the first page, only ever accessed atomically.
         unsafe { &*(self.map.as_ptr().add(format::H_SUPERSEDED) as *const AtomicU32) }
     }
 
+    #[inline]
     pub(super) fn superseded(&self) -> bool {
         self.superseded_flag().load(Ordering::Acquire) != 0
     }
@@ -223,6 +228,7 @@ impl State {
     }
 
     /// The indexed records.
+    #[inline]
     pub(super) fn file(&self) -> Log<'_> {
         Log::of(&self.map, self.indexed)
     }
