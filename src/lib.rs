@@ -78,7 +78,7 @@ pub use self::redis::RedisCache;
 pub use cache::{Cache, CacheExt};
 pub use error::{BoxError, Error, Operation, Result};
 #[cfg(all(feature = "file", unix))]
-pub use file::{Durability, FileCache, FileCacheBuilder, FileStats};
+pub use file::{Durability, FileCache, FileCacheBuilder, FileKey, FileStats};
 pub use key::{KeyMaker, ObjectKeyMaker, StringKeyMaker};
 pub use layered::{ErrorPolicy, LayerFailure, Layered};
 pub use memoise::{Memoised, Memoiser};

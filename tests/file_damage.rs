@@ -103,19 +103,19 @@ fn record_at(recs: &[Rec], offset: usize) -> &Rec {
 }
 
 fn get(cache: &FileCache, key: &str) -> Option<Vec<u8>> {
-    Cache::<String, Vec<u8>>::get(cache, &key.to_string()).unwrap()
+    cache.get(&key.to_string()).unwrap()
 }
 
 fn set(cache: &FileCache, key: &str, value: &[u8]) {
-    Cache::<String, Vec<u8>>::set(cache, key.to_string(), value.to_vec()).unwrap();
+    cache.set(key.to_string(), value.to_vec()).unwrap();
 }
 
 fn remove(cache: &FileCache, key: &str) -> Option<Vec<u8>> {
-    Cache::<String, Vec<u8>>::remove(cache, &key.to_string()).unwrap()
+    cache.remove(&key.to_string()).unwrap()
 }
 
 fn keys(cache: &FileCache) -> Vec<String> {
-    let mut keys = Cache::<String, Vec<u8>>::keys(cache).unwrap();
+    let mut keys = cache.keys().unwrap();
     keys.sort();
     keys
 }

@@ -799,7 +799,7 @@ fn child_clear_writer() {
         s.spawn(move || {
             let mut reads = 0u64;
             while !stop.load(Ordering::Relaxed) && Instant::now() < limit {
-                match Cache::<String, Vec<u8>>::keys(cache) {
+                match cache.keys() {
                     Ok(keys) => {
                         for key in keys.iter().rev().take(20) {
                             match cache.get(key) {

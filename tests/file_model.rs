@@ -142,14 +142,11 @@ fn file_len(path: &Path) -> u64 {
 }
 
 fn get(cache: &FileCache, key: &str) -> Option<Vec<u8>> {
-    Cache::<String, Vec<u8>>::get(cache, &key.to_string()).unwrap()
+    cache.get(&key.to_string()).unwrap()
 }
 
 fn keys(cache: &FileCache) -> BTreeSet<String> {
-    Cache::<String, Vec<u8>>::keys(cache)
-        .unwrap()
-        .into_iter()
-        .collect()
+    cache.keys().unwrap().into_iter().collect()
 }
 
 /// The cache holds exactly the model.
@@ -184,12 +181,12 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
         match op {
             Op::Set(k, v) => {
                 let key = key_name(*k);
-                Cache::<String, Vec<u8>>::set(&cache, key.clone(), v.clone()).unwrap();
+                cache.set(key.clone(), v.clone()).unwrap();
                 model.insert(key, v.clone());
             }
             Op::Remove(k) => {
                 let key = key_name(*k);
-                let old = Cache::<String, Vec<u8>>::remove(&cache, &key).unwrap();
+                let old = cache.remove(&key).unwrap();
                 prop_assert_eq!(old, model.remove(&key), "step {}: remove {}", step, key);
             }
             Op::Get(k) => {
@@ -212,12 +209,12 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 prop_assert_eq!(cache.is_empty().unwrap(), model.is_empty());
             }
             Op::Clear => {
-                Cache::<String, Vec<u8>>::clear(&cache).unwrap();
+                cache.clear().unwrap();
                 model.clear();
             }
             Op::ClearMatching(m, r) => {
                 let matches = |key: &String| key[1..].parse::<u8>().unwrap() % m == *r;
-                let removed = Cache::<String, Vec<u8>>::clear_matching(&cache, &matches).unwrap();
+                let removed = cache.clear_matching(&matches).unwrap();
                 let before = model.len();
                 model.retain(|key, _| !matches(key));
                 prop_assert_eq!(removed, before - model.len(), "step {}: count", step);
@@ -298,7 +295,7 @@ fn the_test_encoder_writes_records_the_cache_reads() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("encoder.lc");
     let cache = FileCache::open(&path).unwrap();
-    Cache::<String, Vec<u8>>::set(&cache, "k1".to_string(), b"one".to_vec()).unwrap();
+    cache.set("k1".to_string(), b"one".to_vec()).unwrap();
     drop(cache);
     let end = file_len(&path);
     let record = put_record(b"k2", b"two, by hand");

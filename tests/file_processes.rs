@@ -735,10 +735,10 @@ fn child_steady_reader() {
         reads += 1;
         generations.insert(cache.generation().expect("generation"));
         if reads.is_multiple_of(64) {
-            for key in Cache::<String, Vec<u8>>::keys(&cache).expect("keys") {
+            for key in cache.keys().expect("keys") {
                 assert!(keys.contains(&key), "unknown key {key}");
             }
-            for value in Cache::<String, Vec<u8>>::values(&cache).expect("values") {
+            for value in cache.values().expect("values") {
                 let text = String::from_utf8_lossy(&value);
                 let key = text.split(':').next().unwrap_or_default().to_string();
                 assert!(keys.contains(&key), "a value of no key: {text:.40}");

@@ -41,6 +41,7 @@ mod state;
 mod verify;
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -77,8 +78,11 @@ use crate::error::{Error, Result};
 ///   that may follow a write fails, the write still returns `Ok` and the
 ///   failure goes to [`FileCacheBuilder::on_compaction_error`].
 ///
-/// It is a `Cache<String, Vec<u8>>` and a `Cache<Vec<u8>, Vec<u8>>`: wrap it
-/// in a [`Serialised`](crate::Serialised) for typed values.
+/// A `FileCache` (that is, `FileCache<String>`) is a `Cache<String,
+/// Vec<u8>>`; one opened with [`FileCacheBuilder::byte_keys`] is a
+/// `FileCache<Vec<u8>>`, a `Cache<Vec<u8>, Vec<u8>>`. One key type per
+/// handle, so calls need no annotations. Wrap it in a
+/// [`Serialised`](crate::Serialised) for typed values.
 ///
 /// Unix only (it relies on `pwrite`, shared memory maps and `flock`). What
 /// it assumes of the OS, and what a process that does not use this crate
@@ -102,13 +106,53 @@ use crate::error::{Error, Result};
 /// # Ok(())
 /// # }
 /// ```
-pub struct FileCache {
+pub struct FileCache<K = String> {
     /// The path as given.
     path: PathBuf,
     options: Options,
     /// The state of this file in the process that opened the handle; after
     /// a fork, `Shared::current` finds the child's own.
     shared: Arc<Shared>,
+    keys: PhantomData<fn(K) -> K>,
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for String {}
+    impl Sealed for Vec<u8> {}
+}
+
+/// A key type a [`FileCache`] holds: `String` (the default, stored as its
+/// UTF-8 bytes) or `Vec<u8>` (see [`FileCacheBuilder::byte_keys`]). One
+/// handle has one key type, so calls need no type annotations. For keys of
+/// other types, make string keys of them with a
+/// [`KeyMaker`](crate::KeyMaker).
+pub trait FileKey: sealed::Sealed + Send + Sync + 'static {
+    /// The key's bytes in the file.
+    fn key_bytes(&self) -> &[u8];
+    /// The key made of bytes read from the file, or `None` when they are
+    /// not a key of this type (bytes that are not UTF-8, for `String`).
+    fn from_key_bytes(bytes: Vec<u8>) -> Option<Self>
+    where
+        Self: Sized;
+}
+
+impl FileKey for String {
+    fn key_bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+    fn from_key_bytes(bytes: Vec<u8>) -> Option<Self> {
+        String::from_utf8(bytes).ok()
+    }
+}
+
+impl FileKey for Vec<u8> {
+    fn key_bytes(&self) -> &[u8] {
+        self
+    }
+    fn from_key_bytes(bytes: Vec<u8>) -> Option<Self> {
+        Some(bytes)
+    }
 }
 
 /// Counters of one cache file in this process (every handle on the file
@@ -133,7 +177,7 @@ fn lock_poisoned<T>(result: std::result::Result<T, PoisonError<T>>) -> T {
     result.unwrap_or_else(PoisonError::into_inner)
 }
 
-impl FileCacheBuilder {
+impl<K> FileCacheBuilder<K> {
     /// Opens the cache file, creating it (with [`mode`](Self::mode), by
     /// default readable and writable by its owner only) if it does not
     /// exist. A symbolic link is followed: the lock file goes beside the
@@ -150,32 +194,37 @@ impl FileCacheBuilder {
     ///   [`allow_network_fs`](Self::allow_network_fs)), is not a regular
     ///   file, or is a dangling symbolic link;
     /// - [`Error::Io`] when it cannot be opened.
-    pub fn open(self) -> Result<FileCache> {
+    pub fn open(self) -> Result<FileCache<K>> {
         let options = self.options.validate()?;
         let shared = Shared::open(&self.path, &options)?;
         Ok(FileCache {
             path: self.path,
             options,
             shared,
+            keys: PhantomData,
         })
     }
 }
 
 impl FileCache {
-    /// Opens the cache file at `path` with default options, creating it if
-    /// need be. See [`FileCacheBuilder::open`].
+    /// Opens the cache file at `path` with default options and `String`
+    /// keys, creating it if need be. See [`FileCacheBuilder::open`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::builder(path).open()
     }
 
-    /// Options for opening the cache file at `path`.
+    /// Options for opening the cache file at `path` (with `String` keys
+    /// unless [`byte_keys`](FileCacheBuilder::byte_keys)).
     pub fn builder(path: impl AsRef<Path>) -> FileCacheBuilder {
         FileCacheBuilder {
             path: path.as_ref().to_owned(),
             options: Options::default(),
+            keys: PhantomData,
         }
     }
+}
 
+impl<K> FileCache<K> {
     /// The cache file's path, as given to [`open`](Self::open).
     pub fn path(&self) -> &Path {
         &self.path
@@ -419,18 +468,25 @@ fn read_value(state: &State, loc: &Loc) -> Option<Vec<u8>> {
     (crc(value) == loc.value_crc).then(|| value.to_vec())
 }
 
-impl Cache<Vec<u8>, Vec<u8>> for FileCache {
-    fn get(&self, key: &Vec<u8>) -> Result<Option<Vec<u8>>> {
-        self.get_bytes(key)
+/// Keys are stored as their bytes (a `String` as its UTF-8). Through a
+/// `String`-keyed handle, keys that are not UTF-8 (written by a byte-keyed
+/// handle on the same file) are left out of `keys` and `clear_matching`.
+impl<K: FileKey> Cache<K, Vec<u8>> for FileCache<K> {
+    fn get(&self, key: &K) -> Result<Option<Vec<u8>>> {
+        self.get_bytes(key.key_bytes())
     }
-    fn set(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
-        self.set_bytes(&key, &value)
+    fn set(&self, key: K, value: Vec<u8>) -> Result<()> {
+        self.set_bytes(key.key_bytes(), &value)
     }
-    fn remove(&self, key: &Vec<u8>) -> Result<Option<Vec<u8>>> {
-        self.remove_bytes(key)
+    fn remove(&self, key: &K) -> Result<Option<Vec<u8>>> {
+        self.remove_bytes(key.key_bytes())
     }
-    fn keys(&self) -> Result<Vec<Vec<u8>>> {
-        self.keys_bytes()
+    fn keys(&self) -> Result<Vec<K>> {
+        Ok(self
+            .keys_bytes()?
+            .into_iter()
+            .filter_map(K::from_key_bytes)
+            .collect())
     }
     fn values(&self) -> Result<Vec<Vec<u8>>> {
         let state = self.fresh()?;
@@ -443,48 +499,18 @@ impl Cache<Vec<u8>, Vec<u8>> for FileCache {
     fn clear(&self) -> Result<()> {
         FileCache::clear(self)
     }
-    fn clear_matching(&self, matches: &dyn Fn(&Vec<u8>) -> bool) -> Result<usize> {
+    fn clear_matching(&self, matches: &dyn Fn(&K) -> bool) -> Result<usize> {
         // The predicate runs with no lock held, so it may use this cache.
-        let mut keys = self.keys_bytes()?;
-        keys.retain(|k| matches(k));
-        self.remove_all(&keys)
-    }
-}
-
-/// String keys are stored as their UTF-8 bytes. Keys that are not UTF-8
-/// (written through the byte-keyed interface) are left out of `keys`.
-impl Cache<String, Vec<u8>> for FileCache {
-    fn get(&self, key: &String) -> Result<Option<Vec<u8>>> {
-        self.get_bytes(key.as_bytes())
-    }
-    fn set(&self, key: String, value: Vec<u8>) -> Result<()> {
-        self.set_bytes(key.as_bytes(), &value)
-    }
-    fn remove(&self, key: &String) -> Result<Option<Vec<u8>>> {
-        self.remove_bytes(key.as_bytes())
-    }
-    fn keys(&self) -> Result<Vec<String>> {
-        Ok(self
+        let keys: Vec<Vec<u8>> = self
             .keys_bytes()?
             .into_iter()
-            .filter_map(|k| String::from_utf8(k).ok())
-            .collect())
-    }
-    fn values(&self) -> Result<Vec<Vec<u8>>> {
-        Cache::<Vec<u8>, Vec<u8>>::values(self)
-    }
-    fn clear(&self) -> Result<()> {
-        FileCache::clear(self)
-    }
-    fn clear_matching(&self, matches: &dyn Fn(&String) -> bool) -> Result<usize> {
-        let mut keys = Cache::<String, Vec<u8>>::keys(self)?;
-        keys.retain(|k| matches(k));
-        let keys: Vec<Vec<u8>> = keys.into_iter().map(String::into_bytes).collect();
+            .filter(|bytes| K::from_key_bytes(bytes.clone()).is_some_and(|key| matches(&key)))
+            .collect();
         self.remove_all(&keys)
     }
 }
 
-impl fmt::Debug for FileCache {
+impl<K> fmt::Debug for FileCache<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // A forked child that has not used the cache yet has no state of its
         // own, and must not lock its parent's.
@@ -498,7 +524,7 @@ impl fmt::Debug for FileCache {
     }
 }
 
-impl Drop for FileCache {
+impl<K> Drop for FileCache<K> {
     fn drop(&mut self) {
         if let Durability::Periodic(_) = self.options.durability
             && let Some(shared) = self.shared.opened_here()

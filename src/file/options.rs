@@ -8,6 +8,7 @@
 //! panic on a value it was given.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,13 +45,23 @@ pub(super) type CompactionHook = Arc<dyn Fn(&Error) + Send + Sync>;
 ///
 /// Setters take any value; [`open`](FileCacheBuilder::open) checks them all
 /// and refuses an out-of-range one with [`Error::InvalidOption`].
-#[derive(Clone)]
-pub struct FileCacheBuilder {
+pub struct FileCacheBuilder<K = String> {
     pub(super) path: PathBuf,
     pub(super) options: Options,
+    pub(super) keys: PhantomData<fn(K) -> K>,
 }
 
-impl fmt::Debug for FileCacheBuilder {
+impl<K> Clone for FileCacheBuilder<K> {
+    fn clone(&self) -> Self {
+        FileCacheBuilder {
+            path: self.path.clone(),
+            options: self.options.clone(),
+            keys: PhantomData,
+        }
+    }
+}
+
+impl<K> fmt::Debug for FileCacheBuilder<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FileCacheBuilder")
             .field("path", &self.path)
@@ -165,7 +176,34 @@ impl Options {
     }
 }
 
-impl FileCacheBuilder {
+impl FileCacheBuilder<String> {
+    /// Keys of the handle this opens are `Vec<u8>` instead of `String`.
+    /// Both kinds of handle may open one file: keys are stored as bytes, a
+    /// `String` as its UTF-8.
+    ///
+    /// ```
+    /// use layercache::{Cache, FileCache};
+    /// # fn main() -> layercache::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("bytes.lc");
+    /// let bytes = FileCache::builder(&path).byte_keys().open()?;
+    /// bytes.set(b"k".to_vec(), b"v".to_vec())?;
+    /// let strings = FileCache::open(&path)?;
+    /// assert_eq!(strings.get(&"k".to_string())?, Some(b"v".to_vec()));
+    /// assert_eq!(bytes.keys()?, [b"k".to_vec()]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn byte_keys(self) -> FileCacheBuilder<Vec<u8>> {
+        FileCacheBuilder {
+            path: self.path,
+            options: self.options,
+            keys: PhantomData,
+        }
+    }
+}
+
+impl<K> FileCacheBuilder<K> {
     /// When writes are forced to disk (default [`Durability::Buffered`]).
     pub fn durability(mut self, durability: Durability) -> Self {
         self.options.durability = durability;

@@ -33,7 +33,7 @@ pub struct Damage {
     pub problem: &'static str,
 }
 
-impl FileCache {
+impl<K> FileCache<K> {
     /// Reads every committed record and checks its checksums; reports where
     /// the file is damaged. Damaged records read as missing; the next
     /// compaction drops them.

@@ -378,7 +378,8 @@ pub fn fnv(bytes: &[u8]) -> u64 {
 
 /// Every entry of `cache`, read through `keys` and `get`.
 pub fn state_of(cache: &FileCache) -> BTreeMap<String, Vec<u8>> {
-    Cache::<String, Vec<u8>>::keys(cache)
+    cache
+        .keys()
         .expect("keys")
         .into_iter()
         .map(|key| {
