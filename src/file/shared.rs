@@ -18,6 +18,11 @@
 //!   the moment it is opened until it is closed, and the `pthread_atfork`
 //!   prepare handler holds that mutex across `fork()`, so no descriptor
 //!   escapes the child handler.
+//! - A forked child takes no mutex, `Once` or lock of its parent's state
+//!   (any may have been held, at the fork, by a thread the child lacks):
+//!   its first use opens its own state through the registry, whose mutex
+//!   the handlers hold across the fork and release in the child, and
+//!   installing the handlers takes no lock at all.
 //! - Lock order: a state's exclusive lock, then its `RwLock<State>`; the
 //!   registry's mutex is taken inside either, never around them.
 
