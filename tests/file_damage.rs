@@ -7,6 +7,8 @@
 //! 32-byte header (`LCR1`, header crc, kind, key length at 12, value length
 //! at 16, key crc, value crc), the key, the value and zero padding.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::ops::Range;
@@ -899,29 +901,6 @@ fn damage_to_indexed_headers_and_keys_while_open_never_serves_wrong_bytes() {
     assert_eq!(missing.len(), recs.len());
 }
 
-/// Runs `work` in a forked child process (which reopens the cache file
-/// through any handle it inherited) and waits for it to succeed.
-fn in_forked_child(work: impl FnOnce()) {
-    // SAFETY: the child runs only `work` and then `_exit`s, never returning
-    // into the test harness; `work` only touches the cache and the heap
-    // (glibc's malloc is safe to use after fork).
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-    if pid == 0 {
-        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_ok();
-        // SAFETY: ends the child without running the parent's exit handlers.
-        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-    }
-    let mut status = 0;
-    // SAFETY: `pid` is our child and `status` is a valid out-pointer.
-    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert_eq!(waited, pid, "waitpid: {}", std::io::Error::last_os_error());
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "the child failed (wait status {status:#x})"
-    );
-}
-
 /// Damage to records written by another process after this one last
 /// looked: its first scan of them must never serve wrong bytes.
 #[test]
@@ -932,7 +911,7 @@ fn damage_to_records_another_process_wrote_since() {
     set(&reader, "before", b"indexed by both");
     let mark = file_len(&path);
     // Another process writes; this one has not indexed its records yet.
-    in_forked_child(|| {
+    support::in_forked_child(|| {
         let writer = FileCache::open(&path).unwrap();
         set(&writer, "hdr", b"its header will be damaged");
         set(&writer, "key", b"its key will be damaged");

@@ -918,6 +918,36 @@ fn a_deleted_and_recreated_file_is_not_overwritten_by_an_old_writer() {
     );
 }
 
+/// A process that only reads follows a data file that another process
+/// created anew at the path after it was deleted: the data epoch in the
+/// lock file's page tells it, with no lock and no system call on the
+/// read. (Before, only a writer noticed, so a reader served the deleted
+/// file's values for good.)
+#[test]
+fn a_reader_that_never_writes_follows_a_file_created_anew() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("reader.lc");
+    let reader = FileCache::open(&path).unwrap();
+    reader.set("old".to_string(), b"deleted".to_vec()).unwrap();
+    assert_eq!(
+        reader.get(&"old".to_string()).unwrap(),
+        Some(b"deleted".to_vec())
+    );
+    std::fs::remove_file(&path).unwrap();
+    support::in_forked_child(|| {
+        let other = FileCache::open(&path).expect("open: creates the file anew");
+        other
+            .set("new".to_string(), b"created".to_vec())
+            .expect("set");
+    });
+    assert_eq!(
+        reader.get(&"new".to_string()).unwrap(),
+        Some(b"created".to_vec())
+    );
+    assert_eq!(reader.get(&"old".to_string()).unwrap(), None);
+    assert_eq!(reader.len().unwrap(), 1);
+}
+
 /// A cache file replaced by hand (`mv other.lc cache.lc`) under an open
 /// handle: the handle's compaction must compact the file now at the path,
 /// never rename its old content over it, and its writes a little later go

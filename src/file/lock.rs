@@ -29,7 +29,7 @@
 use std::fs::{self, File};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -79,8 +79,9 @@ impl Writer {
 struct Holder {
     file: File,
     ident: Ident,
-    /// The lock file's page, for the data epoch.
-    page: MmapRaw,
+    /// The lock file's page, for the data epoch (shared with the states
+    /// loaded under this lock, whose readers check it without the lock).
+    page: Arc<LockPage>,
     writer: Writer,
 }
 
@@ -97,7 +98,7 @@ struct Holder {
 /// forked child inherits mappings. Were the page mapped from the locked
 /// description, a child would keep the parent's lock alive after the parent
 /// died holding it, and every writer would wait for the child to exit.
-pub(super) fn map_page(path: &Path, ident: Ident) -> std::io::Result<MmapRaw> {
+pub(super) fn map_page(path: &Path, ident: Ident) -> std::io::Result<Arc<LockPage>> {
     let file = super::identity::open_existing(path)?;
     if super::identity::ident(&file.metadata()?) != ident {
         return Err(std::io::Error::other(
@@ -105,7 +106,37 @@ pub(super) fn map_page(path: &Path, ident: Ident) -> std::io::Result<MmapRaw> {
         ));
     }
     reserve_page(&file)?;
-    MmapOptions::new().len(LOCK_PAGE as usize).map_raw(&file)
+    let map = MmapOptions::new().len(LOCK_PAGE as usize).map_raw(&file)?;
+    Ok(Arc::new(LockPage(map)))
+}
+
+/// The lock file's mapped page.
+#[derive(Debug)]
+pub(super) struct LockPage(MmapRaw);
+
+impl LockPage {
+    fn epoch_atomic(&self) -> &AtomicU64 {
+        // SAFETY: the page is mapped shared, read-write, from offset 0 of
+        // the lock file, which `map_page` made at least LOCK_PAGE long (and
+        // reserved) and no process shortens; a mapping is page aligned, so
+        // its first 8 bytes are aligned for an AtomicU64. Every process
+        // accesses these bytes only as this atomic, through its own shared
+        // mapping of the same page, and no slice ever covers them. The
+        // reference borrows `self`, so it cannot outlive the mapping.
+        unsafe { &*(self.0.as_ptr() as *const AtomicU64) }
+    }
+
+    /// The data epoch: how many times a data file was put at the path.
+    #[inline]
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch_atomic().load(Ordering::Acquire)
+    }
+
+    /// Records that a new data file is now at the path; returns the new
+    /// epoch. Only under the exclusive lock.
+    fn bump(&self) -> u64 {
+        self.epoch_atomic().fetch_add(1, Ordering::AcqRel) + 1
+    }
 }
 
 /// Allocates the blocks of the lock file's page, extending it if shorter.
@@ -202,26 +233,20 @@ impl ProcessLock {
 }
 
 impl Exclusive<'_> {
-    fn epoch_atomic(&self) -> &AtomicU64 {
-        // SAFETY: the page is mapped shared, read-write, from offset 0 of
-        // the lock file, which `map_page` made at least LOCK_PAGE long and no
-        // process shortens; a mapping is page aligned, so its first 8 bytes
-        // are aligned for an AtomicU64. Every process accesses these bytes
-        // only as this atomic, through its own shared mapping of the same
-        // page, and no slice ever covers them. The reference borrows `self`,
-        // so it cannot outlive the holder's mapping.
-        unsafe { &*(self.holder.page.as_ptr() as *const AtomicU64) }
-    }
-
     /// The data epoch: how many times a data file was put at the path.
     pub(super) fn epoch(&self) -> u64 {
-        self.epoch_atomic().load(Ordering::Acquire)
+        self.holder.page.epoch()
     }
 
     /// Records that a new data file is now at the path; returns the new
     /// epoch.
     pub(super) fn bump_epoch(&self) -> u64 {
-        self.epoch_atomic().fetch_add(1, Ordering::AcqRel) + 1
+        self.holder.page.bump()
+    }
+
+    /// The lock file's page, for a state loaded under this lock.
+    pub(super) fn page(&self) -> Arc<LockPage> {
+        self.holder.page.clone()
     }
 
     /// Makes sure the lock held is on the file now at `path`: if the lock
@@ -232,7 +257,7 @@ impl Exclusive<'_> {
     pub(super) fn ensure_current(
         &mut self,
         path: &Path,
-        mut reopen: impl FnMut(&File) -> Result<(File, Ident, MmapRaw)>,
+        mut reopen: impl FnMut(&File) -> Result<(File, Ident, Arc<LockPage>)>,
     ) -> Result<()> {
         loop {
             match fs::metadata(path) {

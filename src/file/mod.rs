@@ -274,13 +274,18 @@ impl<K> FileCache<K> {
         let shared = self.shared()?;
         {
             let state = shared.read();
-            if !state.superseded() && state.committed() == state.indexed {
+            if !state.superseded() && !state.epoch_moved() && state.committed() == state.indexed {
                 return Ok(state);
             }
         }
-        if shared.read().superseded() {
-            // Another process compacted: loading the new file takes the
-            // lock, as every load does, and so waits for its rename.
+        let moved = {
+            let state = shared.read();
+            state.superseded() || state.epoch_moved()
+        };
+        if moved {
+            // Another process compacted, or put a new file at the path:
+            // loading the file now there takes the lock, as every load does,
+            // and so waits for a compaction's rename.
             let mut lock = shared.exclusive()?;
             shared.follow(&mut lock, &mut shared.write(), false)?;
         } else {

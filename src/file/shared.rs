@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use memmap2::MmapRaw;
 
 use super::identity::{self, Ident, Paths, ident};
-use super::lock::{Exclusive, FULL_CHECK_EVERY, ProcessLock};
+use super::lock::{Exclusive, FULL_CHECK_EVERY, LockPage, ProcessLock};
 use super::lock_poisoned;
 use super::options::Options;
 use super::state::{State, map_file};
@@ -212,7 +212,7 @@ fn open_lock(paths: &Paths, mode: u32) -> Result<std::result::Result<(File, Iden
 /// of `old`, all under the registry's mutex: a failure closes the new
 /// descriptor before it was ever registered, and `old` stays registered
 /// until it closes.
-fn relock(paths: &Paths, mode: u32, old: &File) -> Result<(File, Ident, MmapRaw)> {
+fn relock(paths: &Paths, mode: u32, old: &File) -> Result<(File, Ident, Arc<LockPage>)> {
     let mut entries = registry();
     let file = identity::open_or_create(&paths.lock, mode, &paths.given)?;
     let id = ident(&file.metadata().map_err(|e| Error::io(&paths.given, e))?);
@@ -444,6 +444,7 @@ impl Shared {
             lock.ensure_current(&self.paths.lock, |old| relock(&self.paths, self.mode, old))?;
             if state.is_current(&self.paths) {
                 state.epoch = lock.epoch();
+                state.lock_page = lock.page();
             } else {
                 *state = State::load(&self.paths, self.growth, self.mode, self.allow_remote, lock)?;
             }

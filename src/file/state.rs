@@ -25,7 +25,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use super::format::{self, HEADER_SIZE, Kind, RECORD_HEADER_SIZE};
 use super::identity::{self, Ident, Paths, ident};
 use super::index::{Index, Loc};
-use super::lock::Exclusive;
+use super::lock::{Exclusive, LockPage};
 use super::log::{Damaged, Log, ScanEnd, Walked, walk};
 use crate::error::{Error, Result};
 
@@ -36,8 +36,11 @@ pub(super) struct State {
     pub(super) map: Arc<MmapRaw>,
     /// The data file's (device, inode), to notice it was replaced.
     pub(super) ident: Ident,
-    /// The lock file's data epoch when this file was loaded.
+    /// The lock file's data epoch when this file was loaded, and the lock
+    /// file's page, where readers watch it move with no lock and no system
+    /// call.
     pub(super) epoch: u64,
+    pub(super) lock_page: Arc<LockPage>,
     pub(super) generation: u64,
     pub(super) index: Index,
     /// Records below this offset are in the index.
@@ -98,6 +101,7 @@ impl State {
             map: Arc::new(map),
             ident: ident(&meta),
             epoch,
+            lock_page: lock.page(),
             generation,
             index: Index::default(),
             indexed: HEADER_SIZE,
@@ -231,6 +235,13 @@ impl State {
     #[inline]
     pub(super) fn file(&self) -> Log<'_> {
         Log::of(&self.map, self.indexed)
+    }
+
+    /// Whether another process has put a new data file at the path since
+    /// this one was loaded (one atomic load; see `lock.rs`).
+    #[inline]
+    pub(super) fn epoch_moved(&self) -> bool {
+        self.lock_page.epoch() != self.epoch
     }
 
     /// Whether the file is still the one at the data path: not superseded

@@ -402,3 +402,26 @@ pub fn compact_path(path: &Path) -> PathBuf {
     name.push(".compact");
     PathBuf::from(name)
 }
+
+/// Runs `work` in a forked child process (which reopens the cache file
+/// through any handle it inherited) and waits for it to succeed.
+pub fn in_forked_child(work: impl FnOnce()) {
+    // SAFETY: the child runs only `work` and then `_exit`s, never returning
+    // into the test harness; `work` only touches the cache and the heap
+    // (glibc's malloc is safe to use after fork).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_ok();
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: `pid` is our child and `status` is a valid out-pointer.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(waited, pid, "waitpid: {}", std::io::Error::last_os_error());
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child failed (wait status {status:#x})"
+    );
+}
