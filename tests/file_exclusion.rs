@@ -13,12 +13,10 @@
 
 mod support;
 
-use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,36 +25,13 @@ use layercache::{Cache, Error, FileCache};
 use tempfile::TempDir;
 
 use support::{
-    CHILD_DEADLINE, Finished, MARK, Rng, Running, arg, arg_u64, child_command, compact_path, fnv,
-    is_child, report, wait_for_file,
+    CHILD_DEADLINE, Finished, Rng, Running, Tmpfs, arg, arg_u64, child_command, compact_path,
+    is_child, open_manual, raw_report, report, skipped, value_of, wait_for_file,
 };
 
 /// How long a child of these tests writes at most before it stops by
 /// itself (the parent kills it at [`CHILD_DEADLINE`]).
 const RUN_LIMIT: Duration = Duration::from_secs(20);
-
-/// The value every writer here stores under `key`: derived from the key,
-/// so the parent knows it from the acknowledgement alone.
-fn value_of(key: &str) -> Vec<u8> {
-    format!("{key}={:016x}", fnv(key.as_bytes())).into_bytes()
-}
-
-/// Says loudly that (part of) a test did not run: straight to stderr, which
-/// the test harness does not capture, as one write.
-fn skipped(what: &str, why: &str) {
-    use std::io::Write as _;
-    let message = format!("\n*** SKIPPED {what}: {why} ***\n");
-    let _ = std::io::stderr().write_all(message.as_bytes());
-}
-
-/// Opens `path` with automatic compaction off: every compaction in these
-/// tests is an explicit one, where the test wants it.
-fn open_manual(path: &Path) -> FileCache {
-    FileCache::builder(path)
-        .compact_when(2.0, 0)
-        .open()
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
-}
 
 // ---------------------------------------------------------------------------
 // The writer child and the parent's check of what it acknowledged.
@@ -398,24 +373,6 @@ fn threads_of_one_process_keep_the_lock_while_another_process_compacts() {
 const FORKED_WORKERS: u64 = 4;
 const FORKED_WRITES: u64 = 300;
 const FORKED_COMPACT_EVERY: u64 = 25;
-
-/// Reports one line with plain `write(2)` calls on fd 1: nothing of std's
-/// stdout (its lock, its buffer) is used in a forked worker.
-fn raw_report(line: &str) {
-    let text = format!("{MARK}{line}\n");
-    let mut rest = text.as_bytes();
-    while !rest.is_empty() {
-        // SAFETY: writes initialised bytes of a live buffer to fd 1.
-        let n = unsafe { libc::write(1, rest.as_ptr().cast(), rest.len()) };
-        if n < 0 {
-            if std::io::Error::last_os_error().kind() == ErrorKind::Interrupted {
-                continue;
-            }
-            return;
-        }
-        rest = &rest[n as usize..];
-    }
-}
 
 /// A forked worker's work: unique keys `f<id>-<n>`, a compaction every
 /// `compact_every` writes.
@@ -1055,55 +1012,6 @@ fn a_failed_automatic_compaction_does_not_fail_the_write() {
     cache.compact().unwrap();
     assert_eq!(cache.len().unwrap(), 20);
     assert!(compact_leftovers(dir.path()).is_empty());
-}
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs {
-    dir: TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it), or says
-    /// why not.
-    fn mount(size: &str) -> Result<Tmpfs, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not root: cannot mount a tmpfs".to_string());
-        }
-        let dir = TempDir::new().map_err(|e| e.to_string())?;
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("mount: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            // Busy (a handle still open after a panic): detach it lazily.
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
 }
 
 /// A value of about 6 KB for `key`, different for every key.

@@ -27,75 +27,15 @@ use std::time::{Duration, Instant};
 use layercache::{Cache, FileCache};
 use tempfile::TempDir;
 
-use support::{Running, arg, child_command, fnv, is_child, report};
-
-fn value_of(key: &str) -> Vec<u8> {
-    format!("{key}={:016x}", fnv(key.as_bytes())).into_bytes()
-}
-
-fn skipped(what: &str, why: &str) {
-    use std::io::Write as _;
-    let message = format!("\n*** SKIPPED {what}: {why} ***\n");
-    let _ = std::io::stderr().write_all(message.as_bytes());
-}
-
-fn open_manual(path: &Path) -> FileCache {
-    FileCache::builder(path)
-        .compact_when(2.0, 0)
-        .open()
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
-}
+use support::{
+    Running, Tmpfs, arg, child_command, fnv, is_child, open_manual, raw_report, reap, report,
+    skipped, value_of,
+};
 
 fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".lock");
     PathBuf::from(name)
-}
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs {
-    dir: TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Result<Tmpfs, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not root: cannot mount a tmpfs".to_string());
-        }
-        let dir = TempDir::new().map_err(|e| e.to_string())?;
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .map_err(|e| format!("mount: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "mount -t tmpfs failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(self.dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .status();
-        }
-    }
 }
 
 /// Fills the file system holding `dir` until a write fails.
@@ -209,63 +149,12 @@ fn a_full_disk_and_a_new_lock_file_is_an_error_not_sigbus() {
 // 3. fork() from a busy multithreaded process, and from its children.
 // ---------------------------------------------------------------------------
 
-/// Reports one line with plain `write(2)` calls on fd 1 (a forked process
-/// must not touch std's stdout lock, which another thread may have held).
-fn raw_report(line: &str) {
-    let text = format!("{}{line}\n", support::MARK);
-    let mut rest = text.as_bytes();
-    while !rest.is_empty() {
-        // SAFETY: writes initialised bytes of a live buffer to fd 1.
-        let n = unsafe { libc::write(1, rest.as_ptr().cast(), rest.len()) };
-        if n <= 0 {
-            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return;
-        }
-        rest = &rest[n as usize..];
-    }
-}
-
 /// A value of about 600 bytes derived from the key.
 fn padded_value(key: &str) -> Vec<u8> {
     let mut value = value_of(key);
     let seed = fnv(key.as_bytes());
     value.extend((0..600u64).map(|i| (seed.wrapping_add(i * 31) >> 3) as u8));
     value
-}
-
-/// Waits for `pid` until `by`; kills it (and says so) after that. Returns
-/// a word for how it ended: `ok`, `exit <n>`, `signal <n>` or `hung`.
-fn reap(pid: libc::pid_t, by: Instant) -> String {
-    let mut status = 0;
-    loop {
-        // SAFETY: `pid` is our child; `status` is a live int.
-        let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if reaped == pid {
-            break;
-        }
-        if reaped < 0 {
-            return format!("waitpid {}", std::io::Error::last_os_error());
-        }
-        if Instant::now() > by {
-            // SAFETY: as above.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            return "hung".to_string();
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    if libc::WIFEXITED(status) {
-        match libc::WEXITSTATUS(status) {
-            0 => "ok".to_string(),
-            code => format!("exit {code}"),
-        }
-    } else {
-        format!("signal {}", libc::WTERMSIG(status))
-    }
 }
 
 /// In a forked process: `n` writes of `<prefix>-<i>` through `cache`

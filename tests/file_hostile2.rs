@@ -29,44 +29,7 @@ use std::time::{Duration, Instant};
 use layercache::{Cache, Durability, FileCache};
 use tempfile::TempDir;
 
-use support::{Running, arg, child_command, fnv, is_child, report};
-
-fn value_of(key: &str) -> Vec<u8> {
-    format!("{key}={:016x}", fnv(key.as_bytes())).into_bytes()
-}
-
-/// Waits for `pid` until `by`; kills it after that. Returns how it ended:
-/// `ok`, `exit <n>`, `signal <n>` or `hung`.
-fn reap(pid: libc::pid_t, by: Instant) -> String {
-    let mut status = 0;
-    loop {
-        // SAFETY: `pid` is our child; `status` is a live int.
-        let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if reaped == pid {
-            break;
-        }
-        if reaped < 0 {
-            return format!("waitpid {}", std::io::Error::last_os_error());
-        }
-        if Instant::now() > by {
-            // SAFETY: as above.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
-            return "hung".to_string();
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    if libc::WIFEXITED(status) {
-        match libc::WEXITSTATUS(status) {
-            0 => "ok".to_string(),
-            code => format!("exit {code}"),
-        }
-    } else {
-        format!("signal {}", libc::WTERMSIG(status))
-    }
-}
+use support::{Running, arg, child_command, is_child, reap, report, value_of};
 
 /// A page of `u64`s shared with forked children (`MAP_SHARED`), for them
 /// to say how far they got.

@@ -21,7 +21,7 @@ use tempfile::TempDir;
 
 use support::{
     CHILD_DEADLINE, Rng, Running, arg, arg_u64, assert_clean, child_command, compact_path,
-    configure, fnv, is_child, report, state_of, wait_for_file,
+    configure, fnv, is_child, open_manual, report, state_of, wait_for_file,
 };
 
 /// Prints the full state of the cache at `LAYERCACHE_ARG_PATH`: one
@@ -625,15 +625,6 @@ fn writer_killed_at_random_moments() {
 const STEADY_WRITERS: u64 = 2;
 const STEADY_KEYS: u64 = 30;
 const STEADY_COMPACTIONS: u64 = 10;
-
-/// Opens with automatic compaction off, so that every compaction is the
-/// parent's and the generations can be counted.
-fn open_manual(path: &Path) -> FileCache {
-    FileCache::builder(path)
-        .compact_when(2.0, 0)
-        .open()
-        .expect("open")
-}
 
 fn steady_value(key: &str, version: u64, pad: usize) -> String {
     format!("{key}:{version}:{}", ".".repeat(pad))

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -22,6 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use layercache::{Cache, FileCache};
+use tempfile::TempDir;
 
 // ---------------------------------------------------------------------------
 // Plumbing: children, their reports, a reproducible random number generator.
@@ -424,4 +425,124 @@ pub fn in_forked_child(work: impl FnOnce()) {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "the child failed (wait status {status:#x})"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Helpers of the exclusion and hostile tests.
+// ---------------------------------------------------------------------------
+
+/// The value every writer here stores under `key`: derived from the key,
+/// so the parent knows it from the acknowledgement alone.
+pub fn value_of(key: &str) -> Vec<u8> {
+    format!("{key}={:016x}", fnv(key.as_bytes())).into_bytes()
+}
+/// Says loudly that (part of) a test did not run: straight to stderr, which
+/// the test harness does not capture, as one write.
+pub fn skipped(what: &str, why: &str) {
+    use std::io::Write as _;
+    let message = format!("\n*** SKIPPED {what}: {why} ***\n");
+    let _ = std::io::stderr().write_all(message.as_bytes());
+}
+/// Opens `path` with automatic compaction off: every compaction in these
+/// tests is an explicit one, where the test wants it.
+pub fn open_manual(path: &Path) -> FileCache {
+    FileCache::builder(path)
+        .compact_when(2.0, 0)
+        .open()
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}
+/// Reports one line with plain `write(2)` calls on fd 1: nothing of std's
+/// stdout (its lock, its buffer) is used in a forked worker.
+pub fn raw_report(line: &str) {
+    let text = format!("{MARK}{line}\n");
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        // SAFETY: writes initialised bytes of a live buffer to fd 1.
+        let n = unsafe { libc::write(1, rest.as_ptr().cast(), rest.len()) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        rest = &rest[n as usize..];
+    }
+}
+/// A tmpfs mounted for one test, unmounted when dropped.
+pub struct Tmpfs {
+    dir: TempDir,
+}
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as `mount -o size=` takes it), or says
+    /// why not.
+    pub fn mount(size: &str) -> Result<Tmpfs, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root: cannot mount a tmpfs".to_string());
+        }
+        let dir = TempDir::new().map_err(|e| e.to_string())?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("mount: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Busy (a handle still open after a panic): detach it lazily.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+/// Waits for `pid` until `by`; kills it (and says so) after that. Returns
+/// a word for how it ended: `ok`, `exit <n>`, `signal <n>` or `hung`.
+pub fn reap(pid: libc::pid_t, by: Instant) -> String {
+    let mut status = 0;
+    loop {
+        // SAFETY: `pid` is our child; `status` is a live int.
+        let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if reaped == pid {
+            break;
+        }
+        if reaped < 0 {
+            return format!("waitpid {}", std::io::Error::last_os_error());
+        }
+        if Instant::now() > by {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return "hung".to_string();
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    if libc::WIFEXITED(status) {
+        match libc::WEXITSTATUS(status) {
+            0 => "ok".to_string(),
+            code => format!("exit {code}"),
+        }
+    } else {
+        format!("signal {}", libc::WTERMSIG(status))
+    }
 }
