@@ -905,6 +905,94 @@ fn a_reader_that_never_writes_follows_a_file_created_anew() {
     assert_eq!(reader.len().unwrap(), 1);
 }
 
+/// A FUSE mount (bindfs) of a directory for one test, unmounted when
+/// dropped.
+struct Bindfs {
+    source: TempDir,
+    mount: TempDir,
+}
+
+impl Bindfs {
+    /// Mounts a new directory with bindfs, or says why not.
+    fn mount() -> Result<Bindfs, String> {
+        let (source, mount) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+        let status = std::process::Command::new("bindfs")
+            .arg(source.path())
+            .arg(mount.path())
+            .status()
+            .map_err(|e| format!("bindfs: {e}"))?;
+        if !status.success() {
+            return Err(format!("bindfs failed: {status}"));
+        }
+        Ok(Bindfs { source, mount })
+    }
+}
+
+impl Drop for Bindfs {
+    fn drop(&mut self) {
+        let unmounted = std::process::Command::new("fusermount")
+            .arg("-u")
+            .arg(self.mount.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.mount.path())
+                .status();
+        }
+    }
+}
+
+/// A cache on a FUSE file system (a real bindfs mount) is refused, before
+/// anything is created there, with an error naming the file system and
+/// the way out; `allow_network_fs(true)` opens it. (NFS and SMB take the
+/// same path through `fstatfs`; a FUSE mount is the one this machine can
+/// make.) Needs bindfs: CI installs it and sets `LAYERCACHE_REQUIRE_FUSE`,
+/// elsewhere the test says SKIPPED loudly without it.
+#[test]
+fn a_cache_on_a_fuse_file_system_is_refused_unless_allowed() {
+    let fuse = match Bindfs::mount() {
+        Ok(fuse) => fuse,
+        Err(why) => {
+            assert!(
+                std::env::var_os("LAYERCACHE_REQUIRE_FUSE").is_none(),
+                "LAYERCACHE_REQUIRE_FUSE is set, but: {why}"
+            );
+            skipped(
+                "a_cache_on_a_fuse_file_system_is_refused_unless_allowed",
+                &why,
+            );
+            return;
+        }
+    };
+    let path = fuse.mount.path().join("remote.lc");
+    match FileCache::open(&path) {
+        Err(Error::Refused {
+            path: named,
+            reason,
+        }) => {
+            assert_eq!(named, path);
+            assert!(reason.contains("FUSE"), "{reason}");
+            assert!(reason.contains("allow_network_fs"), "{reason}");
+        }
+        other => panic!("expected Error::Refused, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_dir(fuse.mount.path()).unwrap().count(),
+        0,
+        "nothing was created on the refused file system"
+    );
+    let cache = FileCache::builder(&path)
+        .allow_network_fs(true)
+        .open()
+        .expect("allowed explicitly");
+    cache.set("k".to_string(), b"v".to_vec()).unwrap();
+    assert_eq!(cache.get(&"k".to_string()).unwrap(), Some(b"v".to_vec()));
+    drop(cache);
+    assert!(fuse.source.path().join("remote.lc").exists());
+}
+
 /// A cache file replaced by hand (`mv other.lc cache.lc`) under an open
 /// handle: the handle's compaction must compact the file now at the path,
 /// never rename its old content over it, and its writes a little later go

@@ -443,6 +443,7 @@ pub fn skipped(what: &str, why: &str) {
     let message = format!("\n*** SKIPPED {what}: {why} ***\n");
     let _ = std::io::stderr().write_all(message.as_bytes());
 }
+
 /// Opens `path` with automatic compaction off: every compaction in these
 /// tests is an explicit one, where the test wants it.
 pub fn open_manual(path: &Path) -> FileCache {
