@@ -66,7 +66,7 @@ pub(super) fn rewrite(
     }
     identity::sync_parent(&paths.data);
     lock.bump_epoch();
-    *state = State::load(paths, shared.growth, shared.mode, shared.allow_remote, lock)?;
+    *state = State::load(paths, &shared.settings, lock)?;
     Ok(())
 }
 

@@ -15,8 +15,10 @@
 //! - The lock file's first page is mapped shared and holds the data epoch:
 //!   a counter that every process bumps, under the lock, whenever it puts a
 //!   new data file at the path (creating one, or compaction's rename). A
-//!   writer that finds the epoch moved since it loaded its file knows, with
-//!   no system call, that the path names another file now.
+//!   writer or reader that finds the epoch moved since it loaded its file
+//!   knows, with no system call, that the path names another file now.
+//! - Every lock descriptor is a [`Registered`]: known to the fork handler
+//!   from the moment it is opened until it closes (see `shared.rs`).
 //! - A full check (a `stat` of the lock path and of the data path) runs
 //!   when the epoch moved, when the file is flagged superseded, before every
 //!   compaction, and otherwise at most every [`FULL_CHECK_EVERY`]: it
@@ -32,12 +34,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use memmap2::{MmapOptions, MmapRaw};
-
 use std::path::Path;
+
+use memmap2::{MmapOptions, MmapRaw};
 
 use super::identity::{Ident, ident};
 use super::lock_poisoned;
+use super::shared::Registered;
 use crate::error::{Error, Result};
 
 /// What the holder of the exclusive lock may use: the write buffer and the
@@ -77,7 +80,7 @@ impl Writer {
 
 #[derive(Debug)]
 struct Holder {
-    file: File,
+    file: Registered,
     ident: Ident,
     /// The lock file's page, for the data epoch (shared with the states
     /// loaded under this lock, whose readers check it without the lock).
@@ -184,17 +187,9 @@ pub(super) struct Exclusive<'a> {
 
 impl ProcessLock {
     /// Takes over `file`, the lock file at `path` whose identity is
-    /// `ident`, or gives it back with the error that prevented mapping its
-    /// page.
-    pub(super) fn new(
-        file: File,
-        ident: Ident,
-        path: &Path,
-    ) -> Result<Self, (std::io::Error, File)> {
-        let page = match map_page(path, ident) {
-            Ok(page) => page,
-            Err(e) => return Err((e, file)),
-        };
+    /// `ident`, and maps its page.
+    pub(super) fn new(file: Registered, ident: Ident, path: &Path) -> std::io::Result<Self> {
+        let page = map_page(path, ident)?;
         Ok(ProcessLock {
             held: Mutex::new(Holder {
                 file,
@@ -215,12 +210,6 @@ impl ProcessLock {
         let holder = lock_poisoned(self.held.lock());
         holder.file.lock().map_err(|e| Error::io(path, e))?;
         Ok(Exclusive { holder })
-    }
-
-    /// The lock file, for the fork handler's bookkeeping; `&mut` access
-    /// needs no locking (the state is being dropped).
-    pub(super) fn file_mut(&mut self) -> &File {
-        &lock_poisoned(self.held.get_mut()).file
     }
 }
 
@@ -257,14 +246,14 @@ impl Exclusive<'_> {
     pub(super) fn ensure_current(
         &mut self,
         path: &Path,
-        mut reopen: impl FnMut(&File) -> Result<(File, Ident, Arc<LockPage>)>,
+        mut reopen: impl FnMut() -> Result<(Registered, Ident, Arc<LockPage>)>,
     ) -> Result<()> {
         loop {
             match fs::metadata(path) {
                 Ok(meta) if ident(&meta) == self.holder.ident => return Ok(()),
                 _ => {
                     let _ = self.holder.file.unlock();
-                    let (file, id, page) = reopen(&self.holder.file)?;
+                    let (file, id, page) = reopen()?;
                     let holder = &mut *self.holder;
                     holder.file = file;
                     holder.ident = id;

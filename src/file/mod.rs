@@ -135,6 +135,10 @@ pub trait FileKey: sealed::Sealed + Send + Sync + 'static {
     fn from_key_bytes(bytes: Vec<u8>) -> Option<Self>
     where
         Self: Sized;
+    /// The key's bytes, taken without a copy.
+    fn into_key_bytes(self) -> Vec<u8>
+    where
+        Self: Sized;
 }
 
 impl FileKey for String {
@@ -144,6 +148,9 @@ impl FileKey for String {
     fn from_key_bytes(bytes: Vec<u8>) -> Option<Self> {
         String::from_utf8(bytes).ok()
     }
+    fn into_key_bytes(self) -> Vec<u8> {
+        self.into_bytes()
+    }
 }
 
 impl FileKey for Vec<u8> {
@@ -152,6 +159,9 @@ impl FileKey for Vec<u8> {
     }
     fn from_key_bytes(bytes: Vec<u8>) -> Option<Self> {
         Some(bytes)
+    }
+    fn into_key_bytes(self) -> Vec<u8> {
+        self
     }
 }
 
@@ -272,15 +282,13 @@ impl<K> FileCache<K> {
     /// The state, caught up with every write committed before the call.
     fn fresh(&self) -> Result<RwLockReadGuard<'_, State>> {
         let shared = self.shared()?;
-        {
-            let state = shared.read();
-            if !state.superseded() && !state.epoch_moved() && state.committed() == state.indexed {
-                return Ok(state);
-            }
-        }
         let moved = {
             let state = shared.read();
-            state.superseded() || state.epoch_moved()
+            let moved = state.superseded() || state.epoch_moved();
+            if !moved && state.committed() == state.indexed {
+                return Ok(state);
+            }
+            moved
         };
         if moved {
             // Another process compacted, or put a new file at the path:
@@ -348,7 +356,7 @@ impl<K> FileCache<K> {
             state.file.sync_data().map_err(io)?;
         }
         if end > state.map.len() as u64 {
-            state.map = Arc::new(map_file(&state.file, end, shared.growth).map_err(io)?);
+            state.map = Arc::new(map_file(&state.file, end, shared.settings.growth).map_err(io)?);
         }
         state.committed_atomic().store(end, Ordering::Release);
         if sync {
@@ -507,9 +515,10 @@ impl<K: FileKey> Cache<K, Vec<u8>> for FileCache<K> {
     fn clear_matching(&self, matches: &dyn Fn(&K) -> bool) -> Result<usize> {
         // The predicate runs with no lock held, so it may use this cache.
         let keys: Vec<Vec<u8>> = self
-            .keys_bytes()?
+            .keys()?
             .into_iter()
-            .filter(|bytes| K::from_key_bytes(bytes.clone()).is_some_and(|key| matches(&key)))
+            .filter(|key| matches(key))
+            .map(K::into_key_bytes)
             .collect();
         self.remove_all(&keys)
     }

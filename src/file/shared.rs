@@ -42,7 +42,7 @@ use super::identity::{self, Ident, Paths, ident};
 use super::lock::{Exclusive, FULL_CHECK_EVERY, LockPage, ProcessLock};
 use super::lock_poisoned;
 use super::options::Options;
-use super::state::{State, map_file};
+use super::state::{Settings, State, map_file};
 use crate::error::{Error, Result};
 
 /// One registered lock descriptor.
@@ -180,10 +180,21 @@ fn install_fork_handlers() -> Result<()> {
     Ok(())
 }
 
-/// Opens (creating with `mode`) the lock file at `paths.lock` and
-/// registers its descriptor, under the registry's mutex; or returns a live
-/// state already registered for the same file.
-fn open_lock(paths: &Paths, mode: u32) -> Result<std::result::Result<(File, Ident), Arc<Shared>>> {
+/// Opens (creating with `mode`) the lock file at `paths.lock`, and its
+/// identity. The caller holds the registry and registers it.
+fn open_lock_file(paths: &Paths, mode: u32) -> Result<(File, Ident)> {
+    let file = identity::open_or_create(&paths.lock, mode, &paths.given)?;
+    let id = ident(&file.metadata().map_err(|e| Error::io(&paths.given, e))?);
+    Ok((file, id))
+}
+
+/// Opens the lock file at `paths.lock` and registers its descriptor, under
+/// the registry's mutex; or returns a live state already registered for
+/// the same file.
+fn open_lock(
+    paths: &Paths,
+    mode: u32,
+) -> Result<std::result::Result<(Registered, Ident), Arc<Shared>>> {
     let generation = FORK_GENERATION.load(Ordering::Relaxed);
     let mut entries = registry();
     // Entries from before a fork are the parent's: already disowned.
@@ -193,43 +204,22 @@ fn open_lock(paths: &Paths, mode: u32) -> Result<std::result::Result<(File, Iden
     {
         return Ok(Err(shared));
     }
-    let file = identity::open_or_create(&paths.lock, mode, &paths.given)?;
-    let id = ident(&file.metadata().map_err(|e| Error::io(&paths.given, e))?);
+    let (file, id) = open_lock_file(paths, mode)?;
     if let Some(shared) = live(&entries, id) {
         return Ok(Err(shared));
     }
-    entries.push(Entry {
-        ident: id,
-        fd: file.as_raw_fd(),
-        fork_generation: generation,
-        shared: Weak::new(),
-    });
-    Ok(Ok((file, id)))
+    Ok(Ok((Registered::new(&mut entries, file, id), id)))
 }
 
 /// Opens the lock file now at `paths.lock` in place of `old`, which was
-/// removed or replaced, maps its page, and only then registers it in place
-/// of `old`, all under the registry's mutex: a failure closes the new
-/// descriptor before it was ever registered, and `old` stays registered
-/// until it closes.
-fn relock(paths: &Paths, mode: u32, old: &File) -> Result<(File, Ident, Arc<LockPage>)> {
+/// removed or replaced, and maps its page, then registers it, all under the
+/// registry's mutex: a failure closes the new descriptor before it was ever
+/// registered. `old` unregisters itself as it drops.
+fn relock(paths: &Paths, mode: u32) -> Result<(Registered, Ident, Arc<LockPage>)> {
     let mut entries = registry();
-    let file = identity::open_or_create(&paths.lock, mode, &paths.given)?;
-    let id = ident(&file.metadata().map_err(|e| Error::io(&paths.given, e))?);
+    let (file, id) = open_lock_file(paths, mode)?;
     let page = super::lock::map_page(&paths.lock, id).map_err(|e| Error::io(&paths.lock, e))?;
-    match entries.iter_mut().find(|e| e.fd == old.as_raw_fd()) {
-        Some(entry) => {
-            entry.fd = file.as_raw_fd();
-            entry.ident = id;
-        }
-        None => entries.push(Entry {
-            ident: id,
-            fd: file.as_raw_fd(),
-            fork_generation: FORK_GENERATION.load(Ordering::Relaxed),
-            shared: Weak::new(),
-        }),
-    }
-    Ok((file, id, page))
+    Ok((Registered::new(&mut entries, file, id), id, page))
 }
 
 fn live(entries: &[Entry], id: Ident) -> Option<Arc<Shared>> {
@@ -239,17 +229,39 @@ fn live(entries: &[Entry], id: Ident) -> Option<Arc<Shared>> {
         .find_map(|e| e.shared.upgrade())
 }
 
-/// Forgets the registry entry of the descriptor `fd`.
-fn unregister(fd: RawFd) {
-    registry().retain(|e| e.fd != fd);
+/// A lock descriptor the registry knows, from its registration until it
+/// closes: dropping it unregisters it first, so a fork in between cannot
+/// leave the fork handler a closed (or reused) number. Never drop one while
+/// holding the registry's mutex.
+#[derive(Debug)]
+pub(super) struct Registered(File);
+
+impl Registered {
+    fn new(entries: &mut Vec<Entry>, file: File, id: Ident) -> Registered {
+        entries.push(Entry {
+            ident: id,
+            fd: file.as_raw_fd(),
+            fork_generation: FORK_GENERATION.load(Ordering::Relaxed),
+            shared: Weak::new(),
+        });
+        Registered(file)
+    }
 }
 
-/// What a failed open holds until it has unregistered the lock descriptor:
-/// dropping it closes the descriptor.
-#[expect(dead_code, reason = "held only to be dropped after unregistering")]
-enum Unwound {
-    File(File),
-    Lock(ProcessLock),
+impl std::ops::Deref for Registered {
+    type Target = File;
+    fn deref(&self) -> &File {
+        &self.0
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // No unlock: a held lock is released by the `Exclusive` guard, and
+        // in a forked child the descriptor is `/dev/null` by now.
+        let fd = self.0.as_raw_fd();
+        registry().retain(|e| e.fd != fd);
+    }
 }
 
 /// A process's state for one cache file.
@@ -258,12 +270,7 @@ pub(super) struct Shared {
     fork_generation: u64,
     lock: ProcessLock,
     state: RwLock<State>,
-    /// The map's reach past the file's end.
-    pub(super) growth: u64,
-    /// The mode of files this state creates.
-    pub(super) mode: u32,
-    /// Whether the file may be on a network file system.
-    pub(super) allow_remote: bool,
+    pub(super) settings: Settings,
     /// Writes made by `Durability::Periodic` handles, and how many of them
     /// were covered by a completed sync.
     pub(super) written: AtomicU64,
@@ -302,65 +309,16 @@ impl Shared {
             Err(shared) => return Ok(shared),
         };
         let fd = file.as_raw_fd();
-        let built = Self::build(paths, file, id, options);
-        let mut entries = registry();
-        match built {
-            Ok(shared) => {
-                if let Some(winner) = live(&entries, id) {
-                    // Another thread opened the same file meanwhile: share
-                    // its state; ours unregisters as it drops.
-                    drop(entries);
-                    return Ok(winner);
-                }
-                if let Some(entry) = entries.iter_mut().find(|e| e.fd == fd) {
-                    entry.shared = Arc::downgrade(&shared);
-                }
-                Ok(shared)
-            }
-            Err(failed) => {
-                let (error, lock) = *failed;
-                // Unregister before the descriptor closes, as in `drop`.
-                entries.retain(|e| e.fd != fd);
-                drop(entries);
-                drop(lock);
-                Err(error)
-            }
-        }
-    }
-
-    fn build(
-        paths: Paths,
-        file: File,
-        id: Ident,
-        options: &Options,
-    ) -> std::result::Result<Arc<Shared>, Box<(Error, Unwound)>> {
-        let lock = match ProcessLock::new(file, id, &paths.lock) {
-            Ok(lock) => lock,
-            Err((e, file)) => {
-                return Err(Box::new((Error::io(&paths.given, e), Unwound::File(file))));
-            }
-        };
-        let loaded = lock.exclusive(&paths.lock).and_then(|exclusive| {
-            State::load(
-                &paths,
-                options.growth,
-                options.mode,
-                options.allow_network_fs,
-                &exclusive,
-            )
-        });
-        let state = match loaded {
-            Ok(state) => state,
-            Err(e) => return Err(Box::new((e, Unwound::Lock(lock)))),
-        };
-        Ok(Arc::new(Shared {
+        let settings = Settings::of(options);
+        let lock =
+            ProcessLock::new(file, id, &paths.lock).map_err(|e| Error::io(&paths.given, e))?;
+        let state = State::load(&paths, &settings, &lock.exclusive(&paths.lock)?)?;
+        let shared = Arc::new(Shared {
             paths,
             fork_generation: FORK_GENERATION.load(Ordering::Relaxed),
             lock,
             state: RwLock::new(state),
-            growth: options.growth,
-            mode: options.mode,
-            allow_remote: options.allow_network_fs,
+            settings,
             written: AtomicU64::new(0),
             synced: AtomicU64::new(0),
             flusher: OnceLock::new(),
@@ -369,7 +327,18 @@ impl Shared {
             compaction_failures: AtomicU64::new(0),
             forked: OnceLock::new(),
             starting: Mutex::new(()),
-        }))
+        });
+        let mut entries = registry();
+        if let Some(winner) = live(&entries, id) {
+            // Another thread opened the same file meanwhile: share its
+            // state; ours unregisters as it drops, after the registry.
+            drop(entries);
+            return Ok(winner);
+        }
+        if let Some(entry) = entries.iter_mut().find(|e| e.fd == fd) {
+            entry.shared = Arc::downgrade(&shared);
+        }
+        Ok(shared)
     }
 
     /// The state this process uses: `self`, or after a fork the child's own
@@ -441,12 +410,12 @@ impl Shared {
             || state.epoch != lock.epoch()
             || Instant::now() >= lock.next_full_check;
         if due {
-            lock.ensure_current(&self.paths.lock, |old| relock(&self.paths, self.mode, old))?;
+            lock.ensure_current(&self.paths.lock, || relock(&self.paths, self.settings.mode))?;
             if state.is_current(&self.paths) {
                 state.epoch = lock.epoch();
                 state.lock_page = lock.page();
             } else {
-                *state = State::load(&self.paths, self.growth, self.mode, self.allow_remote, lock)?;
+                *state = State::load(&self.paths, &self.settings, lock)?;
             }
             lock.next_full_check = Instant::now() + FULL_CHECK_EVERY;
         }
@@ -461,7 +430,7 @@ impl Shared {
         let committed = state.committed();
         if committed > state.map.len() as u64 {
             state.map = Arc::new(
-                map_file(&state.file, committed, self.growth)
+                map_file(&state.file, committed, self.settings.growth)
                     .map_err(|e| Error::io(&self.paths.given, e))?,
             );
         }
@@ -534,8 +503,9 @@ fn flush_loop(shared: Weak<Shared>) {
             return;
         };
         if shared.unsynced() {
-            // An error is retried on the next round (the flag stays set);
-            // `Durability::Sync` is for callers that must hear of it.
+            // An error is retried on the next round (the writes stay
+            // unsynced); `Durability::Sync` is for callers that must hear
+            // of it.
             let _ = shared.sync();
         }
     }
@@ -543,12 +513,7 @@ fn flush_loop(shared: Weak<Shared>) {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        // Unregister before the descriptor closes (as the fields drop), so a
-        // fork in between cannot leave it unknown to the child handler. No
-        // unlock here: a held lock is released by the `Exclusive` guard, and
-        // in a forked child the descriptor is `/dev/null` by now.
-        let fd = self.lock.file_mut().as_raw_fd();
-        unregister(fd);
+        // The lock descriptor unregisters itself as the fields drop.
         if let Some(flusher) = self.flusher.get() {
             flusher.unpark(); // let it see we are gone
         }

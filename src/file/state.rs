@@ -27,7 +27,30 @@ use super::identity::{self, Ident, Paths, ident};
 use super::index::{Index, Loc};
 use super::lock::{Exclusive, LockPage};
 use super::log::{Damaged, Log, ScanEnd, Walked, walk};
+use super::options::Options;
 use crate::error::{Error, Result};
+
+/// What one process's state of a file was opened with, for every load of
+/// it (the first handle's options: see `FileCacheBuilder::growth`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Settings {
+    /// The map's reach past the file's end.
+    pub(super) growth: u64,
+    /// The mode of files this state creates.
+    pub(super) mode: u32,
+    /// Whether the file may be on a network file system.
+    pub(super) allow_remote: bool,
+}
+
+impl Settings {
+    pub(super) fn of(options: &Options) -> Settings {
+        Settings {
+            growth: options.growth,
+            mode: options.mode,
+            allow_remote: options.allow_network_fs,
+        }
+    }
+}
 
 /// One process's view of one file: the mapping and the index.
 pub(super) struct State {
@@ -53,29 +76,20 @@ impl State {
     /// lock, so nobody is writing: a new file gets its header, a torn tail
     /// past the committed length is cut off, and a compaction file left by
     /// a compaction that died is removed.
-    pub(super) fn load(
-        paths: &Paths,
-        growth: u64,
-        mode: u32,
-        allow_remote: bool,
-        lock: &Exclusive<'_>,
-    ) -> Result<State> {
+    pub(super) fn load(paths: &Paths, settings: &Settings, lock: &Exclusive<'_>) -> Result<State> {
         let given = &paths.given;
         let io = |e| Error::io(given, e);
         let format_error = |reason: String| Error::Format {
             path: given.to_owned(),
             reason,
         };
-        let file = identity::open_or_create(&paths.data, mode, given)?;
+        let file = identity::open_or_create(&paths.data, settings.mode, given)?;
         let meta = file.metadata().map_err(io)?;
         identity::check_links(&meta, given)?;
-        identity::check_local(&file, given, allow_remote)?;
-        match std::fs::remove_file(&paths.compact) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            // A directory, or no permission: compaction will report it.
-            Err(_) => {}
-        }
+        identity::check_local(&file, given, settings.allow_remote)?;
+        // Nothing there, a directory, no permission: whatever stays in the
+        // way, the next compaction reports.
+        let _ = std::fs::remove_file(&paths.compact);
         let mut len = meta.len();
         let epoch = if len == 0 {
             // A new data file at the path: tell the processes still on an
@@ -95,7 +109,7 @@ impl State {
         let mut header = vec![0u8; HEADER_SIZE as usize];
         file.read_exact_at(&mut header, 0).map_err(io)?;
         let generation = format::check_header(&header).map_err(|p| format_error(p.to_string()))?;
-        let map = map_file(&file, len, growth).map_err(io)?;
+        let map = map_file(&file, len, settings.growth).map_err(io)?;
         let mut state = State {
             file: Arc::new(file),
             map: Arc::new(map),
