@@ -246,14 +246,14 @@ impl Exclusive<'_> {
     pub(super) fn ensure_current(
         &mut self,
         path: &Path,
-        mut reopen: impl FnMut() -> Result<(Registered, Ident, Arc<LockPage>)>,
+        mut reopen: impl FnMut(&Registered) -> Result<(Registered, Ident, Arc<LockPage>)>,
     ) -> Result<()> {
         loop {
             match fs::metadata(path) {
                 Ok(meta) if ident(&meta) == self.holder.ident => return Ok(()),
                 _ => {
                     let _ = self.holder.file.unlock();
-                    let (file, id, page) = reopen()?;
+                    let (file, id, page) = reopen(&self.holder.file)?;
                     let holder = &mut *self.holder;
                     holder.file = file;
                     holder.ident = id;

@@ -212,14 +212,29 @@ fn open_lock(
 }
 
 /// Opens the lock file now at `paths.lock` in place of `old`, which was
-/// removed or replaced, and maps its page, then registers it, all under the
-/// registry's mutex: a failure closes the new descriptor before it was ever
-/// registered. `old` unregisters itself as it drops.
-fn relock(paths: &Paths, mode: u32) -> Result<(Registered, Ident, Arc<LockPage>)> {
+/// removed or replaced, and maps its page, then registers it for the same
+/// state as `old`, all under the registry's mutex: a failure closes the new
+/// descriptor before it was ever registered, and the state stays the one
+/// this process finds for the new lock file. `old` unregisters itself as it
+/// drops.
+fn relock(
+    paths: &Paths,
+    mode: u32,
+    old: &Registered,
+) -> Result<(Registered, Ident, Arc<LockPage>)> {
     let mut entries = registry();
     let (file, id) = open_lock_file(paths, mode)?;
     let page = super::lock::map_page(&paths.lock, id).map_err(|e| Error::io(&paths.lock, e))?;
-    Ok((Registered::new(&mut entries, file, id), id, page))
+    let state = entries
+        .iter()
+        .find(|e| e.fd == old.as_raw_fd())
+        .map(|e| e.shared.clone())
+        .unwrap_or_default();
+    let file = Registered::new(&mut entries, file, id);
+    if let Some(entry) = entries.last_mut() {
+        entry.shared = state;
+    }
+    Ok((file, id, page))
 }
 
 fn live(entries: &[Entry], id: Ident) -> Option<Arc<Shared>> {
@@ -410,7 +425,9 @@ impl Shared {
             || state.epoch != lock.epoch()
             || Instant::now() >= lock.next_full_check;
         if due {
-            lock.ensure_current(&self.paths.lock, || relock(&self.paths, self.settings.mode))?;
+            lock.ensure_current(&self.paths.lock, |old| {
+                relock(&self.paths, self.settings.mode, old)
+            })?;
             if state.is_current(&self.paths) {
                 state.epoch = lock.epoch();
                 state.lock_page = lock.page();
@@ -428,6 +445,14 @@ impl Shared {
     /// committed length never change.
     pub(super) fn catch_up(&self, state: &mut State) -> Result<()> {
         let committed = state.committed();
+        if committed < state.indexed {
+            // The committed length went back: only writers that did not
+            // exclude each other (a lock file deleted under them) can do
+            // that, and what this state indexed past it may be gone. Index
+            // the file afresh, so that records appended from here on are
+            // seen.
+            state.reindex();
+        }
         if committed > state.map.len() as u64 {
             state.map = Arc::new(
                 map_file(&state.file, committed, self.settings.growth)

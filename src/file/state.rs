@@ -131,8 +131,7 @@ impl State {
             // writer only ever advances it to a record's end). Keep every
             // whole record in the file instead of cutting one in half.
             committed = state.valid_end(len);
-            state.index = Index::default();
-            state.indexed = HEADER_SIZE;
+            state.reindex();
             state.scan(committed);
         }
         if len > committed {
@@ -243,6 +242,13 @@ impl State {
         });
         self.indexed = to;
         end
+    }
+
+    /// Forgets the index, so that the next scan indexes every committed
+    /// record again.
+    pub(super) fn reindex(&mut self) {
+        self.index = Index::default();
+        self.indexed = HEADER_SIZE;
     }
 
     /// The indexed records.
