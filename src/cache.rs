@@ -2,21 +2,89 @@
 
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::entry::Entry;
 use crate::error::Result;
+
+/// What a layer reports to a [watcher](Cache::watch) when a key changed
+/// behind its back (another process or host wrote it).
+#[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Invalidation<'a, K> {
+    /// This key changed or went away.
+    Key(&'a K),
+    /// Anything may have changed (the layer lost track, or was cleared):
+    /// forget everything learned from it.
+    All,
+}
+
+impl<K> Clone for Invalidation<'_, K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K> Copy for Invalidation<'_, K> {}
+
+/// What receives a layer's [`Invalidation`]s: see [`Cache::watch`].
+///
+/// Any `Fn(Invalidation<'_, K>) + Send + Sync` closure is a watcher that
+/// stays active for good.
+pub trait Watcher<K>: Send + Sync {
+    /// `invalidation` happened in the watched layer.
+    fn invalidated(&self, invalidation: Invalidation<'_, K>);
+
+    /// Whether this watcher still wants reports. A layer drops watchers
+    /// that say no (a [`Layered`](crate::Layered) stack's watcher says no
+    /// once the stack is dropped), so a long-lived layer shared by many
+    /// short-lived stacks does not collect them.
+    fn is_active(&self) -> bool {
+        true
+    }
+}
+
+impl<K, F: Fn(Invalidation<'_, K>) + Send + Sync> Watcher<K> for F {
+    fn invalidated(&self, invalidation: Invalidation<'_, K>) {
+        self(invalidation)
+    }
+}
 
 /// A thread-safe key-value cache: the one trait every layer implements.
 ///
-/// A backend implements four methods — [`get`](Cache::get),
-/// [`set`](Cache::set), [`remove`](Cache::remove) and [`keys`](Cache::keys) —
-/// and [`Debug`], which should show its structure (the stack of a
-/// [`Layered`](crate::Layered) cache prints as
+/// A backend implements four methods — [`get_entry`](Cache::get_entry),
+/// [`set_entry`](Cache::set_entry), [`remove`](Cache::remove) and
+/// [`keys`](Cache::keys) — and [`Debug`], which should show its structure
+/// (the stack of a [`Layered`](crate::Layered) cache prints as
 /// `Layered[Memory(2 entries), Serialised<Json>(...)]`). The other methods
 /// have defaults built on those four; override them when the backend can do
 /// better.
 ///
 /// The trait is object safe, so `Box<dyn Cache<K, V>>` is a cache, and so
 /// are `Arc<C>` and `&C` for any cache `C`.
+///
+/// # Entries and deadlines
+///
+/// Every stored value is an [`Entry`]: the value and two optional
+/// deadlines, `expires` (after it, a read misses) and `fresh_until` (after
+/// it, the value is stale: still returned, but due for a refresh). The
+/// contract every implementation keeps:
+///
+/// - [`get_entry`](Cache::get_entry) never returns an entry that has
+///   expired by the cache's [`clock`](Cache::clock), and returns the
+///   deadlines it was given (a layer that keeps times relative, like Redis,
+///   may round them to its resolution, never extend them).
+/// - [`set_entry`](Cache::set_entry) either keeps both deadlines or fails
+///   with [`Error::Unsupported`](crate::Error::Unsupported); it never stores
+///   an expiring entry as one that lives forever. An entry that has already
+///   expired is not stored, and removes what was there.
+/// - [`get`](Cache::get) and [`set`](Cache::set) are the same calls without
+///   deadlines; their defaults go through the entry methods.
+///
+/// The entry methods are required, not provided, so that a wrapper cannot
+/// forget to forward them (it would report entries that never expire, and a
+/// [`Layered`](crate::Layered) stack would promote a dead value for good).
 ///
 /// # Errors
 ///
@@ -39,17 +107,35 @@ use crate::error::Result;
 /// # }
 /// ```
 pub trait Cache<K, V>: Send + Sync + Debug {
-    /// The value stored for `key`, or `None`.
-    fn get(&self, key: &K) -> Result<Option<V>>;
+    /// The entry stored for `key` with its deadlines, or `None` (also when
+    /// it has expired).
+    fn get_entry(&self, key: &K) -> Result<Option<Entry<V>>>;
 
-    /// Store `value` for `key`, replacing what was there.
-    fn set(&self, key: K, value: V) -> Result<()>;
+    /// Store `entry` for `key`, replacing what was there, keeping its
+    /// deadlines (or failing if the cache cannot keep them).
+    fn set_entry(&self, key: K, entry: Entry<V>) -> Result<()>;
 
     /// Remove `key`, returning what was stored, or `None`.
     fn remove(&self, key: &K) -> Result<Option<V>>;
 
     /// A snapshot of the keys; entries may change as soon as it returns.
     fn keys(&self) -> Result<Vec<K>>;
+
+    /// The value stored for `key`, or `None` (also when it has expired).
+    ///
+    /// The default is [`get_entry`](Cache::get_entry) without the deadlines.
+    #[inline]
+    fn get(&self, key: &K) -> Result<Option<V>> {
+        Ok(self.get_entry(key)?.map(Entry::into_value))
+    }
+
+    /// Store `value` for `key`, replacing what was there; it never expires.
+    ///
+    /// The default is [`set_entry`](Cache::set_entry) with no deadlines.
+    #[inline]
+    fn set(&self, key: K, value: V) -> Result<()> {
+        self.set_entry(key, Entry::new(value))
+    }
 
     /// A snapshot of the values.
     ///
@@ -91,6 +177,27 @@ pub trait Cache<K, V>: Send + Sync + Debug {
         }
         Ok(removed)
     }
+
+    /// The clock this cache checks deadlines against; the default is the
+    /// [`SystemClock`]. [`CacheExt::set_with_ttl`] reads it to turn a
+    /// time-to-live into a deadline.
+    fn clock(&self) -> &dyn Clock {
+        &SystemClock
+    }
+
+    /// Ask this cache to report keys that *others* change (another process
+    /// or host writing the same store) to `watcher`, from now on. Returns
+    /// whether it will: the default, for a cache only this handle writes,
+    /// is `false` and never calls `watcher`.
+    ///
+    /// A [`Layered`](crate::Layered) stack watches each of its layers and,
+    /// on a report, drops the key from the layers above and stops any
+    /// promotion of it that is under way. A cache calls `watcher` with no
+    /// lock of its own held.
+    fn watch(&self, watcher: Arc<dyn Watcher<K>>) -> bool {
+        let _ = watcher;
+        false
+    }
 }
 
 /// Implements `Cache` for a pointer-like type by forwarding every method,
@@ -98,6 +205,14 @@ pub trait Cache<K, V>: Send + Sync + Debug {
 macro_rules! forward_cache {
     ($($ty:ty),*) => {$(
         impl<K, V, C: $crate::cache::Cache<K, V> + ?Sized> $crate::cache::Cache<K, V> for $ty {
+            #[inline]
+            fn get_entry(&self, key: &K) -> $crate::error::Result<Option<$crate::entry::Entry<V>>> {
+                (**self).get_entry(key)
+            }
+            #[inline]
+            fn set_entry(&self, key: K, entry: $crate::entry::Entry<V>) -> $crate::error::Result<()> {
+                (**self).set_entry(key, entry)
+            }
             #[inline]
             fn get(&self, key: &K) -> $crate::error::Result<Option<V>> {
                 (**self).get(key)
@@ -121,6 +236,12 @@ macro_rules! forward_cache {
             }
             fn clear_matching(&self, matches: &dyn Fn(&K) -> bool) -> $crate::error::Result<usize> {
                 (**self).clear_matching(matches)
+            }
+            fn clock(&self) -> &dyn $crate::clock::Clock {
+                (**self).clock()
+            }
+            fn watch(&self, watcher: std::sync::Arc<dyn $crate::cache::Watcher<K>>) -> bool {
+                (**self).watch(watcher)
             }
         }
     )*};
@@ -178,6 +299,79 @@ pub trait CacheExt<K, V>: Cache<K, V> {
         let value = make()?;
         self.set(key, value.clone())?;
         Ok(value)
+    }
+
+    /// Store `value` for `key`, expiring `ttl` from now by the cache's
+    /// [`clock`](Cache::clock).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use layercache::{Cache, CacheExt, MemoryCache};
+    ///
+    /// # fn main() -> layercache::Result<()> {
+    /// let cache = MemoryCache::new();
+    /// cache.set_with_ttl("session".to_string(), 42, Duration::from_secs(300))?;
+    /// let entry = cache.get_entry(&"session".to_string())?.expect("just set");
+    /// assert_eq!(entry.value, 42);
+    /// assert!(entry.expires().is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn set_with_ttl(&self, key: K, value: V, ttl: Duration) -> Result<()> {
+        let now = self.clock().now();
+        self.set_entry(key, Entry::expiring_in(value, now, ttl))
+    }
+
+    /// Store `value` for `key`, fresh for `fresh_for` and expiring after
+    /// `ttl`, both from now by the cache's [`clock`](Cache::clock). Between
+    /// the two the value is served but stale (see [`Entry`]).
+    fn set_with_freshness(
+        &self,
+        key: K,
+        value: V,
+        fresh_for: Duration,
+        ttl: Duration,
+    ) -> Result<()> {
+        let now = self.clock().now();
+        let entry = Entry::expiring_in(value, now, ttl).with_fresh_until(now + fresh_for);
+        self.set_entry(key, entry)
+    }
+
+    /// Store `value` for `key`, expiring at `expires`.
+    fn set_expiring_at(&self, key: K, value: V, expires: Timestamp) -> Result<()> {
+        self.set_entry(key, Entry::new(value).with_expires(expires))
+    }
+
+    /// The value for a key given in a borrowed form: `&str` for `String`
+    /// keys, `&[u8]` for `Vec<u8>` keys. It builds the owned key (an
+    /// allocation for those types); [`MemoryCache`](crate::MemoryCache) has
+    /// an inherent `get_by` that does not.
+    ///
+    /// ```
+    /// use layercache::{Cache, CacheExt, MemoryCache};
+    ///
+    /// # fn main() -> layercache::Result<()> {
+    /// let cache = MemoryCache::new().boxed();
+    /// cache.set("k".to_string(), 1)?;
+    /// assert_eq!(cache.get_by("k")?, Some(1));
+    /// assert_eq!(cache.remove_by("k")?, Some(1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn get_by<Q>(&self, key: &Q) -> Result<Option<V>>
+    where
+        Q: ?Sized + ToOwned<Owned = K>,
+    {
+        self.get(&key.to_owned())
+    }
+
+    /// Remove a key given in a borrowed form; see
+    /// [`get_by`](CacheExt::get_by).
+    fn remove_by<Q>(&self, key: &Q) -> Result<Option<V>>
+    where
+        Q: ?Sized + ToOwned<Owned = K>,
+    {
+        self.remove(&key.to_owned())
     }
 
     /// Remove every entry whose key contains a match for `pattern`

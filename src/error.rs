@@ -194,6 +194,16 @@ pub enum Error {
         /// The cache key of the call.
         key: String,
     },
+
+    /// The cache cannot do what was asked and refuses rather than do
+    /// something else: for example keep a deadline it has nowhere to store.
+    #[error("{cache} cannot {what}")]
+    Unsupported {
+        /// The kind of cache.
+        cache: &'static str,
+        /// What it cannot do, and why.
+        what: &'static str,
+    },
 }
 
 impl Error {

@@ -3,12 +3,15 @@
 use std::fmt;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
-use hashbrown::HashSet;
+use hashbrown::{DefaultHashBuilder, HashSet};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Invalidation, Watcher};
+use crate::clock::{Clock, SystemClock};
+use crate::entry::Entry;
 use crate::error::{Error, Operation, Result};
+use std::hash::BuildHasher;
 
 /// What a [`Layered`] cache does when one of its layers fails.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,13 +53,191 @@ impl fmt::Display for LayerFailure<'_> {
 
 type FailureHook = Arc<dyn Fn(&LayerFailure<'_>) + Send + Sync>;
 
+/// Striped per-key generations: what lets a promotion see that a `set`,
+/// `remove` or invalidation of its key ran while it was reading a lower
+/// layer.
+///
+/// Each stripe is one word: the number of writers in flight in its top 16
+/// bits, a count of finished writes below. A writer adds [`BEGIN`] before
+/// it touches any layer and [`END`] after it is done with all of them. A
+/// promotion loads the word before it reads the lower layers and again
+/// after it has written the upper ones; it keeps what it wrote only if the
+/// word was the same both times and showed no writer in flight. Then every
+/// writer of the key either finished before the promotion read (so it read
+/// that writer's value or a later one) or began after the promotion wrote
+/// (so the writer's value replaces the promoted one). Otherwise the
+/// promotion removes what it wrote: a spurious miss, never a stale hit.
+///
+/// Keys that share a stripe only cost each other a skipped promotion.
+struct Generations {
+    stripes: Box<[AtomicU64]>,
+    hasher: DefaultHashBuilder,
+}
+
+/// The in-flight writer count's unit.
+const BEGIN: u64 = 1 << 48;
+/// One fewer writer in flight and one more finished write, as one addition
+/// (wrapping; the count of writers is at least one when it is applied).
+const END: u64 = 1u64.wrapping_sub(BEGIN);
+/// The bits that count writers in flight.
+const IN_FLIGHT: u64 = !(BEGIN - 1);
+/// Stripes per stack: 8 KiB of counters.
+const STRIPES: usize = 1024;
+
+impl Generations {
+    fn new() -> Self {
+        Self {
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            hasher: DefaultHashBuilder::default(),
+        }
+    }
+
+    fn stripe<K: Hash + ?Sized>(&self, key: &K) -> &AtomicU64 {
+        let hash = self.hasher.hash_one(key);
+        &self.stripes[(hash >> 32) as usize % STRIPES]
+    }
+
+    /// Marks a write of `key` in flight until the guard is dropped (also
+    /// when a layer panics, so a stripe is never left busy).
+    fn write<K: Hash + ?Sized>(&self, key: &K) -> Writing<'_> {
+        let stripe = self.stripe(key);
+        stripe.fetch_add(BEGIN, Ordering::SeqCst);
+        Writing(std::slice::from_ref(stripe))
+    }
+
+    /// Marks a write of every key in flight until the guard is dropped.
+    fn write_all(&self) -> Writing<'_> {
+        for stripe in self.stripes.iter() {
+            stripe.fetch_add(BEGIN, Ordering::SeqCst);
+        }
+        Writing(&self.stripes)
+    }
+}
+
+/// A write in flight on some stripes; ends when dropped.
+struct Writing<'a>(&'a [AtomicU64]);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        for stripe in self.0 {
+            stripe.fetch_add(END, Ordering::SeqCst);
+        }
+    }
+}
+
+/// What a stack shares with the watchers it gives its layers: they run on
+/// other threads, when a layer learns that someone else changed a key, and
+/// outlive no stack (they hold it weakly).
+struct Core<K, V> {
+    generations: Generations,
+    /// The layers with an identity each, top first: a watcher finds its
+    /// layer's current depth here. Kept equal to `Layered::layers`.
+    layers: RwLock<Vec<Member<K, V>>>,
+    next_id: AtomicU64,
+    /// Watchers of the stack itself (an outer stack), told after the stack
+    /// has acted.
+    watchers: Mutex<Vec<Arc<dyn Watcher<K>>>>,
+    on_failure: RwLock<Option<FailureHook>>,
+    failures: AtomicU64,
+}
+
+impl<K, V> Core<K, V> {
+    fn report(&self, depth: usize, operation: Operation, error: &Error) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let hook = self
+            .on_failure
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(hook) = hook {
+            hook(&LayerFailure {
+                depth,
+                operation,
+                error,
+            });
+        }
+    }
+
+    /// The layer `id` reported `invalidation`: stop promotions of the key,
+    /// drop it from the layers above, and tell the stack's own watchers.
+    fn invalidated(&self, id: u64, invalidation: Invalidation<'_, K>)
+    where
+        K: Hash,
+    {
+        // The layers above, cloned out so no lock is held while they run.
+        let above: Vec<Arc<dyn Cache<K, V>>> = {
+            let layers = self.layers.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(depth) = layers.iter().position(|member| member.id == id) else {
+                return; // the layer has left the stack
+            };
+            layers[..depth]
+                .iter()
+                .map(|member| member.layer.clone())
+                .collect()
+        };
+        match invalidation {
+            Invalidation::Key(key) => {
+                let _writing = self.generations.write(key);
+                for (depth, layer) in above.iter().enumerate() {
+                    if let Err(error) = layer.remove(key) {
+                        self.report(depth, Operation::Remove, &error);
+                    }
+                }
+            }
+            Invalidation::All => {
+                let _writing = self.generations.write_all();
+                for (depth, layer) in above.iter().enumerate() {
+                    if let Err(error) = layer.clear() {
+                        self.report(depth, Operation::Clear, &error);
+                    }
+                }
+            }
+        }
+        let watchers = {
+            let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+            watchers.retain(|watcher| watcher.is_active());
+            watchers.clone()
+        };
+        for watcher in watchers {
+            watcher.invalidated(invalidation);
+        }
+    }
+}
+
+/// A layer as its stack's watchers see it.
+struct Member<K, V> {
+    id: u64,
+    layer: Arc<dyn Cache<K, V>>,
+    /// Whether the layer said it reports changes made by others.
+    reports: bool,
+}
+
+/// The watcher a stack gives each of its layers.
+struct LayerWatcher<K, V> {
+    core: Weak<Core<K, V>>,
+    id: u64,
+}
+
+impl<K: Hash + Send + Sync, V: Send + Sync> Watcher<K> for LayerWatcher<K, V> {
+    fn invalidated(&self, invalidation: Invalidation<'_, K>) {
+        if let Some(core) = self.core.upgrade() {
+            core.invalidated(self.id, invalidation);
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        self.core.strong_count() > 0
+    }
+}
+
 /// A stack of caches that reads through and writes through, with the
 /// semantics of ftrack's `LayeredCache`, made explicit:
 ///
 /// - [`get`](Cache::get) asks the layers from the top (depth 0). On a hit at
-///   depth `d` it sets the value on every layer above `d` (all of which
-///   missed) and returns it; the layers below `d` are not touched. A
-///   promotion that fails is reported, never a failed read.
+///   depth `d` it *promotes* the entry: sets it, with its deadlines, on every
+///   layer above `d` (all of which missed), and returns it; the layers below
+///   `d` are not touched. A promotion that fails is reported, never a
+///   failed read.
 /// - [`set`](Cache::set) writes to every layer, top first.
 /// - [`remove`](Cache::remove) removes from every layer and returns the
 ///   value of the shallowest layer that had one.
@@ -68,9 +249,23 @@ type FailureHook = Arc<dyn Fn(&LayerFailure<'_>) + Send + Sync>;
 ///
 /// What a failing layer does to a call is set by the [`ErrorPolicy`].
 ///
-/// The layers are not updated atomically together: a `get` that promotes can
-/// race with a `remove` of the same key and put the value back in an upper
-/// layer. Callers that need one answer per key serialise those calls.
+/// # What promotion guarantees
+///
+/// The layers are separate caches, not updated atomically together, but a
+/// promotion never leaves an upper layer holding an older value than the
+/// layers below, and never makes an entry live longer:
+///
+/// - The promoted entry keeps the deadlines the lower layer gave it.
+/// - A `set`, `remove`, `clear` or invalidation of the key that overlaps a
+///   promotion (through this stack) makes the promotion undo its write: the
+///   next read goes down again and finds the newer value. A per-key
+///   generation, striped over 1024 counters, detects the overlap; see
+///   `docs/concepts.md`.
+/// - A layer that reports changes made by others (see [`Cache::watch`]) has
+///   the key dropped from every layer above it and counts as such a write.
+///
+/// Writes that bypass the stack (straight into one layer) are not seen:
+/// write through the stack, or have the layer report them.
 ///
 /// # Example
 ///
@@ -92,10 +287,10 @@ type FailureHook = Arc<dyn Fn(&LayerFailure<'_>) + Send + Sync>;
 /// # }
 /// ```
 pub struct Layered<K, V> {
-    layers: Vec<Box<dyn Cache<K, V>>>,
+    /// The layers, top first: read without a lock on every call.
+    layers: Vec<Arc<dyn Cache<K, V>>>,
     policy: ErrorPolicy,
-    on_failure: Option<FailureHook>,
-    failures: AtomicU64,
+    core: Arc<Core<K, V>>,
 }
 
 impl<K, V> Default for Layered<K, V> {
@@ -111,35 +306,20 @@ impl<K, V> Layered<K, V> {
         Self {
             layers: Vec::new(),
             policy: ErrorPolicy::Strict,
-            on_failure: None,
-            failures: AtomicU64::new(0),
+            core: Arc::new(Core {
+                generations: Generations::new(),
+                layers: RwLock::new(Vec::new()),
+                next_id: AtomicU64::new(0),
+                watchers: Mutex::new(Vec::new()),
+                on_failure: RwLock::new(None),
+                failures: AtomicU64::new(0),
+            }),
         }
     }
 
-    /// This stack with `layer` added at the bottom.
-    pub fn with_layer(mut self, layer: impl Cache<K, V> + 'static) -> Self {
-        self.push(layer);
-        self
-    }
-
-    /// Add `layer` at the bottom of the stack.
-    pub fn push(&mut self, layer: impl Cache<K, V> + 'static) {
-        self.push_boxed(Box::new(layer));
-    }
-
-    /// Add an already boxed `layer` at the bottom of the stack.
-    pub fn push_boxed(&mut self, layer: Box<dyn Cache<K, V>>) {
-        self.layers.push(layer);
-    }
-
     /// The layers, top first.
-    pub fn layers(&self) -> &[Box<dyn Cache<K, V>>] {
+    pub fn layers(&self) -> &[Arc<dyn Cache<K, V>>] {
         &self.layers
-    }
-
-    /// The layers, top first, to reorder, insert or remove.
-    pub fn layers_mut(&mut self) -> &mut Vec<Box<dyn Cache<K, V>>> {
-        &mut self.layers
     }
 
     /// The layer at `depth` (0 is the top), if there is one.
@@ -150,6 +330,20 @@ impl<K, V> Layered<K, V> {
     /// The number of layers.
     pub fn depth(&self) -> usize {
         self.layers.len()
+    }
+
+    /// Take the layer at `depth` out of the stack (it stops being watched
+    /// for this stack). `None` if there is no such layer.
+    pub fn remove_layer(&mut self, depth: usize) -> Option<Arc<dyn Cache<K, V>>> {
+        if depth >= self.layers.len() {
+            return None;
+        }
+        self.core
+            .layers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(depth);
+        Some(self.layers.remove(depth))
     }
 
     /// This stack with the error `policy`.
@@ -165,8 +359,9 @@ impl<K, V> Layered<K, V> {
 
     /// This stack with `hook` called for every layer failure that does not
     /// fail the call: all failures under [`ErrorPolicy::Degrade`], failed
-    /// promotions, and failures after the first one of a call under
-    /// [`ErrorPolicy::Strict`]. The hook runs on the calling thread.
+    /// promotions and invalidations, and failures after the first one of a
+    /// call under [`ErrorPolicy::Strict`]. The hook runs on the calling
+    /// thread (for an invalidation, the thread that reported it).
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
@@ -180,26 +375,23 @@ impl<K, V> Layered<K, V> {
     ///     .on_failure(move |failure| log.lock().unwrap().push(failure.to_string()));
     /// # let _ = cache;
     /// ```
-    pub fn on_failure(mut self, hook: impl Fn(&LayerFailure<'_>) + Send + Sync + 'static) -> Self {
-        self.on_failure = Some(Arc::new(hook));
+    pub fn on_failure(self, hook: impl Fn(&LayerFailure<'_>) + Send + Sync + 'static) -> Self {
+        *self
+            .core
+            .on_failure
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(hook));
         self
     }
 
     /// How many layer failures did not fail their call (see
     /// [`on_failure`](Layered::on_failure)) since the stack was made.
     pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
+        self.core.failures.load(Ordering::Relaxed)
     }
 
     fn report(&self, depth: usize, operation: Operation, error: &Error) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        if let Some(hook) = &self.on_failure {
-            hook(&LayerFailure {
-                depth,
-                operation,
-                error,
-            });
-        }
+        self.core.report(depth, operation, error);
     }
 
     fn wrap(&self, depth: usize, operation: Operation, error: Error) -> Error {
@@ -245,15 +437,76 @@ impl<K, V> Layered<K, V> {
             }
         }
     }
+}
 
+impl<K, V> Layered<K, V>
+where
+    K: Hash + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    /// This stack with `layer` added at the bottom.
+    pub fn with_layer(mut self, layer: impl Cache<K, V> + 'static) -> Self {
+        self.push(layer);
+        self
+    }
+
+    /// Add `layer` at the bottom of the stack.
+    pub fn push(&mut self, layer: impl Cache<K, V> + 'static) {
+        self.insert_layer(self.layers.len(), Arc::new(layer));
+    }
+
+    /// Add an already boxed `layer` at the bottom of the stack.
+    pub fn push_boxed(&mut self, layer: Box<dyn Cache<K, V>>) {
+        self.insert_layer(self.layers.len(), Arc::from(layer));
+    }
+
+    /// Put `layer` at `depth` (0 is the top; at most [`depth`](Self::depth)),
+    /// moving the layers from there down by one. The stack watches it for
+    /// changes made by others (see [`Cache::watch`]).
+    ///
+    /// # Panics
+    ///
+    /// If `depth` is greater than the number of layers, as `Vec::insert`.
+    pub fn insert_layer(&mut self, depth: usize, layer: Arc<dyn Cache<K, V>>) {
+        let id = self.core.next_id.fetch_add(1, Ordering::Relaxed);
+        self.layers.insert(depth, layer.clone());
+        self.core
+            .layers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                depth,
+                Member {
+                    id,
+                    layer: layer.clone(),
+                    reports: false,
+                },
+            );
+        // Watched after it is in place, so that a report finds its depth.
+        let reports = layer.watch(Arc::new(LayerWatcher {
+            core: Arc::downgrade(&self.core),
+            id,
+        }));
+        let mut layers = self
+            .core
+            .layers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(member) = layers.iter_mut().find(|member| member.id == id) {
+            member.reports = reports;
+        }
+    }
+}
+
+impl<K, V> Layered<K, V>
+where
+    K: Hash + Clone,
+    V: Clone,
+{
     /// The rest of a `get` whose top layer answered `answer` (a miss or an
     /// error), kept out of line so the hit path stays small.
     #[inline(never)]
-    fn miss_at_top(&self, key: &K, answer: Result<Option<V>>) -> Result<Option<V>>
-    where
-        K: Clone,
-        V: Clone,
-    {
+    fn miss_at_top<T>(&self, key: &K, answer: Result<Option<T>>) -> Result<Option<Entry<V>>> {
         if let Err(error) = answer {
             self.fail(0, Operation::Get, error)?;
         }
@@ -263,28 +516,49 @@ impl<K, V> Layered<K, V> {
     /// Asks each layer for `key` from depth `from` down, promoting a hit
     /// into the layers above it if asked; a failing layer is handled by the
     /// stack's policy (and reported to its hook) as in `get`.
-    pub(crate) fn lookup(&self, key: &K, from: usize, promote: bool) -> Result<Option<V>>
-    where
-        K: Clone,
-        V: Clone,
-    {
+    pub(crate) fn lookup(&self, key: &K, from: usize, promote: bool) -> Result<Option<Entry<V>>> {
+        // Read before any lower layer is: see `Generations`.
+        let stripe = self.core.generations.stripe(key);
+        let seen = stripe.load(Ordering::SeqCst);
         for (depth, layer) in self.layers.iter().enumerate().skip(from) {
-            match layer.get(key) {
-                Ok(Some(value)) => {
-                    if promote {
-                        for (above, upper) in self.layers[..depth].iter().enumerate() {
-                            if let Err(error) = upper.set(key.clone(), value.clone()) {
-                                self.report(above, Operation::Promote, &error);
-                            }
-                        }
+            match layer.get_entry(key) {
+                Ok(Some(entry)) => {
+                    if promote && depth > 0 {
+                        self.promote(key, &entry, depth, stripe, seen);
                     }
-                    return Ok(Some(value));
+                    return Ok(Some(entry));
                 }
                 Ok(None) => {}
                 Err(error) => self.fail(depth, Operation::Get, error)?,
             }
         }
         Ok(None)
+    }
+
+    /// Writes `entry`, found at `depth`, into the layers above it, unless a
+    /// write of the key began since the stripe read `seen`; undoes the
+    /// promotion if one began while it was being written.
+    fn promote(&self, key: &K, entry: &Entry<V>, depth: usize, stripe: &AtomicU64, seen: u64) {
+        if seen & IN_FLIGHT != 0 {
+            return;
+        }
+        let mut written = 0;
+        for (above, upper) in self.layers[..depth].iter().enumerate() {
+            if stripe.load(Ordering::SeqCst) != seen {
+                break;
+            }
+            match upper.set_entry(key.clone(), entry.clone()) {
+                Ok(()) => written = above + 1,
+                Err(error) => self.report(above, Operation::Promote, &error),
+            }
+        }
+        if written > 0 && stripe.load(Ordering::SeqCst) != seen {
+            for (above, upper) in self.layers[..written].iter().enumerate() {
+                if let Err(error) = upper.remove(key) {
+                    self.report(above, Operation::Promote, &error);
+                }
+            }
+        }
     }
 }
 
@@ -303,24 +577,38 @@ where
         if let Ok(Some(_)) = answer {
             return answer;
         }
+        Ok(self.miss_at_top(key, answer)?.map(Entry::into_value))
+    }
+
+    #[inline]
+    fn get_entry(&self, key: &K) -> Result<Option<Entry<V>>> {
+        let Some(top) = self.layers.first() else {
+            return Ok(None);
+        };
+        let answer = top.get_entry(key);
+        if let Ok(Some(_)) = answer {
+            return answer;
+        }
         self.miss_at_top(key, answer)
     }
 
-    fn set(&self, key: K, value: V) -> Result<()> {
+    fn set_entry(&self, key: K, entry: Entry<V>) -> Result<()> {
         let Some((last, above)) = self.layers.split_last() else {
             return Ok(());
         };
+        let _writing = self.core.generations.write(&key);
         let mut outcome = Ok(());
         for (depth, layer) in above.iter().enumerate() {
-            let result = layer.set(key.clone(), value.clone());
+            let result = layer.set_entry(key.clone(), entry.clone());
             self.collect(&mut outcome, depth, Operation::Set, result);
         }
-        let result = last.set(key, value);
+        let result = last.set_entry(key, entry);
         self.collect(&mut outcome, above.len(), Operation::Set, result);
         outcome
     }
 
     fn remove(&self, key: &K) -> Result<Option<V>> {
+        let _writing = self.core.generations.write(key);
         let mut outcome = Ok(());
         let mut shallowest = None;
         for (depth, layer) in self.layers.iter().enumerate() {
@@ -354,14 +642,15 @@ where
         let keys = self.keys()?;
         let mut values = Vec::with_capacity(keys.len());
         for key in &keys {
-            if let Some(value) = self.lookup(key, 0, false)? {
-                values.push(value);
+            if let Some(entry) = self.lookup(key, 0, false)? {
+                values.push(entry.value);
             }
         }
         Ok(values)
     }
 
     fn clear(&self) -> Result<()> {
+        let _writing = self.core.generations.write_all();
         let mut outcome = Ok(());
         for (depth, layer) in self.layers.iter().enumerate() {
             self.collect(&mut outcome, depth, Operation::Clear, layer.clear());
@@ -373,6 +662,7 @@ where
     /// that matched in at least one layer: a key present in several layers
     /// counts once.
     fn clear_matching(&self, matches: &dyn Fn(&K) -> bool) -> Result<usize> {
+        let _writing = self.core.generations.write_all();
         let matched = Mutex::new(HashSet::new());
         let record = |key: &K| {
             let hit = matches(key);
@@ -398,6 +688,36 @@ where
             .unwrap_or_else(PoisonError::into_inner)
             .len();
         outcome.map(|()| count)
+    }
+
+    /// The top layer's clock (the [`SystemClock`](crate::SystemClock) for
+    /// an empty stack): what [`CacheExt::set_with_ttl`](crate::CacheExt::set_with_ttl)
+    /// reads to turn a time-to-live into a deadline.
+    fn clock(&self) -> &dyn Clock {
+        match self.layers.first() {
+            Some(top) => top.clock(),
+            None => &SystemClock,
+        }
+    }
+
+    /// Reports to `watcher` what any layer reports, after the stack has
+    /// dropped the key from the layers above that one. Returns whether any
+    /// layer reports at all.
+    fn watch(&self, watcher: Arc<dyn Watcher<K>>) -> bool {
+        let mut watchers = self
+            .core
+            .watchers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        watchers.retain(|watcher| watcher.is_active());
+        watchers.push(watcher);
+        drop(watchers);
+        self.core
+            .layers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|layer| layer.reports)
     }
 }
 

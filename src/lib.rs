@@ -56,7 +56,9 @@
 #![warn(clippy::unwrap_used)]
 
 pub mod cache;
+pub mod clock;
 pub mod codec;
+pub mod entry;
 pub mod error;
 #[cfg(all(feature = "file", unix))]
 pub mod file;
@@ -75,7 +77,9 @@ pub mod testing;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisCache;
-pub use cache::{Cache, CacheExt};
+pub use cache::{Cache, CacheExt, Invalidation, Watcher};
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use entry::Entry;
 pub use error::{BoxError, Error, Operation, Result};
 #[cfg(all(feature = "file", unix))]
 pub use file::{Durability, FileCache, FileCacheBuilder, FileKey, FileStats};
@@ -120,6 +124,7 @@ struct RedisDoctests;
 pub mod prelude {
     pub use crate::cache::{Cache, CacheExt};
     pub use crate::codec::Codec;
+    pub use crate::entry::Entry;
     pub use crate::layered::{ErrorPolicy, Layered};
     pub use crate::memoise::Memoiser;
     pub use crate::memory::MemoryCache;

@@ -1,13 +1,16 @@
 //! [`MemoryCache`]: an unbounded, thread-safe, in-process map.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
-use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashTable;
 
 use crate::cache::Cache;
+use crate::clock::{Clock, SystemClock};
+use crate::entry::Entry;
 use crate::error::Result;
 
 /// An unbounded, thread-safe, in-memory cache.
@@ -21,6 +24,15 @@ use crate::error::Result;
 ///
 /// Nothing is ever evicted; put a bounded cache in its place (any [`Cache`]
 /// works in a [`Layered`](crate::Layered) stack) when memory matters.
+///
+/// # Deadlines
+///
+/// Entries keep both deadlines (see [`Entry`]). An expired entry is a miss
+/// from the moment its deadline passes on the cache's [`Clock`] (the
+/// [`SystemClock`] unless [`with_clock`](MemoryCache::with_clock) says
+/// otherwise), and is dropped when a read finds it, or by
+/// [`purge_expired`](MemoryCache::purge_expired). The clock is read only for
+/// entries that have an expiry.
 ///
 /// # Example
 ///
@@ -41,6 +53,7 @@ use crate::error::Result;
 /// [foldhash]: https://docs.rs/foldhash
 pub struct MemoryCache<K, V, S = DefaultHashBuilder> {
     shards: Box<[Shard<K, V>]>,
+    clock: Arc<dyn Clock>,
     /// Right shift that turns a hash into a shard index (see `shard`).
     shift: u32,
     mask: usize,
@@ -50,16 +63,16 @@ pub struct MemoryCache<K, V, S = DefaultHashBuilder> {
 /// One lock and table, aligned to its own cache lines so that shards do not
 /// share a line (false sharing would make independent reads contend).
 #[repr(align(128))]
-struct Shard<K, V>(RwLock<HashTable<(K, V)>>);
+struct Shard<K, V>(RwLock<HashTable<(K, Entry<V>)>>);
 
 impl<K, V> Shard<K, V> {
-    fn read(&self) -> RwLockReadGuard<'_, HashTable<(K, V)>> {
+    fn read(&self) -> RwLockReadGuard<'_, HashTable<(K, Entry<V>)>> {
         // A panic in a user's `Hash`/`Eq`/`Clone` while the lock was held
         // leaves a valid table; carry on rather than poison every caller.
         self.0.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashTable<(K, V)>> {
+    fn write(&self) -> RwLockWriteGuard<'_, HashTable<(K, Entry<V>)>> {
         self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -124,10 +137,19 @@ impl<K, V, S> MemoryCache<K, V, S> {
             shift: 57 - bits,
             mask: shards - 1,
             hasher,
+            clock: Arc::new(SystemClock),
         }
     }
 
-    /// The number of entries (a snapshot: other threads may change it).
+    /// This cache, checking deadlines against `clock` (a
+    /// [`ManualClock`](crate::ManualClock) in tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The number of entries held, expired ones not yet dropped included (a
+    /// snapshot: other threads may change it).
     pub fn len(&self) -> usize {
         self.shards.iter().map(|shard| shard.read().len()).sum()
     }
@@ -152,6 +174,86 @@ impl<K: Hash + Eq, V, S: BuildHasher> MemoryCache<K, V, S> {
     }
 }
 
+impl<K: Hash + Eq, V, S: BuildHasher> MemoryCache<K, V, S> {
+    /// Drop every entry that has expired; returns how many were dropped.
+    ///
+    /// Reads drop the expired entries they find; call this now and then
+    /// when many keys are written with deadlines and never read again.
+    pub fn purge_expired(&self) -> usize {
+        let now = self.clock.now();
+        let mut purged = 0;
+        for shard in self.shards.iter() {
+            // Collected, and dropped after the lock is released: a value's
+            // destructor may be slow.
+            let gone: Vec<(K, Entry<V>)> = shard
+                .write()
+                .extract_if(|(_, entry)| entry.is_expired(now))
+                .collect();
+            purged += gone.len();
+        }
+        purged
+    }
+
+    /// Drops `key` if its entry has expired, after a read found it so.
+    #[cold]
+    fn drop_expired<Q: ?Sized + Eq>(&self, hash: u64, shard: &Shard<K, V>, key: &Q)
+    where
+        K: Borrow<Q>,
+    {
+        let mut table = shard.write();
+        let clock = &*self.clock;
+        let gone = match table.find_entry(hash, |(k, e)| k.borrow() == key && !e.alive(clock)) {
+            Ok(entry) => Some(entry.remove().0),
+            Err(_) => None,
+        };
+        drop(table);
+        drop(gone);
+    }
+
+    /// The value for a key given in any borrowed form of `K` (`&str` for
+    /// `String` keys), without building a `K`.
+    ///
+    /// ```
+    /// use layercache::{Cache, MemoryCache};
+    ///
+    /// # fn main() -> layercache::Result<()> {
+    /// let cache = MemoryCache::new();
+    /// cache.set("k".to_string(), 1)?;
+    /// assert_eq!(cache.get_by("k")?, Some(1));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[inline]
+    pub fn get_by<Q>(&self, key: &Q) -> Result<Option<V>>
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+        V: Clone,
+    {
+        Ok(self.find(key, |entry| entry.value.clone()))
+    }
+
+    /// Looks `key` up and applies `read` to its live entry, dropping it
+    /// instead if it has expired.
+    #[inline]
+    fn find<Q, T>(&self, key: &Q, read: impl FnOnce(&Entry<V>) -> T) -> Option<T>
+    where
+        K: Borrow<Q>,
+        Q: ?Sized + Hash + Eq,
+    {
+        let hash = self.hasher.hash_one(key);
+        let shard = &self.shards[(hash >> self.shift) as usize & self.mask];
+        let table = shard.read();
+        let (_, entry) = table.find(hash, |(k, _)| k.borrow() == key)?;
+        if entry.alive(&*self.clock) {
+            return Some(read(entry));
+        }
+        drop(table);
+        self.drop_expired(hash, shard, key);
+        None
+    }
+}
+
 impl<K, V, S> Cache<K, V> for MemoryCache<K, V, S>
 where
     K: Hash + Eq + Clone + Send + Sync,
@@ -160,19 +262,32 @@ where
 {
     #[inline]
     fn get(&self, key: &K) -> Result<Option<V>> {
-        let (hash, shard) = self.locate(key);
-        let table = shard.read();
-        Ok(table.find(hash, |(k, _)| k == key).map(|(_, v)| v.clone()))
+        Ok(self.find(key, |entry| entry.value.clone()))
+    }
+
+    #[inline]
+    fn get_entry(&self, key: &K) -> Result<Option<Entry<V>>> {
+        Ok(self.find(key, Entry::clone))
     }
 
     #[inline]
     fn set(&self, key: K, value: V) -> Result<()> {
+        self.set_entry(key, Entry::new(value))
+    }
+
+    #[inline]
+    fn set_entry(&self, key: K, entry: Entry<V>) -> Result<()> {
+        if !entry.alive(&*self.clock) {
+            // Dead on arrival: the key is gone, as after any later expiry.
+            self.remove(&key)?;
+            return Ok(());
+        }
         let (hash, shard) = self.locate(&key);
         let mut table = shard.write();
         let old = match table.find_mut(hash, |(k, _)| *k == key) {
-            Some((_, slot)) => Some(std::mem::replace(slot, value)),
+            Some((_, slot)) => Some(std::mem::replace(slot, entry)),
             None => {
-                table.insert_unique(hash, (key, value), |(k, _)| self.hasher.hash_one(k));
+                table.insert_unique(hash, (key, entry), |(k, _)| self.hasher.hash_one(k));
                 None
             }
         };
@@ -183,6 +298,8 @@ where
         Ok(())
     }
 
+    /// Removes `key`; an entry that had expired is dropped but not
+    /// returned.
     #[inline]
     fn remove(&self, key: &K) -> Result<Option<V>> {
         let (hash, shard) = self.locate(key);
@@ -192,25 +309,39 @@ where
             Err(_) => None,
         };
         drop(table);
-        Ok(removed.map(|(_, v)| v))
+        Ok(removed
+            .filter(|(_, entry)| entry.alive(&*self.clock))
+            .map(|(_, entry)| entry.value))
     }
 
     fn keys(&self) -> Result<Vec<K>> {
+        let now = self.clock.now();
         let mut keys = Vec::new();
         for shard in self.shards.iter() {
             let table = shard.read();
             keys.reserve(table.len());
-            keys.extend(table.iter().map(|(k, _)| k.clone()));
+            keys.extend(
+                table
+                    .iter()
+                    .filter(|(_, entry)| !entry.is_expired(now))
+                    .map(|(k, _)| k.clone()),
+            );
         }
         Ok(keys)
     }
 
     fn values(&self) -> Result<Vec<V>> {
+        let now = self.clock.now();
         let mut values = Vec::new();
         for shard in self.shards.iter() {
             let table = shard.read();
             values.reserve(table.len());
-            values.extend(table.iter().map(|(_, v)| v.clone()));
+            values.extend(
+                table
+                    .iter()
+                    .filter(|(_, entry)| !entry.is_expired(now))
+                    .map(|(_, entry)| entry.value.clone()),
+            );
         }
         Ok(values)
     }
@@ -223,12 +354,20 @@ where
         Ok(())
     }
 
+    /// Removes the matching keys; an expired entry is dropped whether or
+    /// not it matches, and is not counted.
     fn clear_matching(&self, matches: &dyn Fn(&K) -> bool) -> Result<usize> {
+        let now = self.clock.now();
         let mut removed = 0;
         for shard in self.shards.iter() {
             // Snapshot the keys, then run `matches` with no lock held, so that
             // it may use this cache.
-            let mut doomed: Vec<K> = shard.read().iter().map(|(k, _)| k.clone()).collect();
+            let mut doomed: Vec<K> = shard
+                .read()
+                .iter()
+                .filter(|(_, entry)| !entry.is_expired(now))
+                .map(|(k, _)| k.clone())
+                .collect();
             doomed.retain(|k| matches(k));
             if doomed.is_empty() {
                 continue;
@@ -242,9 +381,16 @@ where
                 }
             }
             drop(table);
-            removed += gone.len();
+            removed += gone
+                .iter()
+                .filter(|(_, entry)| !entry.is_expired(now))
+                .count();
         }
         Ok(removed)
+    }
+
+    fn clock(&self) -> &dyn Clock {
+        &*self.clock
     }
 }
 

@@ -20,16 +20,19 @@ use crate::cache::forward_cache;
 /// A cache that refuses to store empty strings:
 ///
 /// ```
-/// use layercache::{Cache, MemoryCache, Proxy, Result};
+/// use layercache::{Cache, Entry, MemoryCache, Proxy, Result};
 ///
 /// #[derive(Debug)]
 /// struct NoEmpty<C>(Proxy<C>);
 ///
 /// impl<C: Cache<String, String>> Cache<String, String> for NoEmpty<C> {
-///     fn get(&self, key: &String) -> Result<Option<String>> { self.0.get(key) }
-///     fn set(&self, key: String, value: String) -> Result<()> {
-///         if value.is_empty() { return Ok(()); }
-///         self.0.set(key, value)
+///     fn get_entry(&self, key: &String) -> Result<Option<Entry<String>>> {
+///         self.0.get_entry(key)
+///     }
+///     // `set` and the `set_with_ttl` family reach this through the defaults.
+///     fn set_entry(&self, key: String, entry: Entry<String>) -> Result<()> {
+///         if entry.value.is_empty() { return Ok(()); }
+///         self.0.set_entry(key, entry)
 ///     }
 ///     fn remove(&self, key: &String) -> Result<Option<String>> { self.0.remove(key) }
 ///     fn keys(&self) -> Result<Vec<String>> { self.0.keys() }

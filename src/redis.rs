@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use redis::{Client, Connection, ConnectionLike, RedisError, RedisWrite, ToRedisArgs};
 
 use crate::cache::Cache;
+use crate::entry::Entry;
 use crate::error::{Error, Operation, Result};
 
 /// A `Cache<String, Vec<u8>>` on a Redis server.
@@ -533,6 +534,20 @@ impl RedisCache {
 }
 
 impl Cache<String, Vec<u8>> for RedisCache {
+    fn get_entry(&self, key: &String) -> Result<Option<Entry<Vec<u8>>>> {
+        Ok(self.get(key)?.map(Entry::new))
+    }
+
+    fn set_entry(&self, key: String, entry: Entry<Vec<u8>>) -> Result<()> {
+        if entry.has_deadline() {
+            return Err(Error::Unsupported {
+                cache: "RedisCache",
+                what: "keep an entry's deadlines yet",
+            });
+        }
+        self.set(key, entry.value)
+    }
+
     fn get(&self, key: &String) -> Result<Option<Vec<u8>>> {
         self.with(Operation::Get, "GET", |connection| {
             redis::cmd("GET")

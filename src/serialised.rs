@@ -1,10 +1,13 @@
 //! [`Serialised`]: a cache of values stored as bytes in another cache.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Watcher};
+use crate::clock::Clock;
 use crate::codec::Codec;
+use crate::entry::Entry;
 use crate::error::{Error, Result};
 
 /// A cache of values of type `V` on top of a byte cache `C`, encoding with
@@ -108,12 +111,13 @@ where
     C: Cache<K, Vec<u8>>,
     X: Codec<V>,
 {
-    fn get(&self, key: &K) -> Result<Option<V>> {
-        let Some(bytes) = self.inner.get(key)? else {
+    /// Decodes the stored bytes; the deadlines pass through unchanged.
+    fn get_entry(&self, key: &K) -> Result<Option<Entry<V>>> {
+        let Some(entry) = self.inner.get_entry(key)? else {
             return Ok(None);
         };
-        match self.codec.decode(&bytes) {
-            Ok(value) => Ok(Some(value)),
+        match entry.try_map(|bytes| self.codec.decode(&bytes)) {
+            Ok(entry) => Ok(Some(entry)),
             Err(error) => {
                 if !self.strict {
                     // Drop the stale entry so the next set replaces it and
@@ -125,9 +129,10 @@ where
         }
     }
 
-    fn set(&self, key: K, value: V) -> Result<()> {
-        let bytes = self.codec.encode(&value)?;
-        self.inner.set(key, bytes)
+    /// Encodes the value; the deadlines pass through unchanged.
+    fn set_entry(&self, key: K, entry: Entry<V>) -> Result<()> {
+        let entry = entry.try_map(|value| self.codec.encode(&value))?;
+        self.inner.set_entry(key, entry)
     }
 
     fn remove(&self, key: &K) -> Result<Option<V>> {
@@ -150,6 +155,14 @@ where
 
     fn clear_matching(&self, matches: &dyn Fn(&K) -> bool) -> Result<usize> {
         self.inner.clear_matching(matches)
+    }
+
+    fn clock(&self) -> &dyn Clock {
+        self.inner.clock()
+    }
+
+    fn watch(&self, watcher: Arc<dyn Watcher<K>>) -> bool {
+        self.inner.watch(watcher)
     }
 }
 

@@ -18,11 +18,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex, PoisonError};
 use std::thread;
 
-use crate::cache::{Cache, CacheExt};
+use crate::cache::{Cache, CacheExt, Invalidation, Watcher};
+use crate::clock::Clock;
+use crate::entry::Entry;
 use crate::error::{Error, Operation, Result};
 
 /// Values the suite can make from a number and recognise again, so that a
@@ -466,6 +468,14 @@ fn slot(operation: Operation) -> usize {
 }
 
 impl<K, V, C: Cache<K, V>> Cache<K, V> for Instrumented<C> {
+    fn get_entry(&self, key: &K) -> Result<Option<Entry<V>>> {
+        self.enter(Operation::Get)?;
+        self.inner.get_entry(key)
+    }
+    fn set_entry(&self, key: K, entry: Entry<V>) -> Result<()> {
+        self.enter(Operation::Set)?;
+        self.inner.set_entry(key, entry)
+    }
     fn get(&self, key: &K) -> Result<Option<V>> {
         self.enter(Operation::Get)?;
         self.inner.get(key)
@@ -493,6 +503,126 @@ impl<K, V, C: Cache<K, V>> Cache<K, V> for Instrumented<C> {
     fn clear_matching(&self, matches: &dyn Fn(&K) -> bool) -> Result<usize> {
         self.enter(Operation::ClearMatching)?;
         self.inner.clear_matching(matches)
+    }
+    fn clock(&self) -> &dyn Clock {
+        self.inner.clock()
+    }
+    fn watch(&self, watcher: Arc<dyn Watcher<K>>) -> bool {
+        self.inner.watch(watcher)
+    }
+}
+
+/// A layer that stands for a store other processes or hosts also write:
+/// [`write_elsewhere`](Watched::write_elsewhere) and
+/// [`remove_elsewhere`](Watched::remove_elsewhere) change the store behind
+/// the stack's back and report the key to whoever
+/// [watches](Cache::watch) it, as a shared file or Redis layer will.
+///
+/// ```
+/// use std::sync::Arc;
+/// use layercache::{Cache, Layered, MemoryCache, testing::Watched};
+///
+/// # fn main() -> layercache::Result<()> {
+/// let top = Arc::new(MemoryCache::new());
+/// let shared = Arc::new(Watched::new(MemoryCache::new()));
+/// let stack = Layered::new().with_layer(top.clone()).with_layer(shared.clone());
+/// stack.set("k".to_string(), 1)?;
+/// shared.write_elsewhere("k".to_string(), 2)?; // another process writes
+/// assert_eq!(top.get(&"k".to_string())?, None); // dropped from above
+/// assert_eq!(stack.get(&"k".to_string())?, Some(2));
+/// # Ok(())
+/// # }
+/// ```
+pub struct Watched<K, C> {
+    inner: C,
+    watchers: Mutex<Vec<Arc<dyn Watcher<K>>>>,
+}
+
+impl<K, C> Watched<K, C> {
+    /// A watched store over `inner`.
+    pub fn new(inner: C) -> Self {
+        Self {
+            inner,
+            watchers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The store underneath.
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+
+    /// How many active watchers this store has.
+    pub fn watchers(&self) -> usize {
+        let watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        watchers
+            .iter()
+            .filter(|watcher| watcher.is_active())
+            .count()
+    }
+
+    /// Report `invalidation` to every watcher (with no lock held).
+    pub fn report(&self, invalidation: Invalidation<'_, K>) {
+        let watchers = {
+            let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+            watchers.retain(|watcher| watcher.is_active());
+            watchers.clone()
+        };
+        for watcher in watchers {
+            watcher.invalidated(invalidation);
+        }
+    }
+
+    /// Another party stores `value` for `key`; watchers hear of it.
+    pub fn write_elsewhere<V>(&self, key: K, value: V) -> Result<()>
+    where
+        C: Cache<K, V>,
+        K: Clone,
+    {
+        self.inner.set(key.clone(), value)?;
+        self.report(Invalidation::Key(&key));
+        Ok(())
+    }
+
+    /// Another party removes `key`; watchers hear of it.
+    pub fn remove_elsewhere<V>(&self, key: &K) -> Result<Option<V>>
+    where
+        C: Cache<K, V>,
+    {
+        let removed = self.inner.remove(key)?;
+        self.report(Invalidation::Key(key));
+        Ok(removed)
+    }
+}
+
+impl<K, C: Debug> Debug for Watched<K, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Watched({:?})", self.inner)
+    }
+}
+
+impl<K: Send + Sync, V, C: Cache<K, V>> Cache<K, V> for Watched<K, C> {
+    fn get_entry(&self, key: &K) -> Result<Option<Entry<V>>> {
+        self.inner.get_entry(key)
+    }
+    fn set_entry(&self, key: K, entry: Entry<V>) -> Result<()> {
+        self.inner.set_entry(key, entry)
+    }
+    fn remove(&self, key: &K) -> Result<Option<V>> {
+        self.inner.remove(key)
+    }
+    fn keys(&self) -> Result<Vec<K>> {
+        self.inner.keys()
+    }
+    fn clock(&self) -> &dyn Clock {
+        self.inner.clock()
+    }
+    /// Keeps `watcher` and reports to it from now on: returns `true`.
+    fn watch(&self, watcher: Arc<dyn Watcher<K>>) -> bool {
+        let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        watchers.retain(|watcher| watcher.is_active());
+        watchers.push(watcher);
+        true
     }
 }
 

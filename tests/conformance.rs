@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex};
 
 use layercache::codec::{Bincode, Cbor, FnCodec, Json};
 use layercache::testing::{self, Instrumented};
-use layercache::{Cache, CacheExt, ErrorPolicy, Layered, MemoryCache, Proxy, Result, Serialised};
+use layercache::{
+    Cache, CacheExt, Clock, Entry, ErrorPolicy, Layered, MemoryCache, Proxy, Result, Serialised,
+    SystemClock,
+};
 
 #[test]
 fn memory_string_keys() {
@@ -98,23 +101,60 @@ fn instrumented() {
 }
 
 /// A backend as a user would write one: the four required methods over a
-/// mutex-guarded BTreeMap, everything else from the trait's defaults.
-#[derive(Debug, Default)]
-struct Minimal(Mutex<BTreeMap<String, String>>);
+/// mutex-guarded BTreeMap of entries, checking expiry on the clock it is
+/// given, everything else from the trait's defaults.
+#[derive(Debug)]
+struct Minimal {
+    map: Mutex<BTreeMap<String, Entry<String>>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for Minimal {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+}
+
+impl Minimal {
+    fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            map: Mutex::default(),
+            clock,
+        }
+    }
+}
 
 impl Cache<String, String> for Minimal {
-    fn get(&self, key: &String) -> Result<Option<String>> {
-        Ok(self.0.lock().unwrap().get(key).cloned())
+    fn get_entry(&self, key: &String) -> Result<Option<Entry<String>>> {
+        let now = self.clock.now();
+        let mut map = self.map.lock().unwrap();
+        if map.get(key).is_some_and(|entry| entry.is_expired(now)) {
+            map.remove(key);
+        }
+        Ok(map.get(key).cloned())
     }
-    fn set(&self, key: String, value: String) -> Result<()> {
-        self.0.lock().unwrap().insert(key, value);
+    fn set_entry(&self, key: String, entry: Entry<String>) -> Result<()> {
+        self.map.lock().unwrap().insert(key, entry);
         Ok(())
     }
     fn remove(&self, key: &String) -> Result<Option<String>> {
-        Ok(self.0.lock().unwrap().remove(key))
+        let now = self.clock.now();
+        let removed = self.map.lock().unwrap().remove(key);
+        Ok(removed
+            .filter(|entry| !entry.is_expired(now))
+            .map(Entry::into_value))
     }
     fn keys(&self) -> Result<Vec<String>> {
-        Ok(self.0.lock().unwrap().keys().cloned().collect())
+        let now = self.clock.now();
+        let map = self.map.lock().unwrap();
+        Ok(map
+            .iter()
+            .filter(|(_, entry)| !entry.is_expired(now))
+            .map(|(key, _)| key.clone())
+            .collect())
+    }
+    fn clock(&self) -> &dyn Clock {
+        &*self.clock
     }
 }
 
@@ -131,11 +171,11 @@ fn trait_defaults_on_a_minimal_backend() {
 struct Vanishing(Minimal);
 
 impl Cache<String, String> for Vanishing {
-    fn get(&self, key: &String) -> Result<Option<String>> {
-        self.0.get(key)
+    fn get_entry(&self, key: &String) -> Result<Option<Entry<String>>> {
+        self.0.get_entry(key)
     }
-    fn set(&self, key: String, value: String) -> Result<()> {
-        self.0.set(key, value)
+    fn set_entry(&self, key: String, entry: Entry<String>) -> Result<()> {
+        self.0.set_entry(key, entry)
     }
     fn remove(&self, key: &String) -> Result<Option<String>> {
         self.0.remove(key)

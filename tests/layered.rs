@@ -658,7 +658,7 @@ fn push_with_layer_layers_layer_and_depth() {
     assert_eq!(contents(&top), [(0, 100), (2, 102)].into());
     assert_eq!(contents(&middle), [(1, 101), (2, 102)].into());
 
-    cache.layers_mut().remove(0);
+    cache.remove_layer(0).expect("a top layer");
     assert_eq!(cache.depth(), 2);
     assert_eq!(cache.get(&0).unwrap(), None, "the top layer is gone");
 }

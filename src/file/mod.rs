@@ -57,6 +57,7 @@ use self::options::Options;
 use self::shared::Shared;
 use self::state::{State, map_file};
 use crate::cache::Cache;
+use crate::entry::Entry;
 use crate::error::{Error, Result};
 
 /// A cache in one file, shared by any number of threads and processes.
@@ -484,7 +485,25 @@ fn read_value(state: &State, loc: &Loc) -> Option<Vec<u8>> {
 /// Keys are stored as their bytes (a `String` as its UTF-8). Through a
 /// `String`-keyed handle, keys that are not UTF-8 (written by a byte-keyed
 /// handle on the same file) are left out of `keys` and `clear_matching`.
+///
+/// File format 1 stores no deadlines, so `set_entry` refuses an entry that
+/// has one with [`Error::Unsupported`](crate::Error::Unsupported) rather
+/// than keep it forever; keep deadlines in a layer above (a
+/// [`MemoryCache`](crate::MemoryCache)) until format 2.
 impl<K: FileKey> Cache<K, Vec<u8>> for FileCache<K> {
+    fn get_entry(&self, key: &K) -> Result<Option<Entry<Vec<u8>>>> {
+        Ok(self.get_bytes(key.key_bytes())?.map(Entry::new))
+    }
+    fn set_entry(&self, key: K, entry: Entry<Vec<u8>>) -> Result<()> {
+        if entry.has_deadline() {
+            return Err(crate::Error::Unsupported {
+                cache: "FileCache",
+                what: "keep an entry's deadlines (file format 1 stores none): \
+                       set it without expires or fresh_until, or keep deadlines in a layer above",
+            });
+        }
+        self.set_bytes(key.key_bytes(), &entry.value)
+    }
     fn get(&self, key: &K) -> Result<Option<Vec<u8>>> {
         self.get_bytes(key.key_bytes())
     }

@@ -15,6 +15,7 @@ use super::remote::Remote;
 use super::schema::Schema;
 use super::value::Value;
 use crate::cache::Cache;
+use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::key::{KeyMaker, StringKeyMaker};
 use crate::layered::Layered;
@@ -445,7 +446,10 @@ impl SessionInner {
         // The layers below memory, by the stack's own read (its policy, its
         // failure hook); nothing is promoted: the merge below updates the
         // instance memory already holds.
-        let lower: Option<Entity> = self.cache().lookup(&cache_key, 1, false)?;
+        let lower: Option<Entity> = self
+            .cache()
+            .lookup(&cache_key, 1, false)?
+            .map(Entry::into_value);
         if let Some(stored) = lower
             && stored.key() == entity.key()
             && stored.peek(name).is_set()
