@@ -690,7 +690,7 @@ where
         outcome.map(|()| count)
     }
 
-    /// The top layer's clock (the [`SystemClock`](crate::SystemClock) for
+    /// The top layer's clock (the [`SystemClock`] for
     /// an empty stack): what [`CacheExt::set_with_ttl`](crate::CacheExt::set_with_ttl)
     /// reads to turn a time-to-live into a deadline.
     fn clock(&self) -> &dyn Clock {

@@ -487,7 +487,7 @@ fn read_value(state: &State, loc: &Loc) -> Option<Vec<u8>> {
 /// handle on the same file) are left out of `keys` and `clear_matching`.
 ///
 /// File format 1 stores no deadlines, so `set_entry` refuses an entry that
-/// has one with [`Error::Unsupported`](crate::Error::Unsupported) rather
+/// has one with [`Error::Unsupported`] rather
 /// than keep it forever; keep deadlines in a layer above (a
 /// [`MemoryCache`](crate::MemoryCache)) until format 2.
 impl<K: FileKey> Cache<K, Vec<u8>> for FileCache<K> {
