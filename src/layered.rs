@@ -238,7 +238,10 @@ impl<K: Hash + Send + Sync, V: Send + Sync> Watcher<K> for LayerWatcher<K, V> {
 ///   layer above `d` (all of which missed), and returns it; the layers below
 ///   `d` are not touched. A promotion that fails is reported, never a
 ///   failed read.
-/// - [`set`](Cache::set) writes to every layer, top first.
+/// - [`set`](Cache::set) writes to every layer, top first. A layer whose
+///   write fails (or that refuses the entry's deadlines, as a
+///   `FileCache` does) has the key removed instead, so
+///   that it never serves the older value.
 /// - [`remove`](Cache::remove) removes from every layer and returns the
 ///   value of the shallowest layer that had one.
 /// - [`keys`](Cache::keys) is the union of the layers' keys, each once, in
@@ -392,6 +395,15 @@ impl<K, V> Layered<K, V> {
 
     fn report(&self, depth: usize, operation: Operation, error: &Error) {
         self.core.report(depth, operation, error);
+    }
+
+    /// After the layer at `depth` failed to store `key` (or refused the
+    /// entry's deadlines), removes the key from it, so that it cannot serve
+    /// the older value once the layers above lose the new one.
+    fn forget(&self, depth: usize, key: &K) {
+        if let Err(error) = self.layers[depth].remove(key) {
+            self.report(depth, Operation::Remove, &error);
+        }
     }
 
     fn wrap(&self, depth: usize, operation: Operation, error: Error) -> Error {
@@ -600,10 +612,20 @@ where
         let mut outcome = Ok(());
         for (depth, layer) in above.iter().enumerate() {
             let result = layer.set_entry(key.clone(), entry.clone());
-            self.collect(&mut outcome, depth, Operation::Set, result);
+            if self
+                .collect(&mut outcome, depth, Operation::Set, result)
+                .is_none()
+            {
+                self.forget(depth, &key);
+            }
         }
-        let result = last.set_entry(key, entry);
-        self.collect(&mut outcome, above.len(), Operation::Set, result);
+        let result = last.set_entry(key.clone(), entry);
+        if self
+            .collect(&mut outcome, above.len(), Operation::Set, result)
+            .is_none()
+        {
+            self.forget(above.len(), &key);
+        }
         outcome
     }
 

@@ -21,9 +21,10 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex, PoisonError};
 use std::thread;
+use std::time::Duration;
 
 use crate::cache::{Cache, CacheExt, Invalidation, Watcher};
-use crate::clock::Clock;
+use crate::clock::{Clock, ManualClock, Timestamp};
 use crate::entry::Entry;
 use crate::error::{Error, Operation, Result};
 
@@ -126,6 +127,270 @@ where
     C: Cache<String, V>,
 {
     clear_pattern(&make());
+}
+
+/// Runs every check on deadlines, each on a fresh cache from `make`, which
+/// must build a cache that checks deadlines against the clock it is given
+/// (all its layers, for a stack). Moving that clock is how the checks make
+/// time pass: nothing sleeps.
+///
+/// ```
+/// use layercache::{MemoryCache, testing};
+///
+/// testing::run_deadlines(|clock| MemoryCache::<String, Vec<u8>>::new().with_clock(clock));
+/// ```
+pub fn run_deadlines<K, V, C>(make: impl Fn(Arc<ManualClock>) -> C)
+where
+    K: Sample,
+    V: Sample,
+    C: Cache<K, V>,
+{
+    run_deadlines_kept(&make);
+    let clock = Arc::new(ManualClock::new());
+    expiry_follows_the_clock(&make(clock.clone()), &clock);
+    let clock = Arc::new(ManualClock::new());
+    stale_entries_are_served(&make(clock.clone()), &clock);
+}
+
+/// Runs the checks on deadlines that do not need time to pass on the
+/// cache's clock: for a cache whose entries expire on another clock (a
+/// Redis server's), given `make` as for [`run_deadlines`].
+pub fn run_deadlines_kept<K, V, C>(make: impl Fn(Arc<ManualClock>) -> C)
+where
+    K: Sample,
+    V: Sample,
+    C: Cache<K, V>,
+{
+    let fresh = || {
+        let clock = Arc::new(ManualClock::new());
+        (make(clock.clone()), clock)
+    };
+    let (cache, clock) = fresh();
+    deadlines_come_back(&cache, &clock);
+    let (cache, clock) = fresh();
+    expired_on_arrival(&cache, &clock);
+    let (cache, clock) = fresh();
+    plain_set_has_no_deadline(&cache, &clock);
+}
+
+/// How much earlier than set a deadline may come back: a cache that keeps
+/// times relative (Redis) loses the time between the write and the read.
+const DEADLINE_SLACK: Duration = Duration::from_secs(2);
+
+fn assert_deadline<K: Debug>(
+    what: &str,
+    cache: &dyn Debug,
+    key: &K,
+    got: Option<Timestamp>,
+    set: Timestamp,
+) {
+    let got = got.unwrap_or_else(|| {
+        panic!("deadlines_come_back: {cache:?} lost the {what} of key {key:?} (set {set:?})")
+    });
+    assert!(
+        got <= set && set - got <= DEADLINE_SLACK,
+        "deadlines_come_back: {cache:?} returned {what} {got:?} for key {key:?}, set {set:?}: \
+         a deadline may be rounded down by at most {DEADLINE_SLACK:?}, never extended"
+    );
+}
+
+/// An entry's two deadlines come back from `get_entry` (never later, and
+/// at most two seconds earlier), with its value.
+pub fn deadlines_come_back<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(
+    cache: &C,
+    clock: &dyn Clock,
+) {
+    let now = clock.now();
+    let expires = now + Duration::from_secs(3_600);
+    let fresh_until = now + Duration::from_secs(600);
+    let entry = Entry::new(V::sample(1))
+        .with_expires(expires)
+        .with_fresh_until(fresh_until);
+    cache.set_entry(key(1), entry).expect("set_entry");
+    let got = cache
+        .get_entry(&key(1))
+        .expect("get_entry")
+        .unwrap_or_else(|| panic!("deadlines_come_back: {cache:?} lost key {:?}", key::<K>(1)));
+    assert_eq!(
+        got.value,
+        V::sample(1),
+        "deadlines_come_back: {cache:?} changed the value"
+    );
+    assert_deadline("expiry", &cache, &key::<K>(1), got.expires(), expires);
+    assert_deadline(
+        "fresh_until",
+        &cache,
+        &key::<K>(1),
+        got.fresh_until(),
+        fresh_until,
+    );
+
+    cache
+        .set_with_ttl(key(2), V::sample(2), Duration::from_secs(60))
+        .expect("set_with_ttl");
+    let got = cache
+        .get_entry(&key(2))
+        .expect("get_entry")
+        .unwrap_or_else(|| {
+            panic!(
+                "deadlines_come_back: {cache:?} lost key {:?} set with a ttl",
+                key::<K>(2)
+            )
+        });
+    assert_deadline(
+        "expiry (set_with_ttl)",
+        &cache,
+        &key::<K>(2),
+        got.expires(),
+        now + Duration::from_secs(60),
+    );
+    assert_eq!(
+        got.fresh_until(),
+        None,
+        "deadlines_come_back: {cache:?} invented a fresh_until"
+    );
+}
+
+/// An entry that has already expired is not stored, and the key's older
+/// value is gone too.
+pub fn expired_on_arrival<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(
+    cache: &C,
+    clock: &dyn Clock,
+) {
+    cache.set(key(1), V::sample(1)).expect("set");
+    let past = Timestamp::from_millis(clock.now().as_millis() - 1);
+    cache
+        .set_entry(key(1), Entry::new(V::sample(2)).with_expires(past))
+        .expect("set_entry");
+    assert_eq!(
+        cache.get(&key(1)).expect("get"),
+        None,
+        "expired_on_arrival: {cache:?} served key {:?} after a set that had already expired",
+        key::<K>(1)
+    );
+}
+
+/// A plain `set` over an expiring entry leaves an entry with no deadline.
+pub fn plain_set_has_no_deadline<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(
+    cache: &C,
+    clock: &dyn Clock,
+) {
+    let _ = clock;
+    cache
+        .set_with_ttl(key(1), V::sample(1), Duration::from_secs(60))
+        .expect("set_with_ttl");
+    cache.set(key(1), V::sample(2)).expect("set");
+    let got = cache.get_entry(&key(1)).expect("get_entry");
+    assert_eq!(
+        got.as_ref()
+            .map(|entry| (&entry.value, entry.expires(), entry.fresh_until())),
+        Some((&V::sample(2), None, None)),
+        "plain_set_has_no_deadline: {cache:?} kept a deadline through a plain set"
+    );
+}
+
+/// Entries expire when the cache's clock reaches their deadline: `get`,
+/// `get_entry`, `keys`, `values` and `remove` all stop seeing them.
+pub fn expiry_follows_the_clock<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(
+    cache: &C,
+    clock: &ManualClock,
+) {
+    cache
+        .set_with_ttl(key(1), V::sample(1), Duration::from_secs(60))
+        .expect("set_with_ttl");
+    cache.set(key(2), V::sample(2)).expect("set");
+    clock.advance(Duration::from_millis(59_999));
+    assert_eq!(
+        cache.get(&key(1)).expect("get"),
+        Some(V::sample(1)),
+        "expiry_follows_the_clock: {cache:?} dropped key {:?} before its deadline",
+        key::<K>(1)
+    );
+    clock.advance(Duration::from_millis(1));
+    let name = format!("{cache:?}");
+    assert_eq!(
+        cache.get(&key(1)).expect("get"),
+        None,
+        "expiry_follows_the_clock: {name} served key {:?} at its deadline",
+        key::<K>(1)
+    );
+    assert!(
+        cache.get_entry(&key(1)).expect("get_entry").is_none(),
+        "expiry_follows_the_clock: {name} get_entry served an expired entry"
+    );
+    assert_eq!(
+        indexes(&cache.keys().expect("keys")),
+        BTreeSet::from([2]),
+        "expiry_follows_the_clock: {name} listed an expired key"
+    );
+    assert_eq!(
+        indexes(&cache.values().expect("values")),
+        BTreeSet::from([2]),
+        "expiry_follows_the_clock: {name} listed an expired value"
+    );
+    assert_eq!(
+        cache.remove(&key(1)).expect("remove"),
+        None,
+        "expiry_follows_the_clock: {name} remove returned an expired value"
+    );
+}
+
+/// Between `fresh_until` and `expires` an entry is stale: still served, and
+/// `get_entry` says it is no longer fresh.
+pub fn stale_entries_are_served<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(
+    cache: &C,
+    clock: &ManualClock,
+) {
+    cache
+        .set_with_freshness(
+            key(1),
+            V::sample(1),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        )
+        .expect("set_with_freshness");
+    let entry = cache.get_entry(&key(1)).expect("get_entry");
+    assert!(
+        entry
+            .as_ref()
+            .is_some_and(|entry| entry.is_fresh(clock.now())),
+        "stale_entries_are_served: {cache:?} entry not fresh when just set: {:?}",
+        entry
+            .as_ref()
+            .map(|entry| (entry.fresh_until(), entry.expires()))
+    );
+    clock.advance(Duration::from_secs(10));
+    let entry = cache.get_entry(&key(1)).expect("get_entry");
+    let Some(entry) = entry else {
+        panic!("stale_entries_are_served: {cache:?} dropped a stale entry before it expired");
+    };
+    assert_eq!(entry.value, V::sample(1));
+    assert!(
+        !entry.is_fresh(clock.now()),
+        "stale_entries_are_served: {cache:?} reports the entry fresh after fresh_until"
+    );
+}
+
+/// A cache that cannot keep deadlines refuses an entry that has one with
+/// [`Error::Unsupported`], and keeps what it had for the key.
+pub fn refuses_deadlines<K: Sample, V: Sample, C: Cache<K, V> + ?Sized>(cache: &C) {
+    cache.set(key(1), V::sample(1)).expect("set");
+    for entry in [
+        Entry::new(V::sample(2)).with_expires(cache.clock().now() + Duration::from_secs(60)),
+        Entry::new(V::sample(2)).with_fresh_until(cache.clock().now() + Duration::from_secs(60)),
+    ] {
+        match cache.set_entry(key(1), entry) {
+            Err(Error::Unsupported { .. }) => {}
+            other => panic!(
+                "refuses_deadlines: {cache:?} answered {other:?} to an entry with a deadline"
+            ),
+        }
+        assert_eq!(
+            cache.get(&key(1)).expect("get"),
+            Some(V::sample(1)),
+            "refuses_deadlines: {cache:?} changed the key it refused to write"
+        );
+    }
 }
 
 /// A key never set is a miss, `Ok(None)`.
@@ -552,13 +817,14 @@ impl<K, C> Watched<K, C> {
         &self.inner
     }
 
-    /// How many active watchers this store has.
+    /// How many watchers this store holds, inactive ones it has not yet
+    /// dropped included (it drops them when a watcher is added or a change
+    /// reported).
     pub fn watchers(&self) -> usize {
-        let watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-        watchers
-            .iter()
-            .filter(|watcher| watcher.is_active())
-            .count()
+        self.watchers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Report `invalidation` to every watcher (with no lock held).

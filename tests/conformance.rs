@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use layercache::codec::{Bincode, Cbor, FnCodec, Json};
 use layercache::testing::{self, Instrumented};
@@ -215,4 +216,85 @@ fn defaults_skip_keys_that_vanish() {
     fill(&cache);
     cache.clear().unwrap();
     assert!(cache.0.keys().unwrap().is_empty());
+}
+
+/// Deadlines survive every cache and every wrapper: set through the
+/// wrapper, read back through it, and expire on the clock it was given.
+#[test]
+fn deadlines_survive_every_wrapper() {
+    testing::run_deadlines(|clock| MemoryCache::<String, String>::new().with_clock(clock));
+    testing::run_deadlines(|clock| MemoryCache::<u64, Vec<u8>>::with_shards(1).with_clock(clock));
+    testing::run_deadlines(|clock| MemoryCache::<String, u64>::new().with_clock(clock).boxed());
+    testing::run_deadlines(|clock| {
+        Box::new(MemoryCache::<String, u64>::new().with_clock(clock)) as Box<dyn Cache<String, u64>>
+    });
+    testing::run_deadlines(|clock| Arc::new(MemoryCache::<String, u64>::new().with_clock(clock)));
+    testing::run_deadlines(|clock| Proxy::new(MemoryCache::<String, u64>::new().with_clock(clock)));
+    testing::run_deadlines::<String, String, _>(|clock| {
+        Serialised::new(
+            MemoryCache::<String, Vec<u8>>::new().with_clock(clock),
+            Json,
+        )
+    });
+    testing::run_deadlines::<String, u64, _>(|clock| {
+        Serialised::new(
+            MemoryCache::<String, Vec<u8>>::new().with_clock(clock),
+            Bincode::new(),
+        )
+    });
+    testing::run_deadlines(|clock| {
+        Instrumented::new(MemoryCache::<String, String>::new().with_clock(clock))
+    });
+    testing::run_deadlines(|clock| {
+        testing::Watched::new(MemoryCache::<String, String>::new().with_clock(clock))
+    });
+    testing::run_deadlines(|clock: Arc<layercache::ManualClock>| Minimal::with_clock(clock));
+    testing::run_deadlines(|clock| {
+        Layered::new()
+            .with_layer(MemoryCache::<String, String>::new().with_clock(clock.clone()))
+            .with_layer(MemoryCache::new().with_clock(clock))
+    });
+    testing::run_deadlines(|clock| {
+        Layered::new()
+            .with_layer(MemoryCache::<String, String>::new().with_clock(clock.clone()))
+            .with_layer(Proxy::new(MemoryCache::new().with_clock(clock.clone())))
+            .with_layer(MemoryCache::new().with_clock(clock))
+            .with_policy(ErrorPolicy::Degrade)
+    });
+}
+
+/// A reference to a cache is a cache, deadlines included.
+#[test]
+fn deadlines_survive_a_reference() {
+    let clock = Arc::new(layercache::ManualClock::new());
+    let cache = MemoryCache::<String, String>::new().with_clock(clock.clone());
+    testing::expiry_follows_the_clock(&&cache, &clock);
+}
+
+/// Promotion from a lower layer keeps the entry's deadlines: the top layer
+/// does not serve the value after the lower layer's expiry.
+#[test]
+fn a_promoted_entry_expires_with_its_source() {
+    let clock = Arc::new(layercache::ManualClock::new());
+    let top = Arc::new(MemoryCache::<String, u32>::new().with_clock(clock.clone()));
+    let bottom = Arc::new(MemoryCache::<String, u32>::new().with_clock(clock.clone()));
+    let stack = Layered::new()
+        .with_layer(top.clone())
+        .with_layer(bottom.clone());
+    let key = "k".to_string();
+    bottom
+        .set_with_freshness(
+            key.clone(),
+            1,
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    let below = bottom.get_entry(&key).unwrap().unwrap();
+    assert_eq!(stack.get(&key).unwrap(), Some(1));
+    let promoted = top.get_entry(&key).unwrap().expect("promoted");
+    assert_eq!(promoted, below, "deadlines kept exactly");
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(top.get(&key).unwrap(), None);
+    assert_eq!(stack.get(&key).unwrap(), None);
 }

@@ -283,3 +283,58 @@ fn two_handles_see_each_others_writes_without_reopening() {
     a.clear().unwrap();
     assert_eq!(b.len().unwrap(), 0);
 }
+
+/// Format 1 has nowhere to keep a deadline: the file refuses an entry that
+/// has one, with `Error::Unsupported`, and keeps what it had.
+#[test]
+fn deadlines_are_refused_not_kept_forever() {
+    let dir = TempDir::new().unwrap();
+    let cache = fresh(&dir, "deadlines.lc");
+    testing::refuses_deadlines(&cache);
+    let bytes = FileCache::builder(dir.path().join("bytes.lc"))
+        .byte_keys()
+        .open()
+        .expect("open");
+    testing::refuses_deadlines(&bytes);
+    let err = cache
+        .set_entry(
+            "k".to_string(),
+            layercache::Entry::new(vec![1]).with_expires(layercache::Timestamp::MAX),
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("FileCache cannot keep an entry's deadlines"),
+        "{err}"
+    );
+}
+
+/// A TTL set through a memory-over-file stack: the file refuses it, so the
+/// stack drops the key from the file rather than let it serve the older
+/// value once the memory layer's entry expires.
+#[test]
+fn a_refused_deadline_leaves_no_older_value_below() {
+    use layercache::{CacheExt, Layered, ManualClock, MemoryCache};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let dir = TempDir::new().unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let file = Arc::new(fresh(&dir, "stack.lc"));
+    let stack = Layered::new()
+        .with_layer(MemoryCache::new().with_clock(clock.clone()))
+        .with_layer(file.clone());
+    let key = "k".to_string();
+    stack.set(key.clone(), b"old".to_vec()).unwrap();
+    let err = stack
+        .set_with_ttl(key.clone(), b"new".to_vec(), Duration::from_secs(60))
+        .unwrap_err();
+    assert!(
+        matches!(err.root(), Error::Unsupported { .. }),
+        "the file's refusal is the call's error: {err}"
+    );
+    assert_eq!(stack.get(&key).unwrap(), Some(b"new".to_vec()));
+    assert_eq!(file.get(&key).unwrap(), None, "the older value is gone");
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(stack.get(&key).unwrap(), None, "never the older value");
+}

@@ -394,8 +394,10 @@ fn strict_failing_write_still_writes_the_other_layers() {
     assert_eq!(contents(&layers[0]), [(7, 70)].into());
     assert!(layers[1].inner().is_empty());
     assert_eq!(contents(&layers[2]), [(7, 70)].into());
-    assert_eq!(cache.failures(), 0);
-    assert!(take(&log).is_empty());
+    // The stack tried to drop the key from the layer that failed (so it
+    // cannot serve an older value); that failed too, and is reported.
+    assert_eq!(cache.failures(), 1);
+    assert_eq!(take(&log), [(1, Operation::Remove, Operation::Remove)]);
 
     // remove and clear go on past the failing layer the same way.
     layers[1].inner().set(7, 71).unwrap();
@@ -419,7 +421,7 @@ fn strict_failing_write_still_writes_the_other_layers() {
         Operation::ClearMatching,
     );
     assert!(layers[0].inner().is_empty());
-    assert_eq!(cache.failures(), 0);
+    assert_eq!(cache.failures(), 1, "no more than the set's");
 }
 
 #[test]
@@ -431,8 +433,15 @@ fn strict_reports_failures_after_the_first_one() {
 
     let error = cache.set(1, 10).unwrap_err();
     assert_layer_error(&error, 1, Operation::Set, Operation::Set);
-    assert_eq!(take(&log), [(2, Operation::Set, Operation::Set)]);
-    assert_eq!(cache.failures(), 1);
+    assert_eq!(
+        take(&log),
+        [
+            (1, Operation::Remove, Operation::Remove),
+            (2, Operation::Set, Operation::Set),
+            (2, Operation::Remove, Operation::Remove)
+        ]
+    );
+    assert_eq!(cache.failures(), 3);
     assert_eq!(contents(&layers[0]), [(1, 10)].into());
 }
 
@@ -490,7 +499,13 @@ fn degrade_writes_and_listings_skip_the_failing_layer() {
     assert_eq!(contents(&layers[0]), [(9, 90)].into());
 
     cache.set(3, 30).unwrap();
-    assert_eq!(take(&log), [(1, Operation::Set, Operation::Set)]);
+    assert_eq!(
+        take(&log),
+        [
+            (1, Operation::Set, Operation::Set),
+            (1, Operation::Remove, Operation::Remove)
+        ]
+    );
     assert_eq!(contents(&layers[0]), [(3, 30), (9, 90)].into());
     assert_eq!(contents(&layers[2]), [(3, 30), (9, 90)].into());
 
@@ -529,8 +544,9 @@ fn degrade_writes_and_listings_skip_the_failing_layer() {
         "failing layer untouched"
     );
 
-    // 2 (get) + set + keys + 2 removes + clear_matching + set + clear.
-    assert_eq!(cache.failures(), 9);
+    // 2 (get) + 2 (set, and dropping the key after it) + keys + 2 removes
+    // + clear_matching + 2 (set) + clear.
+    assert_eq!(cache.failures(), 11);
 }
 
 // 8.
@@ -709,5 +725,143 @@ fn concurrent_gets_and_sets_see_the_right_values() {
     // Whatever reached the top layer, by promotion or set, is right too.
     for k in top.keys().unwrap() {
         assert_eq!(top.get(&k).unwrap(), Some(value_of(k)), "key {k}");
+    }
+}
+
+mod invalidation {
+    use super::*;
+    use layercache::testing::Watched;
+    use layercache::{Invalidation, Watcher};
+
+    type Shared = Arc<Watched<String, MemoryCache<String, u32>>>;
+
+    fn stack() -> (Arc<MemoryCache<String, u32>>, Shared, Layered<String, u32>) {
+        let top = Arc::new(MemoryCache::new());
+        let shared: Shared = Arc::new(Watched::new(MemoryCache::new()));
+        let stack = Layered::new()
+            .with_layer(top.clone())
+            .with_layer(shared.clone());
+        (top, shared, stack)
+    }
+
+    /// A key another process changed is dropped from the layers above the
+    /// one that reported it, so the stack reads the new value.
+    #[test]
+    fn a_reported_key_is_dropped_from_the_layers_above() {
+        let (top, shared, stack) = stack();
+        let key = "k".to_string();
+        stack.set(key.clone(), 1).unwrap();
+        stack.set("other".to_string(), 5).unwrap();
+        assert_eq!(top.get(&key).unwrap(), Some(1));
+        shared.write_elsewhere(key.clone(), 2).unwrap();
+        assert_eq!(top.get(&key).unwrap(), None, "dropped from the top");
+        assert_eq!(
+            top.get(&"other".to_string()).unwrap(),
+            Some(5),
+            "only that key"
+        );
+        assert_eq!(stack.get(&key).unwrap(), Some(2));
+        shared.remove_elsewhere(&key).unwrap();
+        assert_eq!(stack.get(&key).unwrap(), None);
+    }
+
+    /// `Invalidation::All` empties the layers above the reporting one.
+    #[test]
+    fn everything_reported_empties_the_layers_above() {
+        let (top, shared, stack) = stack();
+        for n in 0..10 {
+            stack.set(format!("k{n}"), n).unwrap();
+        }
+        shared.report(Invalidation::All);
+        assert!(top.is_empty());
+        assert_eq!(
+            shared.inner().len(),
+            10,
+            "the reporting layer keeps its own"
+        );
+    }
+
+    /// A stack reports what its layers report, after acting on it, so a
+    /// stack nested in another keeps the outer layers coherent too.
+    #[test]
+    fn nested_stacks_pass_reports_up() {
+        let (inner_top, shared, inner) = stack();
+        let outer_top = Arc::new(MemoryCache::new());
+        let outer = Layered::new()
+            .with_layer(outer_top.clone())
+            .with_layer(inner);
+        let key = "k".to_string();
+        outer.set(key.clone(), 1).unwrap();
+        shared.write_elsewhere(key.clone(), 2).unwrap();
+        assert_eq!(outer_top.get(&key).unwrap(), None);
+        assert_eq!(inner_top.get(&key).unwrap(), None);
+        assert_eq!(outer.get(&key).unwrap(), Some(2));
+    }
+
+    /// `watch` on a stack says whether any layer reports.
+    #[test]
+    fn a_stack_reports_only_if_a_layer_does() {
+        let quiet: Layered<String, u32> = Layered::new()
+            .with_layer(MemoryCache::new())
+            .with_layer(MemoryCache::new());
+        let noop: Arc<dyn Watcher<String>> = Arc::new(|_: Invalidation<'_, String>| {});
+        assert!(!quiet.watch(noop.clone()));
+        let (_, _, loud) = stack();
+        assert!(loud.watch(noop));
+    }
+
+    /// A long-lived shared layer does not collect the watchers of the
+    /// short-lived stacks built over it, and a dropped stack hears nothing.
+    #[test]
+    fn dropped_stacks_leave_no_watchers_behind() {
+        let shared: Shared = Arc::new(Watched::new(MemoryCache::new()));
+        for _ in 0..1_000 {
+            let stack = Layered::new()
+                .with_layer(MemoryCache::new())
+                .with_layer(shared.clone());
+            stack.set("k".to_string(), 1).unwrap();
+        }
+        assert!(
+            shared.watchers() <= 1,
+            "{} watchers kept",
+            shared.watchers()
+        );
+        shared.write_elsewhere("k".to_string(), 2).unwrap();
+        assert_eq!(shared.watchers(), 0);
+    }
+
+    /// A layer taken out of the stack is no longer acted on.
+    #[test]
+    fn a_removed_layer_reports_nothing_to_the_stack() {
+        let (top, shared, mut stack) = stack();
+        let key = "k".to_string();
+        stack.set(key.clone(), 1).unwrap();
+        stack.remove_layer(1).expect("the shared layer");
+        shared.write_elsewhere(key.clone(), 2).unwrap();
+        assert_eq!(
+            top.get(&key).unwrap(),
+            Some(1),
+            "not the stack's layer any more"
+        );
+    }
+
+    /// Failing to drop a reported key from a layer above goes to the
+    /// failure hook.
+    #[test]
+    fn a_failed_drop_is_reported() {
+        let top = Arc::new(Instrumented::new(MemoryCache::<String, u32>::new()));
+        let shared: Shared = Arc::new(Watched::new(MemoryCache::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let stack = Layered::new()
+            .with_layer(top.clone())
+            .with_layer(shared.clone())
+            .on_failure(move |failure| log.lock().unwrap().push(failure.to_string()));
+        stack.set("k".to_string(), 1).unwrap();
+        top.fail_writes(true);
+        shared.write_elsewhere("k".to_string(), 2).unwrap();
+        assert_eq!(stack.failures(), 1);
+        let seen = seen.lock().unwrap();
+        assert!(seen[0].contains("layer 0 failed during remove"), "{seen:?}");
     }
 }

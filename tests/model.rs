@@ -309,11 +309,16 @@ impl Model {
         error.map_or(Ok(results), Err)
     }
 
+    /// A layer whose write fails is then asked to drop the key (so it cannot
+    /// serve the older value); here its removes fail too, which is reported.
     fn set(&mut self, k: u8, v: u32) -> Outcome<()> {
-        self.write_all(Operation::Set, |layer| {
-            layer.insert(k, v);
-        })
-        .map(drop)
+        let outcome = self
+            .write_all(Operation::Set, |layer| {
+                layer.insert(k, v);
+            })
+            .map(drop);
+        self.failures += self.fail_writes.iter().filter(|fails| **fails).count() as u64;
+        outcome
     }
 
     fn remove(&mut self, k: u8) -> Outcome<Option<u32>> {
