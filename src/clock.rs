@@ -144,6 +144,14 @@ impl<C: Clock + ?Sized> Clock for &C {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
+impl SystemClock {
+    /// The current time (also [`Clock::now`], without the trait in scope).
+    #[inline]
+    pub fn now(&self) -> Timestamp {
+        coarse_now()
+    }
+}
+
 impl Clock for SystemClock {
     #[inline]
     fn now(&self) -> Timestamp {
@@ -225,11 +233,16 @@ impl ManualClock {
     pub fn set(&self, now: Timestamp) {
         self.0.store(now.0, Ordering::SeqCst);
     }
+
+    /// The time it reads (also [`Clock::now`], without the trait in scope).
+    pub fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
-        Timestamp(self.0.load(Ordering::SeqCst))
+        ManualClock::now(self)
     }
 }
 
