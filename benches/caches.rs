@@ -7,10 +7,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use layercache::codec::{Bincode, Cbor, Codec, Json};
-use layercache::{Cache, Layered, Memoiser, MemoryCache};
+use layercache::{Cache, CacheExt, Layered, Memoiser, MemoryCache};
 use serde::{Deserialize, Serialize};
 
 /// 40-byte keys shaped like the ftrack session's, `('Task', ['<id>'])`.
@@ -141,6 +142,87 @@ fn layered(c: &mut Criterion) {
     group.finish();
 }
 
+/// The indexes `0..entries` in a random order (xorshift, fixed seed), so
+/// no peer gets a prefetch-friendly sequence; built outside the timing.
+fn shuffled(entries: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..entries).collect();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for i in (1..entries).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        order.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// What version 2's entries and promotion guard cost, each against the
+/// same work without them, side by side in one run: a get of an entry with
+/// a deadline (one clock read) against one without; a set with a TTL
+/// against a plain set; a set through a two-layer stack (key hash and two
+/// atomic adds on its generation stripe) against the same two sets made by
+/// hand. 1,000 entries, keys in random order.
+fn entries(c: &mut Criterion) {
+    let entries = 1_000;
+    let keys = keys(entries);
+    let order = shuffled(entries);
+    let plain = MemoryCache::new();
+    let expiring = MemoryCache::new();
+    for (n, k) in keys.iter().enumerate() {
+        plain.set(k.clone(), value(n)).unwrap();
+        expiring
+            .set_with_ttl(k.clone(), value(n), Duration::from_secs(3_600))
+            .unwrap();
+    }
+    let mut i = 0;
+    let mut next = move || {
+        i = (i + 1) % entries;
+        order[i]
+    };
+
+    let mut group = c.benchmark_group("entries_get/1000");
+    group.bench_function("no_deadline", |b| {
+        b.iter(|| black_box(plain.get(&keys[next()]).unwrap()))
+    });
+    group.bench_function("with_deadline", |b| {
+        b.iter(|| black_box(expiring.get(&keys[next()]).unwrap()))
+    });
+    group.finish();
+
+    let v = value(1);
+    let ttl = Duration::from_secs(3_600);
+    let mut group = c.benchmark_group("entries_set/1000");
+    group.bench_function("set", |b| {
+        b.iter(|| plain.set(keys[next()].clone(), v.clone()).unwrap())
+    });
+    group.bench_function("set_with_ttl", |b| {
+        b.iter(|| {
+            expiring
+                .set_with_ttl(keys[next()].clone(), v.clone(), ttl)
+                .unwrap()
+        })
+    });
+    group.finish();
+
+    let top = Arc::new(MemoryCache::new());
+    let bottom = Arc::new(MemoryCache::new());
+    let stack: Layered<String, Value> = Layered::new()
+        .with_layer(top.clone())
+        .with_layer(bottom.clone());
+    let mut group = c.benchmark_group("layered_set/1000");
+    group.bench_function("two_sets_by_hand", |b| {
+        b.iter(|| {
+            let k = &keys[next()];
+            top.set(k.clone(), v.clone()).unwrap();
+            bottom.set(k.clone(), v.clone()).unwrap();
+        })
+    });
+    group.bench_function("through_the_stack", |b| {
+        b.iter(|| stack.set(keys[next()].clone(), v.clone()).unwrap())
+    });
+    group.finish();
+}
+
 /// A record of 10 fields, about 300 bytes as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Record {
@@ -221,5 +303,5 @@ fn memoiser(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, memory, layered, codecs, memoiser);
+criterion_group!(benches, memory, layered, entries, codecs, memoiser);
 criterion_main!(benches);
