@@ -9,7 +9,9 @@
 //! - Caches that are made of caches, so stacks compose like `std::io`
 //!   adapters: [`MemoryCache`], [`Proxy`], [`Layered`] (read-through with
 //!   promotion, write-through) and [`Serialised`] (values stored as bytes
-//!   through a [`Codec`](codec::Codec): bincode, CBOR, JSON or your own).
+//!   through a [`Codec`](codec::Codec): bincode, CBOR, JSON or your own)
+//!   and [`Keyed`] (typed keys over a store of `String` or `Vec<u8>` keys,
+//!   through a [`KeyCodec`], under an optional namespace).
 //! - [Key makers](key) and a [`Memoiser`] for function calls.
 //! - A [conformance suite](testing) (feature `testing`) to check a cache of
 //!   your own against the contract.
@@ -65,6 +67,7 @@ pub mod file;
 #[cfg(feature = "ftrack")]
 pub mod ftrack;
 pub mod key;
+pub mod keyed;
 pub mod layered;
 pub mod memoise;
 pub mod memory;
@@ -84,6 +87,9 @@ pub use error::{BoxError, Error, Operation, Result};
 #[cfg(all(feature = "file", unix))]
 pub use file::{Durability, FileCache, FileCacheBuilder, FileKey, FileStats};
 pub use key::{KeyMaker, ObjectKeyMaker, StringKeyMaker};
+#[cfg(feature = "json")]
+pub use keyed::JsonKeys;
+pub use keyed::{CodecKeys, KeyCodec, Keyed, KeyedExt, StoredKey};
 pub use layered::{ErrorPolicy, LayerFailure, Layered};
 pub use memoise::{Memoised, Memoiser};
 pub use memory::MemoryCache;
@@ -125,6 +131,7 @@ pub mod prelude {
     pub use crate::cache::{Cache, CacheExt};
     pub use crate::codec::Codec;
     pub use crate::entry::Entry;
+    pub use crate::keyed::{Keyed, KeyedExt};
     pub use crate::layered::{ErrorPolicy, Layered};
     pub use crate::memoise::Memoiser;
     pub use crate::memory::MemoryCache;

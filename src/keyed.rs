@@ -1,0 +1,639 @@
+//! [`Keyed`]: a cache of typed keys over a store that takes only `String` or
+//! `Vec<u8>` keys, with a [`KeyCodec`] to turn one into the other.
+//!
+//! The byte stores — [`FileCache`](crate::FileCache),
+//! [`RedisCache`](crate::RedisCache), a [`MemoryCache<String,
+//! _>`](crate::MemoryCache) standing in for one — keep their keys as text or
+//! bytes, so on their own they cannot be layers of a `Layered<u64, User>`.
+//! `Keyed` makes them one: it encodes the key on the way in and decodes the
+//! stored keys on the way out, as [`Serialised`](crate::Serialised) does for
+//! values.
+//!
+//! | key codec | stored key | for |
+//! |---|---|---|
+//! | [`JsonKeys`] (feature `json`) | canonical JSON, a `String` | any `Serialize + DeserializeOwned` key; deterministic, maps included; readable in `redis-cli` |
+//! | [`CodecKeys`] | the bytes of any value [`Codec`], a `Vec<u8>` | `Vec<u8>`-keyed stores ([`FileCacheBuilder::byte_keys`](crate::FileCacheBuilder::byte_keys)); as deterministic as the codec |
+//! | your own | anything that is a [`StoredKey`] | implement [`KeyCodec`] |
+//!
+//! # Only our keys
+//!
+//! A store may hold keys this adapter did not write: another program's, or
+//! those of another version of this one. A stored key is *ours* when it
+//! starts with the adapter's [namespace](Keyed::with_namespace) and the rest
+//! decodes to a key; every other key is invisible. [`keys`](Cache::keys)
+//! leaves it out, and [`clear`](Cache::clear) and
+//! [`clear_matching`](Cache::clear_matching) never remove it: `clear` is the
+//! store's `clear_matching` over our keys, not the store's `clear`. A key
+//! that others change is reported to a [watcher](Cache::watch) only when it
+//! is ours.
+//!
+//! The namespace is what keeps two programs, or two versions of one program
+//! with keys of different shapes, apart in one store: without one, a
+//! foreign key that happens to decode (another program's `"7"` read as the
+//! `u64` 7) counts as ours. No namespace should begin with another:
+//! `app:v1:` and `app:v2:` are apart, `v1` and `v12` are not.
+//!
+//! Conversely, `set` refuses a key whose stored form would not decode back
+//! (a JSON key holding a NaN, written as `null`): it would be a key that
+//! `keys` never lists and `clear` never removes.
+//!
+//! # Example
+//!
+//! Users by numeric id in a memory layer over a file that two versions of
+//! the program share:
+//!
+//! ```
+//! # #[cfg(all(feature = "file", feature = "json", feature = "bincode", unix))] {
+//! use layercache::codec::Bincode;
+//! use layercache::prelude::*;
+//! use layercache::{FileCache, JsonKeys};
+//!
+//! #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+//! struct User {
+//!     name: String,
+//! }
+//!
+//! # fn main() -> layercache::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("users.lc");
+//! let cache: Layered<u64, User> = Layered::new()
+//!     .with_layer(MemoryCache::new())
+//!     .with_layer(
+//!         FileCache::open(&path)?
+//!             .serialised(Bincode::new())
+//!             .keyed(JsonKeys)
+//!             .with_namespace("users:v2:"),
+//!     );
+//! cache.set(7, User { name: "Ada".into() })?;
+//!
+//! // The file holds the key as text; version 1's keys are left alone.
+//! let file = FileCache::open(&path)?;
+//! file.set("users:v1:\"ada\"".to_string(), b"...".to_vec())?;
+//! let mut stored = file.keys()?;
+//! stored.sort();
+//! assert_eq!(stored, ["users:v1:\"ada\"", "users:v2:7"]);
+//!
+//! cache.clear()?;
+//! assert_eq!(file.keys()?, ["users:v1:\"ada\""]);
+//! # Ok(())
+//! # }
+//! # main().unwrap();
+//! # }
+//! ```
+
+use std::fmt::{self, Debug};
+use std::sync::Arc;
+
+use crate::cache::{Cache, Invalidation, Watcher};
+use crate::clock::Clock;
+use crate::codec::Codec;
+use crate::entry::Entry;
+use crate::error::{Error, Result};
+
+/// A key as a store keeps it: what a [`KeyCodec`] encodes to, with a
+/// namespace in front.
+///
+/// Implemented for `String` (the keys of [`RedisCache`](crate::RedisCache)
+/// and of a [`FileCache`](crate::FileCache)) and `Vec<u8>` (a byte-keyed
+/// `FileCache`); implement it for another store's key type.
+pub trait StoredKey {
+    /// The borrowed form a [`KeyCodec`] decodes: `str` for `String`, `[u8]`
+    /// for `Vec<u8>`. Decoding what follows the namespace needs no copy.
+    type Slice: ?Sized;
+
+    /// This key with `prefix` in front (itself when `prefix` is empty).
+    fn prefixed(self, prefix: &str) -> Self;
+
+    /// What follows `prefix` in this key, or `None` when it does not start
+    /// with `prefix`.
+    fn unprefixed<'a>(&'a self, prefix: &str) -> Option<&'a Self::Slice>;
+}
+
+impl StoredKey for String {
+    type Slice = str;
+
+    fn prefixed(mut self, prefix: &str) -> Self {
+        self.insert_str(0, prefix);
+        self
+    }
+
+    fn unprefixed<'a>(&'a self, prefix: &str) -> Option<&'a str> {
+        str::strip_prefix(self, prefix)
+    }
+}
+
+impl StoredKey for Vec<u8> {
+    type Slice = [u8];
+
+    fn prefixed(mut self, prefix: &str) -> Self {
+        self.splice(0..0, prefix.bytes());
+        self
+    }
+
+    fn unprefixed<'a>(&'a self, prefix: &str) -> Option<&'a [u8]> {
+        <[u8]>::strip_prefix(self, prefix.as_bytes())
+    }
+}
+
+/// Turns keys of type `K` into the keys a store takes, and back: what
+/// [`Keyed`] needs.
+///
+/// `encode` must be deterministic (equal keys give equal stored keys, in
+/// every process and run) or a key set by one call is missed by the next.
+/// `decode` answers `None` for a stored key that is not one of ours: another
+/// program's key, or one of another shape. It is given what follows the
+/// namespace, borrowed (`&str` for a `String`, `&[u8]` for a `Vec<u8>`).
+///
+/// ```
+/// use layercache::{Cache, Keyed, KeyCodec, MemoryCache, Result};
+///
+/// /// `u64` keys as decimal text.
+/// #[derive(Debug)]
+/// struct Decimal;
+///
+/// impl KeyCodec<u64> for Decimal {
+///     type Stored = String;
+///     fn encode(&self, key: &u64) -> Result<String> {
+///         Ok(key.to_string())
+///     }
+///     fn decode(&self, stored: &str) -> Option<u64> {
+///         stored.parse().ok().filter(|n: &u64| n.to_string() == stored)
+///     }
+/// }
+///
+/// # fn main() -> Result<()> {
+/// let store: MemoryCache<String, &str> = MemoryCache::new();
+/// let cache = Keyed::new(store, Decimal).with_namespace("n:");
+/// cache.set(42, "answer")?;
+/// assert_eq!(cache.inner().keys()?, ["n:42"]);
+/// assert_eq!(cache.keys()?, [42]);
+/// # Ok(())
+/// # }
+/// ```
+pub trait KeyCodec<K>: Send + Sync + Debug {
+    /// The store's key type.
+    type Stored: StoredKey;
+
+    /// The stored form of `key` (without the namespace), or an
+    /// [`Error::Key`] when it has none. Never panics.
+    fn encode(&self, key: &K) -> Result<Self::Stored>;
+
+    /// The key whose stored form (after the namespace) is `stored`, or
+    /// `None` when it is not one.
+    fn decode(&self, stored: &<Self::Stored as StoredKey>::Slice) -> Option<K>;
+}
+
+impl<K, KC: KeyCodec<K> + ?Sized> KeyCodec<K> for Arc<KC> {
+    type Stored = KC::Stored;
+
+    fn encode(&self, key: &K) -> Result<Self::Stored> {
+        (**self).encode(key)
+    }
+
+    fn decode(&self, stored: &<Self::Stored as StoredKey>::Slice) -> Option<K> {
+        (**self).decode(stored)
+    }
+}
+
+/// A cache with keys of type `K` over a cache `C` whose keys are what the
+/// key codec `KC` makes of them (usually `String` or `Vec<u8>`).
+///
+/// Entries pass through with their deadlines unchanged, and so do the
+/// inner cache's [`clock`](Cache::clock) and its reports of keys changed by
+/// others ([`watch`](Cache::watch): a stored key is reported as the key it
+/// decodes to; a key that is not ours is not reported; `All` is).
+///
+/// What is "ours", and why `clear` only ever removes our keys, is in the
+/// [module documentation](crate::keyed).
+///
+/// Over a codec that takes many key types, such as [`JsonKeys`], a `Keyed`
+/// is a cache for each of them. In a [`Layered`](crate::Layered) stack the
+/// stack's type picks one; on its own, a call whose arguments do not name
+/// the key type (`keys`, `values`, `clear`) needs it named:
+/// `let keys: Vec<u64> = cache.keys()?` or `Cache::<u64, User>::clear(&cache)`.
+///
+/// # Example
+///
+/// A memory layer over a file, for a key type the file could not take:
+///
+/// ```
+/// # #[cfg(all(feature = "file", feature = "json", feature = "bincode", unix))] {
+/// use layercache::codec::Bincode;
+/// use layercache::prelude::*;
+/// use layercache::{FileCache, JsonKeys};
+///
+/// #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// struct Shot {
+///     project: String,
+///     frames: u32,
+/// }
+///
+/// # fn main() -> layercache::Result<()> {
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("shots.lc");
+///
+/// let shots: Layered<(String, u32), Shot> = Layered::new()
+///     .with_layer(MemoryCache::new())
+///     .with_layer(FileCache::open(&path)?.serialised(Bincode::new()).keyed(JsonKeys));
+///
+/// let key = ("alpha".to_string(), 10);
+/// let shot = Shot { project: "alpha".into(), frames: 240 };
+/// shots.set(key.clone(), shot.clone())?;
+/// assert_eq!(shots.get(&key)?, Some(shot));
+/// assert_eq!(shots.keys()?, [key]);
+///
+/// // In the file, the key is JSON text.
+/// assert_eq!(FileCache::open(&path)?.keys()?, [r#"["alpha",10]"#]);
+/// # Ok(())
+/// # }
+/// # main().unwrap();
+/// # }
+/// ```
+pub struct Keyed<C, KC> {
+    inner: C,
+    codec: Arc<KC>,
+    namespace: Arc<str>,
+}
+
+impl<C, KC> Keyed<C, KC> {
+    /// Keys encoded with `codec`, stored in `inner`, with no namespace.
+    pub fn new(inner: C, codec: KC) -> Self {
+        Self {
+            inner,
+            codec: Arc::new(codec),
+            namespace: Arc::from(""),
+        }
+    }
+
+    /// This adapter with every stored key under `namespace`: it is put in
+    /// front of each stored key, and a stored key without it is not ours.
+    /// No namespace should begin with another one in use on the same store
+    /// (`app:v1:` and `app:v2:` are apart; `v1` and `v12` are not).
+    ///
+    /// This is on top of any namespace of the store itself (a
+    /// [`RedisCache`](crate::RedisCache) has one): use it for what sets this
+    /// adapter's keys apart, such as the version of their schema.
+    pub fn with_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Arc::from(namespace.into());
+        self
+    }
+
+    /// The namespace, `""` for none.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The store underneath.
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+
+    /// The key codec.
+    pub fn codec(&self) -> &KC {
+        &self.codec
+    }
+
+    /// The store, taken back.
+    pub fn into_inner(self) -> C {
+        self.inner
+    }
+
+    /// The key under which `key` is stored in the inner cache, namespace
+    /// included.
+    pub fn stored_key<K>(&self, key: &K) -> Result<<KC as KeyCodec<K>>::Stored>
+    where
+        KC: KeyCodec<K>,
+    {
+        Ok(self.codec.encode(key)?.prefixed(&self.namespace))
+    }
+
+    /// The key stored in the inner cache as `stored`, or `None` when it is
+    /// not ours (another namespace, or not a key of this codec).
+    pub fn key_of<K>(&self, stored: &<KC as KeyCodec<K>>::Stored) -> Option<K>
+    where
+        KC: KeyCodec<K>,
+    {
+        decode_stored(&*self.codec, &self.namespace, stored)
+    }
+
+    /// Whether `stored` is one of our keys.
+    fn owns<K>(&self, stored: &<KC as KeyCodec<K>>::Stored) -> bool
+    where
+        KC: KeyCodec<K>,
+    {
+        self.key_of::<K>(stored).is_some()
+    }
+
+    /// The stored key for a key about to be written, checked to read back:
+    /// a key that did not would be stored where `keys` and `clear` never
+    /// see it.
+    fn stored_key_to_write<K>(&self, key: &K) -> Result<<KC as KeyCodec<K>>::Stored>
+    where
+        KC: KeyCodec<K>,
+    {
+        let stored = self.stored_key(key)?;
+        if !self.owns::<K>(&stored) {
+            return Err(Error::Key {
+                reason: format!(
+                    "{:?} encodes it to a stored key that does not decode back, so keys() \
+                     and clear() would never see it",
+                    self.codec
+                ),
+            });
+        }
+        Ok(stored)
+    }
+}
+
+/// The key `stored` stands for, if it is under `namespace` and decodes.
+fn decode_stored<K, KC: KeyCodec<K> + ?Sized>(
+    codec: &KC,
+    namespace: &str,
+    stored: &KC::Stored,
+) -> Option<K> {
+    codec.decode(stored.unprefixed(namespace)?)
+}
+
+/// `K` and `KC` are `'static` because [`watch`](Cache::watch) gives the
+/// store a watcher of its own that holds the codec and reports `K`s.
+impl<K, V, C, KC> Cache<K, V> for Keyed<C, KC>
+where
+    C: Cache<KC::Stored, V>,
+    KC: KeyCodec<K> + 'static,
+    K: 'static,
+{
+    /// The inner entry, deadlines unchanged.
+    fn get_entry(&self, key: &K) -> Result<Option<Entry<V>>> {
+        self.inner.get_entry(&self.stored_key(key)?)
+    }
+
+    /// Stores the entry, deadlines unchanged. A key whose stored form does
+    /// not decode back is an [`Error::Key`].
+    fn set_entry(&self, key: K, entry: Entry<V>) -> Result<()> {
+        self.inner.set_entry(self.stored_key_to_write(&key)?, entry)
+    }
+
+    fn get(&self, key: &K) -> Result<Option<V>> {
+        self.inner.get(&self.stored_key(key)?)
+    }
+
+    /// Stores the value. A key whose stored form does not decode back is an
+    /// [`Error::Key`].
+    fn set(&self, key: K, value: V) -> Result<()> {
+        self.inner.set(self.stored_key_to_write(&key)?, value)
+    }
+
+    fn remove(&self, key: &K) -> Result<Option<V>> {
+        self.inner.remove(&self.stored_key(key)?)
+    }
+
+    /// Our keys, decoded; the store's other keys are left out.
+    fn keys(&self) -> Result<Vec<K>> {
+        Ok(self
+            .inner
+            .keys()?
+            .iter()
+            .filter_map(|stored| self.key_of(stored))
+            .collect())
+    }
+
+    /// The values of our keys; the store's other entries are left out.
+    fn values(&self) -> Result<Vec<V>> {
+        let mut values = Vec::new();
+        for stored in self.inner.keys()? {
+            if self.owns::<K>(&stored)
+                && let Some(value) = self.inner.get(&stored)?
+            {
+                values.push(value);
+            }
+        }
+        Ok(values)
+    }
+
+    /// Removes our keys, and only those: the inner cache's
+    /// [`clear_matching`](Cache::clear_matching), never its `clear`.
+    fn clear(&self) -> Result<()> {
+        self.inner
+            .clear_matching(&|stored| self.owns::<K>(stored))
+            .map(drop)
+    }
+
+    /// Removes those of our keys that `matches`; `matches` never sees the
+    /// store's other keys.
+    fn clear_matching(&self, matches: &dyn Fn(&K) -> bool) -> Result<usize> {
+        self.inner
+            .clear_matching(&|stored| self.key_of(stored).is_some_and(|key| matches(&key)))
+    }
+
+    fn clock(&self) -> &dyn Clock {
+        self.inner.clock()
+    }
+
+    /// Watches the inner cache: a stored key it reports reaches `watcher`
+    /// decoded, a key that is not ours does not reach it, and `All` does.
+    fn watch(&self, watcher: Arc<dyn Watcher<K>>) -> bool {
+        self.inner.watch(Arc::new(KeyWatcher {
+            codec: self.codec.clone(),
+            namespace: self.namespace.clone(),
+            watcher,
+        }))
+    }
+}
+
+impl<C: Debug, KC: Debug> Debug for Keyed<C, KC> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "Keyed<{:?}>({:?})", self.codec, self.inner)
+        } else {
+            write!(
+                f,
+                "Keyed<{:?}, {:?}>({:?})",
+                self.codec, self.namespace, self.inner
+            )
+        }
+    }
+}
+
+/// What [`Keyed::watch`](Cache::watch) gives the inner cache: decodes its
+/// reports for the watcher it was given.
+struct KeyWatcher<K, KC> {
+    codec: Arc<KC>,
+    namespace: Arc<str>,
+    watcher: Arc<dyn Watcher<K>>,
+}
+
+impl<K, KC: KeyCodec<K>> Watcher<KC::Stored> for KeyWatcher<K, KC> {
+    fn invalidated(&self, invalidation: Invalidation<'_, KC::Stored>) {
+        match invalidation {
+            Invalidation::Key(stored) => {
+                if let Some(key) = decode_stored(&*self.codec, &self.namespace, stored) {
+                    self.watcher.invalidated(Invalidation::Key(&key));
+                }
+            }
+            Invalidation::All => self.watcher.invalidated(Invalidation::All),
+        }
+    }
+
+    fn is_active(&self) -> bool {
+        self.watcher.is_active()
+    }
+}
+
+/// `.keyed(codec)` for any cache: [`Keyed::new`] as a method, to end a
+/// chain such as `FileCache::open(path)?.serialised(Bincode::new())`.
+///
+/// It is a trait of its own, not generic over the key and value types, so
+/// that it also works on caches of many value types (a
+/// [`Serialised`](crate::Serialised) is one for each value its codec
+/// takes). Brought in by `use layercache::KeyedExt` or the prelude.
+///
+/// Put it last in a chain: `store.serialised(Json).keyed(JsonKeys)` needs
+/// no annotations, while `store.keyed(JsonKeys).serialised(Json)` does,
+/// because [`CacheExt::serialised`](crate::CacheExt::serialised) is generic
+/// over the key type and a `Keyed` has many (write
+/// `Serialised::new(store.keyed(JsonKeys), Json)` for that order).
+pub trait KeyedExt: Sized {
+    /// This cache's keys made by `codec` from keys of another type: see
+    /// [`Keyed`].
+    fn keyed<KC>(self, codec: KC) -> Keyed<Self, KC> {
+        Keyed::new(self, codec)
+    }
+}
+
+impl<C: Debug + Send + Sync> KeyedExt for C {}
+
+/// Keys as canonical JSON text (feature `json`): any key that is
+/// `Serialize + DeserializeOwned`, stored as a `String`.
+///
+/// - **Deterministic**: the key goes through a [`serde_json::Value`] and
+///   every object is written with its entries sorted, so a `HashMap` (at
+///   any depth) gives the same text whatever its order, in every process.
+///   This holds whether or not serde_json's `preserve_order` feature is on
+///   somewhere in the build. Sets are sequences, not maps: a `HashSet`
+///   gives text in its own order, so use a `BTreeSet` in keys.
+/// - **Readable**: `7`, `"ada"`, `["alpha",10]`, `{"id":7,"kind":"Task"}`,
+///   as seen in `redis-cli` or a file's keys.
+/// - **Fallible, never panicking**: a key JSON cannot hold (a map whose keys
+///   are not strings or numbers, an integer beyond 64 bits) is an
+///   [`Error::Key`]. JSON has no NaN or infinity: serde_json writes them as
+///   `null`, so a key holding one does not read back, and
+///   [`Keyed`] refuses to store it.
+///
+/// Any stored key that parses as a `K` is ours: `" 7"` decodes as the `u64`
+/// 7 although `JsonKeys` writes `7`. Use a namespace on a shared store.
+///
+/// ```
+/// # #[cfg(feature = "json")] {
+/// use std::collections::HashMap;
+/// use layercache::{JsonKeys, KeyCodec};
+///
+/// let one: HashMap<String, u32> = [("b".into(), 2), ("a".into(), 1)].into();
+/// let two: HashMap<String, u32> = [("a".into(), 1), ("b".into(), 2)].into();
+/// assert_eq!(JsonKeys.encode(&one).unwrap(), r#"{"a":1,"b":2}"#);
+/// assert_eq!(JsonKeys.encode(&two).unwrap(), r#"{"a":1,"b":2}"#);
+/// assert_eq!(KeyCodec::<u64>::decode(&JsonKeys, "7"), Some(7));
+/// assert_eq!(KeyCodec::<u64>::decode(&JsonKeys, "user:7"), None);
+/// # }
+/// ```
+#[cfg(feature = "json")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct JsonKeys;
+
+#[cfg(feature = "json")]
+impl<K: serde::Serialize + serde::de::DeserializeOwned> KeyCodec<K> for JsonKeys {
+    type Stored = String;
+
+    fn encode(&self, key: &K) -> Result<String> {
+        let cannot = |error: serde_json::Error| Error::Key {
+            reason: format!("cannot write it as JSON: {error}"),
+        };
+        let value = serde_json::to_value(key).map_err(cannot)?;
+        serde_json::to_string(&json::Canonical(&value)).map_err(cannot)
+    }
+
+    fn decode(&self, stored: &str) -> Option<K> {
+        serde_json::from_str(stored).ok()
+    }
+}
+
+#[cfg(feature = "json")]
+mod json {
+    use serde::{Serialize, Serializer};
+    use serde_json::Value;
+
+    /// A JSON value written with every object's entries sorted by key.
+    ///
+    /// Without serde_json's `preserve_order` feature a `Value`'s objects are
+    /// sorted already (and sorting them again costs one pass); with it,
+    /// which any crate in a build can turn on, they keep the order the key
+    /// serialised them in, which for a `HashMap` changes from run to run.
+    pub(super) struct Canonical<'a>(pub(super) &'a Value);
+
+    impl Serialize for Canonical<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            match self.0 {
+                Value::Array(items) => serializer.collect_seq(items.iter().map(Canonical)),
+                Value::Object(map) => {
+                    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    serializer.collect_map(entries.into_iter().map(|(k, v)| (k, Canonical(v))))
+                }
+                other => other.serialize(serializer),
+            }
+        }
+    }
+}
+
+/// Keys as the bytes of a value [`Codec`], stored as a `Vec<u8>`: for stores
+/// with byte keys, such as a [`FileCache`](crate::FileCache) opened with
+/// [`byte_keys`](crate::FileCacheBuilder::byte_keys).
+///
+/// Keys are only as deterministic as the codec: bincode writes a `HashMap`
+/// in its iteration order, which changes from run to run, so a key holding
+/// one misses what an equal key stored. Use `BTreeMap`s and `BTreeSet`s in
+/// keys with this codec, or [`JsonKeys`] (feature `json`), which sorts maps.
+/// A key the codec cannot encode is an [`Error::Key`]; any stored key the
+/// codec decodes to a `K` is ours.
+///
+/// ```
+/// # #[cfg(feature = "bincode")] {
+/// use layercache::codec::Bincode;
+/// use layercache::{Cache, CodecKeys, Keyed, MemoryCache};
+///
+/// let store: MemoryCache<Vec<u8>, String> = MemoryCache::new();
+/// let cache = Keyed::new(store, CodecKeys(Bincode::new())).with_namespace("v1:");
+/// cache.set(300u64, "x".to_string()).unwrap();
+/// assert_eq!(cache.inner().keys().unwrap(), [b"v1:\xfb\x2c\x01".to_vec()]);
+/// let keys: Vec<u64> = cache.keys().unwrap();
+/// assert_eq!(keys, [300]);
+/// # }
+/// ```
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct CodecKeys<X>(pub X);
+
+impl<X> CodecKeys<X> {
+    /// Keys encoded with `codec`.
+    pub const fn new(codec: X) -> Self {
+        Self(codec)
+    }
+}
+
+impl<K, X: Codec<K>> KeyCodec<K> for CodecKeys<X> {
+    type Stored = Vec<u8>;
+
+    fn encode(&self, key: &K) -> Result<Vec<u8>> {
+        self.0.encode(key).map_err(|error| Error::Key {
+            reason: error.to_string(),
+        })
+    }
+
+    fn decode(&self, stored: &[u8]) -> Option<K> {
+        self.0.decode(stored).ok()
+    }
+}
+
+impl<X: Debug> Debug for CodecKeys<X> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CodecKeys<{:?}>", self.0)
+    }
+}
