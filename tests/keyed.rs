@@ -443,7 +443,10 @@ fn watchers_hear_decoded_keys_and_only_ours() {
     assert_eq!(top.keys().expect("keys"), Vec::<u64>::new());
 
     // The wrapped watcher is active as long as the stack lives.
+    assert_eq!(shared.watchers(), 1);
     drop(stack);
+    // The store drops inactive watchers the next time it reports.
+    shared.report(Invalidation::All);
     assert_eq!(shared.watchers(), 0, "the dropped stack's watcher is gone");
 }
 
