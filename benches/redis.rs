@@ -7,6 +7,9 @@
 //!
 //! - `redis_get`, `redis_set`: `RedisCache` (its pool, namespace and error
 //!   mapping included) against `GET`/`SET` on one plain connection.
+//! - `redis_get_entry`: `RedisCache::get_entry` (`GET` and `PTTL` in one
+//!   `MULTI`/`EXEC` round trip) against the raw client doing the same, and
+//!   against a plain `GET`.
 //! - `redis_layered`: `Layered[MemoryCache, RedisCache]` warm (the memory
 //!   layer answers) and cold (memory misses, Redis answers, the value is
 //!   promoted), against the raw `GET`.
@@ -74,6 +77,28 @@ fn redis(c: &mut Criterion) {
     });
     group.bench_function("redis_cache", |b| {
         b.iter(|| ours.set(key.clone(), value.clone()).unwrap())
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("redis_get_entry");
+    group.bench_function("raw_client_get", |b| {
+        b.iter(|| black_box(raw_get(&mut raw, &full)))
+    });
+    group.bench_function("raw_client_multi_get_pttl", |b| {
+        b.iter(|| {
+            let reply: (Option<Vec<u8>>, i64) = redis::pipe()
+                .atomic()
+                .cmd("GET")
+                .arg(&full)
+                .cmd("PTTL")
+                .arg(&full)
+                .query(&mut raw)
+                .unwrap();
+            black_box(reply)
+        })
+    });
+    group.bench_function("redis_cache", |b| {
+        b.iter(|| black_box(ours.get_entry(black_box(&key)).unwrap()))
     });
     group.finish();
 

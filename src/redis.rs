@@ -3,12 +3,13 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, ConnectionLike, RedisError, RedisWrite, ToRedisArgs};
 
 use crate::cache::Cache;
+use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::entry::Entry;
 use crate::error::{Error, Operation, Result};
 
@@ -18,8 +19,15 @@ use crate::error::{Error, Operation, Result};
 ///   `layercache:`); `keys`, `clear` and `clear_matching` walk the
 ///   namespace with `SCAN` (never `KEYS`, which blocks the server) and never
 ///   touch keys outside it.
-/// - **Optional TTL**: with [`ttl`](RedisCacheBuilder::ttl), entries expire
-///   on the server on their own.
+/// - **Deadlines kept, as relative times**: an [`Entry`]'s `expires`
+///   becomes the key's time to live on the server (`SET ... PX`), and its
+///   `fresh_until` is kept in a small header in front of the stored value
+///   as a lead before that expiry. Nothing absolute is stored, so hosts
+///   whose clocks disagree still agree on how long an entry has left. See
+///   [`set_entry`](Cache::set_entry) for the format and what is refused.
+/// - **Optional TTL cap**: with [`ttl`](RedisCacheBuilder::ttl), no entry
+///   lives longer than that on the server, and entries without an expiry
+///   get it.
 /// - **Pooled**: connections are kept in a small pool and shared by any
 ///   number of threads; a connection that fails is dropped, and the next
 ///   call connects again, so the cache works again when a server comes back
@@ -68,6 +76,8 @@ pub struct RedisCache {
     /// The namespace with glob characters escaped, then `*`: SCAN's MATCH.
     pattern: String,
     ttl: Option<Duration>,
+    /// The clock deadlines are turned into relative times by, and back.
+    clock: Arc<dyn Clock>,
     connect_timeout: Duration,
     command_timeout: Duration,
     retry_after: Duration,
@@ -92,6 +102,7 @@ pub struct RedisCacheBuilder {
     url: String,
     namespace: String,
     ttl: Option<Duration>,
+    clock: Arc<dyn Clock>,
     connect_timeout: Duration,
     command_timeout: Duration,
     retry_after: Duration,
@@ -108,11 +119,28 @@ impl RedisCacheBuilder {
         self
     }
 
-    /// Entries expire this long after they are set (default: never). At
-    /// least 1 ms and at most 100 years (Redis counts in milliseconds, and
-    /// rejects expiry times it cannot represent).
+    /// The longest an entry lives on the server (default: no cap). An
+    /// entry's expiry becomes the earlier of its own `expires` and `ttl`
+    /// after it is set; an entry without an expiry (a plain
+    /// [`set`](Cache::set)) expires `ttl` after it is set. Reading the entry
+    /// back with [`get_entry`](Cache::get_entry) reports the expiry it got.
+    ///
+    /// At least 1 ms and at most 100 years (Redis counts in milliseconds,
+    /// and rejects expiry times it cannot represent).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
+        self
+    }
+
+    /// The clock that deadlines are measured against (default
+    /// [`SystemClock`]): [`set_entry`](Cache::set_entry) turns an entry's
+    /// deadlines into times from this clock's now, and
+    /// [`get_entry`](Cache::get_entry) turns the server's remaining time
+    /// back into deadlines on it. It is also the cache's
+    /// [`clock`](Cache::clock). Tests inject a
+    /// [`ManualClock`](crate::ManualClock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -183,6 +211,7 @@ impl RedisCacheBuilder {
             namespace: self.namespace,
             pattern,
             ttl: self.ttl,
+            clock: self.clock,
             connect_timeout: self.connect_timeout,
             command_timeout: self.command_timeout,
             retry_after: self.retry_after,
@@ -319,6 +348,85 @@ impl ToRedisArgs for Prefixed<'_> {
 /// Keys are scanned in batches of about this many.
 const SCAN_COUNT: usize = 1000;
 
+/// Byte 0 of a stored value: no freshness lead, the value follows.
+const TAG_PLAIN: u8 = 0;
+/// Byte 0 of a stored value: an 8-byte little-endian lead in milliseconds
+/// (how long before its expiry the entry goes stale) follows, then the
+/// value.
+const TAG_LEAD: u8 = 1;
+/// The length of a [`TAG_LEAD`] header: the tag and the lead.
+const LEAD_HEADER: usize = 1 + 8;
+
+/// A value with its header in front, written straight into a command's
+/// buffer: the value is not copied into a new `Vec` on the way.
+struct Framed<'a> {
+    /// Milliseconds from going stale to expiring, if the entry goes stale
+    /// before it expires.
+    lead: Option<u64>,
+    value: &'a [u8],
+}
+
+impl ToRedisArgs for Framed<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        let header = if self.lead.is_some() { LEAD_HEADER } else { 1 };
+        out.reserve_space_for_args([header + self.value.len()]);
+        let mut arg = out.writer_for_next_arg();
+        // Writing to the command's own buffer cannot fail.
+        match self.lead {
+            Some(lead) => {
+                let _ = arg.write_all(&[TAG_LEAD]);
+                let _ = arg.write_all(&lead.to_le_bytes());
+            }
+            None => {
+                let _ = arg.write_all(&[TAG_PLAIN]);
+            }
+        }
+        let _ = arg.write_all(self.value);
+    }
+}
+
+/// The value stored in `bytes` and its freshness lead, the header
+/// stripped; `None` when the header is not one this version writes (an
+/// unknown tag, too short: a value from layercache 0.1 or another program).
+fn unframe(mut bytes: Vec<u8>) -> Option<(Vec<u8>, Option<u64>)> {
+    let (header, lead) = match *bytes.first()? {
+        TAG_PLAIN => (1, None),
+        TAG_LEAD => {
+            let lead: [u8; 8] = bytes.get(1..LEAD_HEADER)?.try_into().ok()?;
+            (LEAD_HEADER, Some(u64::from_le_bytes(lead)))
+        }
+        _ => return None,
+    };
+    bytes.drain(..header);
+    Some((bytes, lead))
+}
+
+/// What [`RedisCache`]'s `set_entry` sends for an entry that expires, at
+/// one instant: the key's time to live and the freshness lead, both in
+/// milliseconds.
+struct Plan {
+    px: u64,
+    lead: Option<u64>,
+}
+
+/// The longest time to live [`RedisCache`] sends, in milliseconds: the
+/// builder's limit for its `ttl`, [`MAX_TTL`].
+const MAX_PX: u64 = MAX_TTL.as_millis() as u64;
+
+/// Why an entry that goes stale but never expires is refused.
+const FRESH_WITHOUT_EXPIRY: Error = Error::Unsupported {
+    cache: "RedisCache",
+    what: "keep fresh_until on an entry that never expires (the freshness deadline is \
+           stored as a lead before the expiry; give the entry an expiry, or the cache a ttl)",
+};
+
+/// Why an entry that expires too far ahead is refused.
+const TOO_FAR: Error = Error::Unsupported {
+    cache: "RedisCache",
+    what: "keep an expiry more than 100 years away",
+};
+
 impl RedisCache {
     /// Options for a cache on the server at `url`
     /// (`redis://[:password@]host[:port][/db]`).
@@ -327,6 +435,7 @@ impl RedisCache {
             url: url.into(),
             namespace: "layercache:".into(),
             ttl: None,
+            clock: Arc::new(SystemClock),
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(1),
             retry_after: Duration::from_millis(500),
@@ -487,6 +596,47 @@ impl RedisCache {
         }
     }
 
+    /// What to send for an entry with `expires` and `fresh_until` at `now`
+    /// by this cache's clock, when it expires (by itself or by the `ttl`
+    /// cap); `None` when it has expired by `now`.
+    ///
+    /// The expiry is the earlier of `expires` and `now + ttl`. Both are
+    /// whole milliseconds, and `now + ttl` rounds up, so the time to live
+    /// is the deadline less `now`, rounded up. The lead keeps `fresh_until`
+    /// as it was, measured back from that expiry; none when the entry stays
+    /// fresh until it expires.
+    fn plan(
+        &self,
+        now: Timestamp,
+        expires: Option<Timestamp>,
+        fresh_until: Option<Timestamp>,
+    ) -> Option<Plan> {
+        let cap = self.ttl.map(|ttl| now + ttl);
+        let deadline = match (expires, cap) {
+            (Some(expires), Some(cap)) => expires.min(cap),
+            (expires, cap) => expires.or(cap)?,
+        };
+        if deadline <= now {
+            return None;
+        }
+        let lead = fresh_until
+            .filter(|&fresh| fresh < deadline)
+            .map(|fresh| deadline.as_millis() - fresh.as_millis());
+        Some(Plan {
+            px: deadline.as_millis() - now.as_millis(),
+            lead,
+        })
+    }
+
+    /// Deletes `key` for a set whose entry has already expired.
+    fn unlink(&self, key: &str) -> Result<()> {
+        self.with(Operation::Set, "UNLINK", |connection| {
+            redis::cmd("UNLINK")
+                .arg(Prefixed(&self.namespace, key))
+                .query::<()>(connection)
+        })
+    }
+
     /// Every full key in the namespace, by SCAN, as bytes: another client
     /// may have stored keys that are not UTF-8 under the prefix.
     fn scan(&self, operation: Operation) -> Result<Vec<Vec<u8>>> {
@@ -534,53 +684,157 @@ impl RedisCache {
 }
 
 impl Cache<String, Vec<u8>> for RedisCache {
+    /// The value with its deadlines, from `GET` and `PTTL` sent together
+    /// in one round trip (as one `MULTI`/`EXEC` transaction, so that both
+    /// answers are about the same write).
+    ///
+    /// `expires` is the clock's now, read just before the commands are
+    /// sent, plus the time to live the server reports: as the server
+    /// counts it, so it cannot be moved by a difference between this host's
+    /// clock and the writer's. `fresh_until` is that expiry less the lead
+    /// stored in the value's header. A key with no time to live has no
+    /// expiry; if its header has a lead anyway (someone ran `PERSIST` on
+    /// it), it is reported stale.
+    ///
+    /// The deadlines read back may be earlier than those written by the
+    /// time the round trips took, and later by at most the time the `SET`
+    /// took to reach the server plus the writer's clock resolution: a
+    /// relative time starts counting when the server gets it.
+    ///
+    /// Stored bytes without a header this version understands (written by
+    /// layercache 0.1 or by another program) read as a miss, and are left
+    /// in place.
     fn get_entry(&self, key: &String) -> Result<Option<Entry<Vec<u8>>>> {
-        Ok(self.get(key)?.map(Entry::new))
+        let found = self.with(Operation::Get, "GET+PTTL", |connection| {
+            // Before the commands go out, so the deadline read back is
+            // never later than the one the server counts down to.
+            let now = self.clock.now();
+            let (value, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
+                .atomic()
+                .cmd("GET")
+                .arg(Prefixed(&self.namespace, key))
+                .cmd("PTTL")
+                .arg(Prefixed(&self.namespace, key))
+                .query(connection)?;
+            Ok(value.map(|value| (value, pttl, now)))
+        })?;
+        let Some((bytes, pttl, now)) = found else {
+            return Ok(None);
+        };
+        let expires = match pttl {
+            -1 => None,
+            // Whole milliseconds left: a key with 0 left has expired by the
+            // time it would be returned, and -2 means no key.
+            left if left > 0 => Some(now + Duration::from_millis(left.unsigned_abs())),
+            _ => return Ok(None),
+        };
+        let Some((value, lead)) = unframe(bytes) else {
+            return Ok(None);
+        };
+        let entry = Entry::new(value).with_expires(expires);
+        Ok(Some(match (lead, expires) {
+            (None, _) => entry,
+            (Some(lead), Some(expires)) => entry.with_fresh_until(Timestamp::from_millis(
+                expires.as_millis().saturating_sub(lead),
+            )),
+            (Some(_), None) => entry.with_fresh_until(now),
+        }))
     }
 
+    /// Stores the entry with `SET`, its deadlines as relative times (no
+    /// absolute time is stored, so hosts whose clocks disagree agree on an
+    /// entry's remaining life):
+    ///
+    /// - **Expiry**: `PX` is the entry's `expires` less the clock's now,
+    ///   capped by the builder's [`ttl`](RedisCacheBuilder::ttl); an entry
+    ///   without `expires` gets the `ttl`, or no `PX` without one. An entry
+    ///   that has already expired (by the clock, or with a `ttl` cap) is
+    ///   not stored: the key is deleted, as a later expiry would, and the
+    ///   call succeeds.
+    /// - **Freshness**: the stored value starts with a header. Byte 0 is a
+    ///   tag: `0` means no freshness lead, and the value follows; `1` means
+    ///   an 8-byte little-endian lead in milliseconds (expiry less
+    ///   `fresh_until`) follows, then the value.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`], storing nothing, for an entry with a
+    /// `fresh_until` that never expires in this cache (no `expires` and no
+    /// builder `ttl`: a lead needs an expiry to be measured from), and for
+    /// an expiry more than 100 years away. [`Error::Backend`] when the
+    /// server fails.
     fn set_entry(&self, key: String, entry: Entry<Vec<u8>>) -> Result<()> {
-        if entry.has_deadline() {
-            return Err(Error::Unsupported {
-                cache: "RedisCache",
-                what: "keep an entry's deadlines yet",
+        let (expires, fresh_until) = (entry.expires(), entry.fresh_until());
+        let value = entry.into_value();
+        if expires.is_none() && self.ttl.is_none() {
+            // It never expires: no clock, no time to live.
+            if fresh_until.is_some() {
+                return Err(FRESH_WITHOUT_EXPIRY);
+            }
+            return self.with(Operation::Set, "SET", |connection| {
+                redis::cmd("SET")
+                    .arg(Prefixed(&self.namespace, &key))
+                    .arg(Framed {
+                        lead: None,
+                        value: &value,
+                    })
+                    .query::<()>(connection)
             });
         }
-        self.set(key, entry.value)
+        match self.plan(self.clock.now(), expires, fresh_until) {
+            None => return self.unlink(&key),
+            Some(plan) if plan.px > MAX_PX => return Err(TOO_FAR),
+            Some(_) => {}
+        }
+        self.with(Operation::Set, "SET", |connection| {
+            // Planned again on each try, from the clock's now as the
+            // command goes out: a second try on a new connection goes out
+            // later, and must not give the entry that much longer.
+            match self.plan(self.clock.now(), expires, fresh_until) {
+                Some(plan) => redis::cmd("SET")
+                    .arg(Prefixed(&self.namespace, &key))
+                    .arg(Framed {
+                        lead: plan.lead,
+                        value: &value,
+                    })
+                    .arg("PX")
+                    .arg(plan.px)
+                    .query::<()>(connection),
+                None => redis::cmd("UNLINK")
+                    .arg(Prefixed(&self.namespace, &key))
+                    .query::<()>(connection),
+            }
+        })
     }
 
+    /// The value with a single `GET` (no `PTTL`: the server does not
+    /// return a key that has expired), its header stripped. Bytes without a
+    /// header this version understands are a miss and are left in place.
     fn get(&self, key: &String) -> Result<Option<Vec<u8>>> {
-        self.with(Operation::Get, "GET", |connection| {
+        let found: Option<Vec<u8>> = self.with(Operation::Get, "GET", |connection| {
             redis::cmd("GET")
                 .arg(Prefixed(&self.namespace, key))
                 .query(connection)
-        })
+        })?;
+        Ok(found.and_then(unframe).map(|(value, _)| value))
     }
 
-    fn set(&self, key: String, value: Vec<u8>) -> Result<()> {
-        self.with(Operation::Set, "SET", |connection| {
-            let mut command = redis::cmd("SET");
-            command.arg(Prefixed(&self.namespace, &key)).arg(&value);
-            if let Some(ttl) = self.ttl {
-                // `build` holds a TTL to 1 ms ..= 100 years: this fits.
-                command
-                    .arg("PX")
-                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-            }
-            command.query::<()>(connection)
-        })
-    }
-
-    /// Removes with `GETDEL` (Redis 6.2 or later), one round trip. If a
-    /// pooled connection breaks after the server ran the command but
+    /// Removes with `GETDEL` (Redis 6.2 or later), one round trip, and
+    /// returns the value with its header stripped. A value without a header
+    /// this version understands is removed all the same (the key is gone),
+    /// and `None` is returned.
+    ///
+    /// If a pooled connection breaks after the server ran the command but
     /// before its answer arrived, the command goes once more on a new
     /// connection and answers `None`: the entry is gone, but its value is
     /// not returned. (`clear_matching` may undercount in the same way.)
     fn remove(&self, key: &String) -> Result<Option<Vec<u8>>> {
-        self.with(Operation::Remove, "GETDEL", |connection| {
+        let found: Option<Vec<u8>> = self.with(Operation::Remove, "GETDEL", |connection| {
             redis::cmd("GETDEL")
                 .arg(Prefixed(&self.namespace, key))
                 .query(connection)
-        })
+        })?;
+        Ok(found.and_then(unframe).map(|(value, _)| value))
     }
 
     /// The keys in the namespace, without the prefix. A key that is not
@@ -594,6 +848,9 @@ impl Cache<String, Vec<u8>> for RedisCache {
             .collect())
     }
 
+    /// The values in the namespace (`MGET` in batches), their headers
+    /// stripped; values without a header this version understands are
+    /// skipped.
     fn values(&self) -> Result<Vec<Vec<u8>>> {
         let keys = self.scan(Operation::Values)?;
         let mut values = Vec::with_capacity(keys.len());
@@ -602,7 +859,13 @@ impl Cache<String, Vec<u8>> for RedisCache {
                 self.with(Operation::Values, "MGET", |connection| {
                     redis::cmd("MGET").arg(batch).query(connection)
                 })?;
-            values.extend(found.into_iter().flatten());
+            values.extend(
+                found
+                    .into_iter()
+                    .flatten()
+                    .filter_map(unframe)
+                    .map(|(value, _)| value),
+            );
         }
         Ok(values)
     }
@@ -622,6 +885,10 @@ impl Cache<String, Vec<u8>> for RedisCache {
             std::str::from_utf8(&full[prefix..]).is_ok_and(|key| matches(&key.to_owned()))
         });
         self.delete(Operation::ClearMatching, &keys)
+    }
+
+    fn clock(&self) -> &dyn Clock {
+        &*self.clock
     }
 }
 

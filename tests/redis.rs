@@ -1,7 +1,9 @@
 //! RedisCache against a real `redis-server` that each test starts on a free
 //! loopback port (persistence off) and stops at its end: the conformance
 //! suite, two processes sharing entries, namespace isolation, TTL expiry,
-//! and the server failing, going silent and coming back.
+//! entry deadlines (kept as relative times, so clock skew is harmless, and
+//! the stored header), and the server failing, going silent and coming
+//! back.
 //!
 //! Without a `redis-server` on the PATH every test here says so loudly and
 //! passes; with `LAYERCACHE_REQUIRE_REDIS=1` (as in CI) it fails instead.
@@ -20,7 +22,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use layercache::testing::{self, RedisServer};
-use layercache::{Cache, Error, ErrorPolicy, Layered, MemoryCache, RedisCache};
+use layercache::{
+    Cache, CacheExt, Clock, Entry, Error, ErrorPolicy, Layered, ManualClock, MemoryCache,
+    RedisCache, Serialised, SystemClock, Timestamp,
+};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -85,7 +90,6 @@ fn conformance() {
     testing::run_string_keyed(|| cache(&server, "conformance"));
     // Typed values through a codec, as a user would stack it.
     testing::run_all::<String, u64, _>(|| {
-        use layercache::CacheExt;
         cache(&server, "serialised").serialised(layercache::codec::Json)
     });
 }
@@ -188,7 +192,12 @@ fn namespace_with_many_keys_is_scanned_whole() {
     // rounds and MGET/UNLINK several batches.
     let mut pipe = redis::pipe();
     for n in 0..5_000 {
-        pipe.set(format!("{}{n}", cache.namespace()), n).ignore();
+        // Values as RedisCache stores them: tag 0 (no freshness lead), then
+        // the bytes.
+        let mut stored = vec![0];
+        stored.extend_from_slice(n.to_string().as_bytes());
+        pipe.set(format!("{}{n}", cache.namespace()), stored)
+            .ignore();
         pipe.set(format!("outside:{n}"), n).ignore();
     }
     pipe.query::<()>(&mut raw).unwrap();
@@ -302,6 +311,519 @@ fn bad_options_are_errors() {
     assert_eq!(century.get(&"k".into()).unwrap(), Some(bytes("v")));
 }
 
+// ---------------------------------------------------------------------------
+// Deadlines
+// ---------------------------------------------------------------------------
+
+const SECOND: Duration = Duration::from_secs(1);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A cache on `server` with a fresh namespace, reading `clock`, with an
+/// optional builder `ttl`.
+fn clocked(
+    server: &RedisServer,
+    test: &str,
+    clock: Arc<dyn Clock>,
+    ttl: Option<Duration>,
+) -> RedisCache {
+    let mut builder = RedisCache::builder(server.url())
+        .namespace(fresh_namespace(test))
+        .clock(clock);
+    if let Some(ttl) = ttl {
+        builder = builder.ttl(ttl);
+    }
+    builder.build().expect("build a RedisCache")
+}
+
+/// A clock that stands still at the system clock's now: deadlines read
+/// back through it can be compared exactly with those written.
+fn frozen() -> Arc<ManualClock> {
+    Arc::new(ManualClock::starting_at(SystemClock.now()))
+}
+
+/// The server's PTTL of `key` in `cache`'s namespace.
+fn pttl(raw: &mut redis::Connection, cache: &RedisCache, key: &str) -> i64 {
+    redis::cmd("PTTL")
+        .arg(format!("{}{key}", cache.namespace()))
+        .query(raw)
+        .unwrap()
+}
+
+/// The stored bytes of `key` in `cache`'s namespace, header and all.
+fn stored(raw: &mut redis::Connection, cache: &RedisCache, key: &str) -> Option<Vec<u8>> {
+    redis::cmd("GET")
+        .arg(format!("{}{key}", cache.namespace()))
+        .query(raw)
+        .unwrap()
+}
+
+/// Asserts `at` lies in `[latest - SECOND, latest]`: a deadline read back
+/// may have lost the time the round trips took, never gained any.
+#[track_caller]
+fn within_a_second_before(at: Option<Timestamp>, latest: Timestamp, what: &str) {
+    let at = at.unwrap_or_else(|| panic!("{what}: no deadline came back"));
+    assert!(
+        at <= latest && latest - at <= SECOND,
+        "{what}: {at:?}, expected within a second before {latest:?}"
+    );
+}
+
+#[test]
+fn deadlines_come_back() {
+    let Some(server) = RedisServer::start_or_skip("redis deadlines") else {
+        return;
+    };
+    let clock = frozen();
+    let cache = clocked(&server, "deadlines", clock.clone(), None);
+    let set_at = clock.now();
+    let expires = set_at + Duration::from_secs(60);
+    let fresh_until = set_at + Duration::from_secs(20);
+    cache
+        .set_entry(
+            "both".into(),
+            Entry::new(bytes("v"))
+                .with_expires(expires)
+                .with_fresh_until(fresh_until),
+        )
+        .unwrap();
+    let entry = cache.get_entry(&"both".into()).unwrap().expect("a hit");
+    assert_eq!(entry.value, bytes("v"));
+    within_a_second_before(entry.expires(), expires, "expires");
+    within_a_second_before(entry.fresh_until(), fresh_until, "fresh_until");
+    // The lead is stored exactly: both deadlines moved by the same amount.
+    assert_eq!(
+        entry.expires().unwrap() - entry.fresh_until().unwrap(),
+        Duration::from_secs(40)
+    );
+    assert!(entry.is_fresh(set_at));
+    assert!(!entry.is_fresh(fresh_until) && !entry.is_expired(fresh_until));
+
+    // Expiry alone: fresh until it expires.
+    cache
+        .set_entry(
+            "expiry".into(),
+            Entry::new(bytes("e")).with_expires(expires),
+        )
+        .unwrap();
+    let entry = cache.get_entry(&"expiry".into()).unwrap().expect("a hit");
+    within_a_second_before(entry.expires(), expires, "expires");
+    assert_eq!(entry.fresh_until(), None);
+
+    // No deadline: none comes back, and the server keeps it for good.
+    let mut raw = raw(&server);
+    cache.set("forever".into(), bytes("f")).unwrap();
+    let entry = cache.get_entry(&"forever".into()).unwrap().expect("a hit");
+    assert_eq!(entry, Entry::new(bytes("f")));
+    assert_eq!(pttl(&mut raw, &cache, "forever"), -1);
+
+    // Already stale when written, not yet expired: served, stale.
+    cache
+        .set_entry(
+            "stale".into(),
+            Entry::new(bytes("s"))
+                .with_expires(expires)
+                .with_fresh_until(set_at),
+        )
+        .unwrap();
+    let entry = cache.get_entry(&"stale".into()).unwrap().expect("a hit");
+    within_a_second_before(entry.fresh_until(), set_at, "fresh_until");
+    assert!(!entry.is_fresh(set_at));
+
+    // Plain get strips the header and needs no PTTL.
+    assert_eq!(cache.get(&"both".into()).unwrap(), Some(bytes("v")));
+    let mut values = cache.values().unwrap();
+    values.sort();
+    assert_eq!(values, vec![bytes("e"), bytes("f"), bytes("s"), bytes("v")]);
+    assert_eq!(cache.remove(&"both".into()).unwrap(), Some(bytes("v")));
+    assert_eq!(cache.get_entry(&"both".into()).unwrap(), None);
+
+    // With the system clock, through the CacheExt conveniences: the time
+    // to live left, measured after the read, is at most what was given.
+    let live = clocked(&server, "deadlines-system", Arc::new(SystemClock), None);
+    live.set_with_freshness(
+        "k".into(),
+        bytes("v"),
+        Duration::from_secs(30),
+        Duration::from_secs(90),
+    )
+    .unwrap();
+    let entry = live.get_entry(&"k".into()).unwrap().expect("a hit");
+    let now = SystemClock.now();
+    within_a_second_before(entry.expires(), now + Duration::from_secs(90), "expires");
+    within_a_second_before(
+        entry.fresh_until(),
+        now + Duration::from_secs(30),
+        "fresh_until",
+    );
+}
+
+#[test]
+fn the_server_expires_entries() {
+    let Some(server) = RedisServer::start_or_skip("redis entry expiry") else {
+        return;
+    };
+    let mut raw = raw(&server);
+    let cache = cache(&server, "expiry");
+    cache
+        .set_with_ttl("short".into(), bytes("v"), Duration::from_millis(100))
+        .unwrap();
+    cache.set("lasting".into(), bytes("l")).unwrap();
+    // Counting down from at most 100 ms, or (on a stalled machine) gone
+    // already; never -1, which would mean no expiry.
+    let left = pttl(&mut raw, &cache, "short");
+    assert!((left > 0 && left <= 100) || left == -2, "PTTL {left}");
+    // The server drops it by itself: poll, with a generous deadline.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache.get(&"short".into()).unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "a 100 ms entry was still there after 5 s"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(cache.get_entry(&"short".into()).unwrap(), None);
+    assert_eq!(stored(&mut raw, &cache, "short"), None);
+    assert_eq!(cache.keys().unwrap(), vec!["lasting".to_string()]);
+    assert_eq!(cache.get(&"lasting".into()).unwrap(), Some(bytes("l")));
+}
+
+#[test]
+fn builder_ttl_caps_entry_deadlines() {
+    let Some(server) = RedisServer::start_or_skip("redis ttl cap") else {
+        return;
+    };
+    let mut raw = raw(&server);
+    let clock = frozen();
+    let cap = Duration::from_secs(10);
+    let cache = clocked(&server, "cap", clock.clone(), Some(cap));
+    let now = clock.now();
+
+    // A longer expiry is cut to the cap...
+    cache
+        .set_entry(
+            "long".into(),
+            Entry::new(bytes("l")).with_expires(now + HOUR),
+        )
+        .unwrap();
+    let left = pttl(&mut raw, &cache, "long");
+    assert!(left > 9_000 && left <= 10_000, "PTTL {left}");
+    let entry = cache.get_entry(&"long".into()).unwrap().expect("a hit");
+    within_a_second_before(entry.expires(), now + cap, "capped expires");
+
+    // ...a shorter one is kept...
+    let short = now + Duration::from_secs(3);
+    cache
+        .set_entry("short".into(), Entry::new(bytes("s")).with_expires(short))
+        .unwrap();
+    let left = pttl(&mut raw, &cache, "short");
+    assert!(left > 2_000 && left <= 3_000, "PTTL {left}");
+    let entry = cache.get_entry(&"short".into()).unwrap().expect("a hit");
+    within_a_second_before(entry.expires(), short, "short expires");
+
+    // ...an entry without one gets the cap, and get_entry says so.
+    cache.set("plain".into(), bytes("p")).unwrap();
+    let left = pttl(&mut raw, &cache, "plain");
+    assert!(left > 9_000 && left <= 10_000, "PTTL {left}");
+    let entry = cache.get_entry(&"plain".into()).unwrap().expect("a hit");
+    within_a_second_before(entry.expires(), now + cap, "plain expires");
+    assert_eq!(entry.fresh_until(), None);
+
+    // Freshness within the cap is kept as it was, measured from the
+    // capped expiry; freshness beyond it ends at the expiry.
+    let fresh_until = now + Duration::from_secs(4);
+    cache
+        .set_entry(
+            "fresh".into(),
+            Entry::new(bytes("f"))
+                .with_expires(now + HOUR)
+                .with_fresh_until(fresh_until),
+        )
+        .unwrap();
+    let entry = cache.get_entry(&"fresh".into()).unwrap().expect("a hit");
+    within_a_second_before(entry.fresh_until(), fresh_until, "fresh_until");
+    assert_eq!(
+        entry.expires().unwrap() - entry.fresh_until().unwrap(),
+        Duration::from_secs(6)
+    );
+    cache
+        .set_entry(
+            "fresh-long".into(),
+            Entry::new(bytes("f"))
+                .with_expires(now + HOUR)
+                .with_fresh_until(now + Duration::from_secs(60)),
+        )
+        .unwrap();
+    let entry = cache
+        .get_entry(&"fresh-long".into())
+        .unwrap()
+        .expect("a hit");
+    assert_eq!(entry.fresh_until(), None, "fresh until the capped expiry");
+    assert_eq!(stored(&mut raw, &cache, "fresh-long"), Some(vec![0, b'f']));
+
+    // With a cap, freshness needs no expiry of the entry's own.
+    cache
+        .set_entry(
+            "fresh-only".into(),
+            Entry::new(bytes("f")).with_fresh_until(fresh_until),
+        )
+        .unwrap();
+    let entry = cache
+        .get_entry(&"fresh-only".into())
+        .unwrap()
+        .expect("a hit");
+    within_a_second_before(entry.expires(), now + cap, "expires");
+    within_a_second_before(entry.fresh_until(), fresh_until, "fresh_until");
+}
+
+#[test]
+fn freshness_without_expiry_is_refused() {
+    let Some(server) = RedisServer::start_or_skip("redis fresh without expiry") else {
+        return;
+    };
+    let mut raw = raw(&server);
+    let clock = frozen();
+    let cache = clocked(&server, "refused", clock.clone(), None);
+    let fresh = Entry::new(bytes("new")).with_fresh_until(clock.now() + HOUR);
+    let error = cache.set_entry("k".into(), fresh).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Unsupported {
+                cache: "RedisCache",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("fresh_until"), "{error}");
+    assert_eq!(stored(&mut raw, &cache, "k"), None, "nothing stored");
+
+    // Nor is what was there touched.
+    cache.set("k".into(), bytes("old")).unwrap();
+    let fresh = Entry::new(bytes("new")).with_fresh_until(clock.now() + HOUR);
+    assert!(cache.set_entry("k".into(), fresh).is_err());
+    assert_eq!(cache.get(&"k".into()).unwrap(), Some(bytes("old")));
+
+    // An expiry further away than Redis is asked to keep is refused too,
+    // rather than stored shorter or forever.
+    let far = Entry::new(bytes("far")).with_expires(clock.now() + HOUR * 24 * 365 * 200);
+    let error = cache.set_entry("k".into(), far).unwrap_err();
+    assert!(
+        matches!(error, Error::Unsupported { .. }) && error.to_string().contains("100 years"),
+        "{error:?}"
+    );
+    assert_eq!(cache.get(&"k".into()).unwrap(), Some(bytes("old")));
+}
+
+#[test]
+fn an_expired_entry_removes_what_was_there() {
+    let Some(server) = RedisServer::start_or_skip("redis expired on arrival") else {
+        return;
+    };
+    let mut raw = raw(&server);
+    let clock = frozen();
+    for ttl in [None, Some(HOUR)] {
+        let cache = clocked(&server, "dead", clock.clone(), ttl);
+        let now = clock.now();
+        for expires in [now, Timestamp::from_millis(now.as_millis() - 1_000)] {
+            cache.set("k".into(), bytes("old")).unwrap();
+            assert!(stored(&mut raw, &cache, "k").is_some());
+            cache
+                .set_entry("k".into(), Entry::new(bytes("dead")).with_expires(expires))
+                .unwrap();
+            assert_eq!(stored(&mut raw, &cache, "k"), None, "ttl {ttl:?}");
+            assert_eq!(cache.get_entry(&"k".into()).unwrap(), None);
+            // On a key that was not there, it is no error either.
+            cache
+                .set_entry("k".into(), Entry::new(bytes("dead")).with_expires(expires))
+                .unwrap();
+            assert_eq!(cache.get(&"k".into()).unwrap(), None);
+        }
+    }
+}
+
+#[test]
+fn stored_values_start_with_the_header() {
+    let Some(server) = RedisServer::start_or_skip("redis header") else {
+        return;
+    };
+    let mut raw = raw(&server);
+    let clock = frozen();
+    let cache = clocked(&server, "header", clock.clone(), None);
+    let now = clock.now();
+
+    cache.set("plain".into(), bytes("abc")).unwrap();
+    assert_eq!(stored(&mut raw, &cache, "plain"), Some(b"\x00abc".to_vec()));
+    cache.set("empty".into(), Vec::new()).unwrap();
+    assert_eq!(stored(&mut raw, &cache, "empty"), Some(vec![0]));
+    assert_eq!(cache.get(&"empty".into()).unwrap(), Some(Vec::new()));
+
+    cache
+        .set_entry(
+            "fresh".into(),
+            Entry::new(bytes("abc"))
+                .with_expires(now + Duration::from_secs(60))
+                .with_fresh_until(now + Duration::from_millis(20_500)),
+        )
+        .unwrap();
+    let mut expected = vec![1];
+    expected.extend_from_slice(&39_500u64.to_le_bytes());
+    expected.extend_from_slice(b"abc");
+    assert_eq!(stored(&mut raw, &cache, "fresh"), Some(expected));
+    // The expiry is the key's time to live, not an absolute time.
+    let left = pttl(&mut raw, &cache, "fresh");
+    assert!(left > 59_000 && left <= 60_000, "PTTL {left}");
+
+    // Someone removed the time to live (PERSIST): the lead has nothing to
+    // hang from, and the entry reads as stale rather than fresh for good.
+    redis::cmd("PERSIST")
+        .arg(format!("{}fresh", cache.namespace()))
+        .query::<i64>(&mut raw)
+        .unwrap();
+    let entry = cache.get_entry(&"fresh".into()).unwrap().expect("a hit");
+    assert_eq!(entry.value, bytes("abc"));
+    assert_eq!(entry.expires(), None);
+    assert_eq!(entry.fresh_until(), Some(now));
+    assert!(!entry.is_fresh(now));
+}
+
+#[test]
+fn clock_skew_is_harmless() {
+    let Some(server) = RedisServer::start_or_skip("redis clock skew") else {
+        return;
+    };
+    let namespace = fresh_namespace("skew");
+    let on = |clock: Arc<dyn Clock>| {
+        RedisCache::builder(server.url())
+            .namespace(namespace.clone())
+            .clock(clock)
+            .build()
+            .unwrap()
+    };
+    let system = on(Arc::new(SystemClock));
+    let to_live = Duration::from_secs(60);
+    let fresh_for = Duration::from_secs(20);
+    for (name, skewed) in [
+        ("ahead", SystemClock.now() + HOUR),
+        (
+            "behind",
+            Timestamp::from_millis(SystemClock.now().as_millis() - HOUR.as_millis() as u64),
+        ),
+    ] {
+        let clock = Arc::new(ManualClock::starting_at(skewed));
+        let writer = on(clock.clone());
+        writer
+            .set_with_freshness(name.into(), bytes(name), fresh_for, to_live)
+            .unwrap();
+        // The host with the right time sees about 60 s to live.
+        let entry = system.get_entry(&name.into()).unwrap().expect("a hit");
+        let now = SystemClock.now();
+        within_a_second_before(entry.expires(), now + to_live, name);
+        within_a_second_before(entry.fresh_until(), now + fresh_for, name);
+        assert!(entry.is_fresh(now), "{name}");
+        // And the skewed host, reading its own entry, sees the same on its
+        // clock.
+        let entry = writer.get_entry(&name.into()).unwrap().expect("a hit");
+        within_a_second_before(entry.expires(), clock.now() + to_live, name);
+
+        // The other way round: written with the right time, read by the
+        // skewed host.
+        system
+            .set_with_ttl(name.into(), bytes(name), to_live)
+            .unwrap();
+        let entry = writer.get_entry(&name.into()).unwrap().expect("a hit");
+        within_a_second_before(entry.expires(), clock.now() + to_live, name);
+        assert!(!entry.is_expired(clock.now()), "{name}");
+    }
+}
+
+#[test]
+fn values_without_a_header_are_misses_and_kept() {
+    let Some(server) = RedisServer::start_or_skip("redis foreign values") else {
+        return;
+    };
+    let mut raw = raw(&server);
+    let cache = cache(&server, "foreign");
+    let foreign: [(&str, &[u8]); 4] = [
+        ("v01", b"{\"written by\": \"layercache 0.1\"}"),
+        ("empty", b""),
+        ("short", b"\x01\x02\x03"),
+        ("tag", b"\x07value"),
+    ];
+    for (key, value) in foreign {
+        redis::cmd("SET")
+            .arg(format!("{}{key}", cache.namespace()))
+            .arg(value)
+            .query::<()>(&mut raw)
+            .unwrap();
+    }
+    cache.set("ours".into(), bytes("mine")).unwrap();
+    for (key, value) in foreign {
+        assert_eq!(cache.get(&key.into()).unwrap(), None, "{key}");
+        assert_eq!(cache.get_entry(&key.into()).unwrap(), None, "{key}");
+        // A codec above sees a miss, not bytes to fail on (and drop).
+        let typed = Serialised::new(&cache, layercache::codec::Json);
+        let found: Option<String> = typed.get(&key.into()).unwrap();
+        assert_eq!(found, None, "{key}");
+        assert_eq!(typed.stale(), 0, "{key}");
+        assert_eq!(
+            stored(&mut raw, &cache, key).as_deref(),
+            Some(value),
+            "{key} was touched"
+        );
+    }
+    assert_eq!(cache.values().unwrap(), vec![bytes("mine")]);
+    assert_eq!(sorted(cache.keys().unwrap()).len(), 5);
+    // remove deletes the key all the same, and cannot return the value.
+    assert_eq!(cache.remove(&"v01".into()).unwrap(), None);
+    assert_eq!(stored(&mut raw, &cache, "v01"), None);
+}
+
+#[test]
+fn serialised_keeps_deadlines() {
+    let Some(server) = RedisServer::start_or_skip("redis serialised deadlines") else {
+        return;
+    };
+    let mut raw = raw(&server);
+    let clock = frozen();
+    let typed = Serialised::new(
+        clocked(&server, "serialised", clock.clone(), None),
+        layercache::codec::Json,
+    );
+    let now = clock.now();
+    let ttl = Duration::from_secs(30);
+    typed
+        .set_with_ttl("k".to_string(), vec![1u32, 2, 3], ttl)
+        .unwrap();
+    let entry: Entry<Vec<u32>> = typed.get_entry(&"k".to_string()).unwrap().expect("a hit");
+    assert_eq!(entry.value, vec![1u32, 2, 3]);
+    within_a_second_before(entry.expires(), now + ttl, "expires");
+    assert_eq!(entry.fresh_until(), None);
+    assert_eq!(
+        stored(&mut raw, typed.inner(), "k"),
+        Some(b"\x00[1,2,3]".to_vec())
+    );
+    let left = pttl(&mut raw, typed.inner(), "k");
+    assert!(left > 29_000 && left <= 30_000, "PTTL {left}");
+
+    typed
+        .set_with_freshness("f".to_string(), vec![4u32], SECOND * 10, ttl)
+        .unwrap();
+    let entry: Entry<Vec<u32>> = typed.get_entry(&"f".to_string()).unwrap().expect("a hit");
+    within_a_second_before(entry.fresh_until(), now + SECOND * 10, "fresh_until");
+    within_a_second_before(entry.expires(), now + ttl, "expires");
+
+    // Refusals come through the wrapper as they are.
+    let refused = typed.set_entry(
+        "r".to_string(),
+        Entry::new(vec![5u32]).with_fresh_until(now + ttl),
+    );
+    assert!(
+        matches!(refused, Err(Error::Unsupported { .. })),
+        "{refused:?}"
+    );
+}
+
 /// Server connections accepted so far, from `INFO stats`.
 fn connections_received(raw: &mut redis::Connection) -> u64 {
     let info: String = redis::cmd("INFO").arg("stats").query(raw).unwrap();
@@ -334,6 +856,16 @@ fn error_replies_fail_the_call_and_keep_the_connection() {
             "{message}"
         );
         assert_eq!(cache.get(&"k".into()).unwrap(), Some(bytes("v")));
+        // The same through the GET+PTTL transaction.
+        let message = backend_error(cache.get_entry(&"h".into()), &server.url());
+        assert!(
+            message.contains("GET+PTTL failed") && message.contains("WRONGTYPE"),
+            "{message}"
+        );
+        assert_eq!(
+            cache.get_entry(&"k".into()).unwrap().map(Entry::into_value),
+            Some(bytes("v"))
+        );
     }
     // The error replies were read whole, so the pooled connection went on
     // being used: no reconnect per failed call.
