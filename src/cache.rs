@@ -73,8 +73,10 @@ impl<K, F: Fn(Invalidation<'_, K>) + Send + Sync> Watcher<K> for F {
 ///
 /// - [`get_entry`](Cache::get_entry) never returns an entry that has
 ///   expired by the cache's [`clock`](Cache::clock), and returns the
-///   deadlines it was given (a layer that keeps times relative, like Redis,
-///   may round them to its resolution, never extend them).
+///   deadlines it was given. A layer that keeps times relative, like Redis,
+///   turns them into durations and back, so they may move by the time a
+///   request takes to reach it plus the clock's resolution (milliseconds);
+///   no layer moves them further.
 /// - [`set_entry`](Cache::set_entry) either keeps both deadlines or fails
 ///   with [`Error::Unsupported`](crate::Error::Unsupported); it never stores
 ///   an expiring entry as one that lives forever. An entry that has already

@@ -3,9 +3,9 @@
 //!
 //! Deadlines are wall-clock instants with millisecond resolution, so that a
 //! layer shared by processes (a file) can store them and a layer on another
-//! host (Redis) can turn them into relative times. A cache reads its clock
-//! only when an entry has a deadline: a store of entries that never expire
-//! never asks for the time.
+//! host (Redis) can turn them into relative times. An in-process cache
+//! reads its clock only when an entry has a deadline: a memory store of
+//! entries that never expire never asks for the time.
 
 use std::fmt;
 use std::ops::{Add, Sub};

@@ -94,6 +94,33 @@ fn conformance() {
     });
 }
 
+/// The deadline checks of the conformance suite that need no time to pass
+/// on the cache's clock (the server expires entries on its own clock):
+/// both deadlines come back, through the cache and through the wrappers a
+/// user stacks on it.
+#[test]
+fn conformance_deadlines() {
+    let Some(server) = RedisServer::start_or_skip("redis conformance deadlines") else {
+        return;
+    };
+    let with_clock = |clock: Arc<layercache::ManualClock>| {
+        RedisCache::builder(server.url())
+            .namespace(fresh_namespace("deadlines"))
+            .clock(clock)
+            .build()
+            .expect("build a RedisCache")
+    };
+    testing::run_deadlines_kept(with_clock);
+    testing::run_deadlines_kept::<String, u64, _>(|clock| {
+        with_clock(clock).serialised(layercache::codec::Json)
+    });
+    testing::run_deadlines_kept(|clock| {
+        layercache::Layered::new()
+            .with_layer(layercache::MemoryCache::<String, Vec<u8>>::new().with_clock(clock.clone()))
+            .with_layer(with_clock(clock))
+    });
+}
+
 #[test]
 fn namespaces_never_touch_other_keys() {
     let Some(server) = RedisServer::start_or_skip("redis namespaces") else {
