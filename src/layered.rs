@@ -68,7 +68,15 @@ type FailureHook = Arc<dyn Fn(&LayerFailure<'_>) + Send + Sync>;
 /// (so the writer's value replaces the promoted one). Otherwise the
 /// promotion removes what it wrote: a spurious miss, never a stale hit.
 ///
-/// Keys that share a stripe only cost each other a skipped promotion.
+/// Two writes of a key that overlap can reach the layers in different
+/// orders (the top gets one's value last, the bottom the other's), so a
+/// `set` also checks the word when it has written every layer: if another
+/// writer was in flight when it began, or began or ended since, it removes
+/// the key from the upper layers before it ends. Removals need no such
+/// check: they leave no value behind.
+///
+/// Keys that share a stripe only cost each other a skipped promotion or an
+/// upper-layer miss.
 struct Generations {
     stripes: Box<[AtomicU64]>,
     hasher: DefaultHashBuilder,
@@ -101,8 +109,11 @@ impl Generations {
     /// when a layer panics, so a stripe is never left busy).
     fn write<K: Hash + ?Sized>(&self, key: &K) -> Writing<'_> {
         let stripe = self.stripe(key);
-        stripe.fetch_add(BEGIN, Ordering::SeqCst);
-        Writing(std::slice::from_ref(stripe))
+        let before = stripe.fetch_add(BEGIN, Ordering::SeqCst);
+        Writing {
+            stripes: std::slice::from_ref(stripe),
+            before,
+        }
     }
 
     /// Marks a write of every key in flight until the guard is dropped.
@@ -110,16 +121,37 @@ impl Generations {
         for stripe in self.stripes.iter() {
             stripe.fetch_add(BEGIN, Ordering::SeqCst);
         }
-        Writing(&self.stripes)
+        Writing {
+            stripes: &self.stripes,
+            before: 0,
+        }
     }
 }
 
 /// A write in flight on some stripes; ends when dropped.
-struct Writing<'a>(&'a [AtomicU64]);
+struct Writing<'a> {
+    stripes: &'a [AtomicU64],
+    /// The word of the only stripe before this write began (unused for a
+    /// write of every stripe).
+    before: u64,
+}
+
+impl Writing<'_> {
+    /// Whether another write overlapped this one so far: it was in flight
+    /// when this one began, or began or ended since. Always `true` for a
+    /// write of every stripe.
+    fn overlapped(&self) -> bool {
+        let [stripe] = self.stripes else {
+            return true;
+        };
+        self.before & IN_FLIGHT != 0
+            || stripe.load(Ordering::SeqCst) != self.before.wrapping_add(BEGIN)
+    }
+}
 
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
-        for stripe in self.0 {
+        for stripe in self.stripes {
             stripe.fetch_add(END, Ordering::SeqCst);
         }
     }
@@ -266,6 +298,10 @@ impl<K: Hash + Send + Sync, V: Send + Sync> Watcher<K> for LayerWatcher<K, V> {
 ///   `docs/concepts.md`.
 /// - A layer that reports changes made by others (see [`Cache::watch`]) has
 ///   the key dropped from every layer above it and counts as such a write.
+/// - Two writes of the key that overlap (a `set` and another `set` or a
+///   `remove`) may reach the layers in different orders; the `set` sees the
+///   overlap and drops the key from the upper layers before it returns, so
+///   no upper layer is left disagreeing with the bottom one.
 ///
 /// Writes that bypass the stack (straight into one layer) are not seen:
 /// write through the stack, or have the layer report them.
@@ -608,7 +644,7 @@ where
         let Some((last, above)) = self.layers.split_last() else {
             return Ok(());
         };
-        let _writing = self.core.generations.write(&key);
+        let writing = self.core.generations.write(&key);
         let mut outcome = Ok(());
         for (depth, layer) in above.iter().enumerate() {
             let result = layer.set_entry(key.clone(), entry.clone());
@@ -625,6 +661,16 @@ where
             .is_none()
         {
             self.forget(above.len(), &key);
+        }
+        // Another write of the key overlapped this one: the upper layers
+        // may hold its value and the bottom this one's, or the other way
+        // round. Drop the key from the upper layers while this write is
+        // still in flight (so no promotion puts an old value back); the
+        // next read finds the bottom's value. See `Generations`.
+        if !above.is_empty() && writing.overlapped() {
+            for (depth, layer) in above.iter().enumerate() {
+                self.collect(&mut outcome, depth, Operation::Remove, layer.remove(&key));
+            }
         }
         outcome
     }
