@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use layercache::codec::Json;
 use layercache::prelude::*;
@@ -76,7 +77,23 @@ fn main() -> layercache::Result<()> {
     println!("   stack: {cache:?}");
     get_user("ada")?;
 
-    println!("5. memoise a function over a cache:");
+    println!("5. a value with a time to live expires in every layer:");
+    let key = "User:grace".to_string();
+    let grace = User {
+        id: "grace".to_string(),
+        name: "Grace Hopper".to_string(),
+    };
+    cache.set_with_ttl(key.clone(), grace, Duration::from_millis(200))?;
+    let entry = cache.get_entry(&key)?.expect("just set");
+    println!(
+        "   {key}: expires in {:?}",
+        entry.time_to_live(cache.clock().now()).unwrap_or_default()
+    );
+    std::thread::sleep(Duration::from_millis(250));
+    println!("   after 250 ms:");
+    get_user("grace")?;
+
+    println!("6. memoise a function over a cache:");
     let memo = Memoiser::new(MemoryCache::new());
     let lookups = AtomicUsize::new(0);
     let initials = memo.wrap("initials", |name: &str| {
