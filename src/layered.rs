@@ -75,32 +75,69 @@ type FailureHook = Arc<dyn Fn(&LayerFailure<'_>) + Send + Sync>;
 /// the key from the upper layers before it ends. Removals need no such
 /// check: they leave no value behind.
 ///
-/// Keys that share a stripe only cost each other a skipped promotion or an
-/// upper-layer miss.
+/// A promotion's write lands in the upper layers before it can see that it
+/// must undo it, so for that moment an upper layer may hold an older value
+/// than a write that has already returned. Promotions therefore mark
+/// themselves in a second word per stripe (promotions in flight in the top
+/// 16 bits, finished promotions below), from before their first write to
+/// after their undo; a read that hits the top layer loads that word before
+/// and after, and trusts the hit only if no promotion was in flight and
+/// none began or ended in between. Otherwise it reads the lower layers, as
+/// on a miss.
+///
+/// Keys that share a stripe only cost each other a skipped promotion, an
+/// upper-layer miss, or a read that goes down a layer.
 struct Generations {
-    stripes: Box<[AtomicU64]>,
+    stripes: Box<[Stripe]>,
     hasher: DefaultHashBuilder,
 }
 
-/// The in-flight writer count's unit.
+/// The two words of a stripe, on one cache line.
+#[derive(Default)]
+struct Stripe {
+    /// Writes (set, remove, clear, invalidation): in flight and finished.
+    writes: AtomicU64,
+    /// Promotions: in flight and finished.
+    promotions: AtomicU64,
+}
+
+/// A promotion in flight on a stripe; ends when dropped (also when a layer
+/// panics, so reads of the stripe do not go down a layer for good).
+struct Promoting<'a>(&'a AtomicU64);
+
+impl<'a> Promoting<'a> {
+    fn begin(promotions: &'a AtomicU64) -> Self {
+        promotions.fetch_add(BEGIN, Ordering::SeqCst);
+        Self(promotions)
+    }
+}
+
+impl Drop for Promoting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(END, Ordering::SeqCst);
+    }
+}
+
+/// The unit of a stripe word's in-flight count.
 const BEGIN: u64 = 1 << 48;
-/// One fewer writer in flight and one more finished write, as one addition
-/// (wrapping; the count of writers is at least one when it is applied).
+/// One fewer in flight and one more finished, as one addition (wrapping;
+/// the in-flight count is at least one when it is applied).
 const END: u64 = 1u64.wrapping_sub(BEGIN);
-/// The bits that count writers in flight.
+/// The bits that count operations in flight.
 const IN_FLIGHT: u64 = !(BEGIN - 1);
-/// Stripes per stack: 8 KiB of counters.
+/// Stripes per stack: 16 KiB of counters.
 const STRIPES: usize = 1024;
 
 impl Generations {
     fn new() -> Self {
         Self {
-            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
             hasher: DefaultHashBuilder::default(),
         }
     }
 
-    fn stripe<K: Hash + ?Sized>(&self, key: &K) -> &AtomicU64 {
+    #[inline]
+    fn stripe<K: Hash + ?Sized>(&self, key: &K) -> &Stripe {
         let hash = self.hasher.hash_one(key);
         &self.stripes[(hash >> 32) as usize % STRIPES]
     }
@@ -109,7 +146,7 @@ impl Generations {
     /// when a layer panics, so a stripe is never left busy).
     fn write<K: Hash + ?Sized>(&self, key: &K) -> Writing<'_> {
         let stripe = self.stripe(key);
-        let before = stripe.fetch_add(BEGIN, Ordering::SeqCst);
+        let before = stripe.writes.fetch_add(BEGIN, Ordering::SeqCst);
         Writing {
             stripes: std::slice::from_ref(stripe),
             before,
@@ -119,7 +156,7 @@ impl Generations {
     /// Marks a write of every key in flight until the guard is dropped.
     fn write_all(&self) -> Writing<'_> {
         for stripe in self.stripes.iter() {
-            stripe.fetch_add(BEGIN, Ordering::SeqCst);
+            stripe.writes.fetch_add(BEGIN, Ordering::SeqCst);
         }
         Writing {
             stripes: &self.stripes,
@@ -130,7 +167,7 @@ impl Generations {
 
 /// A write in flight on some stripes; ends when dropped.
 struct Writing<'a> {
-    stripes: &'a [AtomicU64],
+    stripes: &'a [Stripe],
     /// The word of the only stripe before this write began (unused for a
     /// write of every stripe).
     before: u64,
@@ -145,14 +182,14 @@ impl Writing<'_> {
             return true;
         };
         self.before & IN_FLIGHT != 0
-            || stripe.load(Ordering::SeqCst) != self.before.wrapping_add(BEGIN)
+            || stripe.writes.load(Ordering::SeqCst) != self.before.wrapping_add(BEGIN)
     }
 }
 
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
         for stripe in self.stripes {
-            stripe.fetch_add(END, Ordering::SeqCst);
+            stripe.writes.fetch_add(END, Ordering::SeqCst);
         }
     }
 }
@@ -257,8 +294,15 @@ impl<K: Hash + Send + Sync, V: Send + Sync> Watcher<K> for LayerWatcher<K, V> {
         }
     }
 
+    /// Active while the stack lives and the layer is still in it.
     fn is_active(&self) -> bool {
-        self.core.strong_count() > 0
+        self.core.upgrade().is_some_and(|core| {
+            core.layers
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|member| member.id == self.id)
+        })
     }
 }
 
@@ -303,8 +347,17 @@ impl<K: Hash + Send + Sync, V: Send + Sync> Watcher<K> for LayerWatcher<K, V> {
 ///   overlap and drops the key from the upper layers before it returns, so
 ///   no upper layer is left disagreeing with the bottom one.
 ///
-/// Writes that bypass the stack (straight into one layer) are not seen:
-/// write through the stack, or have the layer report them.
+/// - A read that hits the top layer while a promotion of a key in the same
+///   stripe is in flight does not trust the hit and reads the layers below
+///   (the promotion may be about to undo what it wrote), so no read that
+///   starts after a write returned sees a value older than that write.
+///
+/// Limits: writes that bypass the stack (straight into one layer) are not
+/// seen: write through the stack, or have the layer report them. A
+/// promotion's undo is a `remove`: if that fails (reported to
+/// [`on_failure`](Layered::on_failure)), or a layer panics after storing,
+/// the older value can stay in that layer until it drops it; give such an
+/// upper layer a time to live.
 ///
 /// # Example
 ///
@@ -551,23 +604,39 @@ where
     K: Hash + Clone,
     V: Clone,
 {
-    /// The rest of a `get` whose top layer answered `answer` (a miss or an
-    /// error), kept out of line so the hit path stays small.
+    /// The rest of a `get` whose top layer answered `answer`: a miss or an
+    /// error, or a hit it cannot trust because a promotion of a key in
+    /// `stripe` ran while it was read (see `Generations`). Kept out of line
+    /// so that the hit path stays small.
     #[inline(never)]
-    fn miss_at_top<T>(&self, key: &K, answer: Result<Option<T>>) -> Result<Option<Entry<V>>> {
+    fn below_top<T>(
+        &self,
+        key: &K,
+        stripe: &Stripe,
+        answer: Result<Option<T>>,
+    ) -> Result<Option<Entry<V>>> {
         if let Err(error) = answer {
             self.fail(0, Operation::Get, error)?;
         }
-        self.lookup(key, 1, true)
+        self.lookup_in(key, stripe, 1, true)
     }
 
     /// Asks each layer for `key` from depth `from` down, promoting a hit
     /// into the layers above it if asked; a failing layer is handled by the
     /// stack's policy (and reported to its hook) as in `get`.
     pub(crate) fn lookup(&self, key: &K, from: usize, promote: bool) -> Result<Option<Entry<V>>> {
+        self.lookup_in(key, self.core.generations.stripe(key), from, promote)
+    }
+
+    fn lookup_in(
+        &self,
+        key: &K,
+        stripe: &Stripe,
+        from: usize,
+        promote: bool,
+    ) -> Result<Option<Entry<V>>> {
         // Read before any lower layer is: see `Generations`.
-        let stripe = self.core.generations.stripe(key);
-        let seen = stripe.load(Ordering::SeqCst);
+        let seen = stripe.writes.load(Ordering::SeqCst);
         for (depth, layer) in self.layers.iter().enumerate().skip(from) {
             match layer.get_entry(key) {
                 Ok(Some(entry)) => {
@@ -585,14 +654,17 @@ where
 
     /// Writes `entry`, found at `depth`, into the layers above it, unless a
     /// write of the key began since the stripe read `seen`; undoes the
-    /// promotion if one began while it was being written.
-    fn promote(&self, key: &K, entry: &Entry<V>, depth: usize, stripe: &AtomicU64, seen: u64) {
+    /// promotion if one began while it was being written. Marked as a
+    /// promotion in flight throughout, so that no read trusts what it
+    /// writes before it has checked (see `Generations`).
+    fn promote(&self, key: &K, entry: &Entry<V>, depth: usize, stripe: &Stripe, seen: u64) {
         if seen & IN_FLIGHT != 0 {
             return;
         }
+        let _promoting = Promoting::begin(&stripe.promotions);
         let mut written = 0;
         for (above, upper) in self.layers[..depth].iter().enumerate() {
-            if stripe.load(Ordering::SeqCst) != seen {
+            if stripe.writes.load(Ordering::SeqCst) != seen {
                 break;
             }
             match upper.set_entry(key.clone(), entry.clone()) {
@@ -600,13 +672,21 @@ where
                 Err(error) => self.report(above, Operation::Promote, &error),
             }
         }
-        if written > 0 && stripe.load(Ordering::SeqCst) != seen {
+        if written > 0 && stripe.writes.load(Ordering::SeqCst) != seen {
             for (above, upper) in self.layers[..written].iter().enumerate() {
                 if let Err(error) = upper.remove(key) {
                     self.report(above, Operation::Promote, &error);
                 }
             }
         }
+    }
+
+    /// Whether a hit in the top layer read between the two loads of
+    /// `stripe`'s promotions, the first being `before`, can be trusted: no
+    /// promotion was in flight, and none began or ended in between.
+    #[inline]
+    fn trusted(stripe: &Stripe, before: u64) -> bool {
+        before & IN_FLIGHT == 0 && stripe.promotions.load(Ordering::SeqCst) == before
     }
 }
 
@@ -617,15 +697,20 @@ where
 {
     #[inline]
     fn get(&self, key: &K) -> Result<Option<V>> {
-        // The top layer's hit is the hot path: return its answer as it is.
+        // The top layer's hit is the hot path: return its answer as it is,
+        // once the stripe says no promotion could have put it there.
         let Some(top) = self.layers.first() else {
             return Ok(None);
         };
+        let stripe = self.core.generations.stripe(key);
+        let before = stripe.promotions.load(Ordering::SeqCst);
         let answer = top.get(key);
-        if let Ok(Some(_)) = answer {
+        if let Ok(Some(_)) = answer
+            && Self::trusted(stripe, before)
+        {
             return answer;
         }
-        Ok(self.miss_at_top(key, answer)?.map(Entry::into_value))
+        Ok(self.below_top(key, stripe, answer)?.map(Entry::into_value))
     }
 
     #[inline]
@@ -633,11 +718,15 @@ where
         let Some(top) = self.layers.first() else {
             return Ok(None);
         };
+        let stripe = self.core.generations.stripe(key);
+        let before = stripe.promotions.load(Ordering::SeqCst);
         let answer = top.get_entry(key);
-        if let Ok(Some(_)) = answer {
+        if let Ok(Some(_)) = answer
+            && Self::trusted(stripe, before)
+        {
             return answer;
         }
-        self.miss_at_top(key, answer)
+        self.below_top(key, stripe, answer)
     }
 
     fn set_entry(&self, key: K, entry: Entry<V>) -> Result<()> {

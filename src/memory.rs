@@ -362,21 +362,28 @@ where
         for shard in self.shards.iter() {
             // Snapshot the keys, then run `matches` with no lock held, so that
             // it may use this cache.
-            let mut doomed: Vec<K> = shard
+            let snapshot: Vec<(K, bool)> = shard
                 .read()
                 .iter()
-                .filter(|(_, entry)| !entry.is_expired(now))
-                .map(|(k, _)| k.clone())
+                .map(|(k, entry)| (k.clone(), entry.is_expired(now)))
                 .collect();
-            doomed.retain(|k| matches(k));
+            let (mut doomed, expired): (Vec<_>, Vec<_>) =
+                snapshot.into_iter().partition(|(_, expired)| !*expired);
+            doomed.retain(|(k, _)| matches(k));
+            doomed.extend(expired);
             if doomed.is_empty() {
                 continue;
             }
             let mut gone = Vec::with_capacity(doomed.len());
             let mut table = shard.write();
-            for key in &doomed {
+            for (key, expired) in &doomed {
                 let hash = self.hasher.hash_one(key);
-                if let Ok(entry) = table.find_entry(hash, |(k, _)| k == key) {
+                // An expired key is dropped only if it is still the expired
+                // entry: another thread may have set it again meanwhile.
+                let found = table.find_entry(hash, |(k, entry)| {
+                    k == key && (!*expired || entry.is_expired(now))
+                });
+                if let Ok(entry) = found {
                     gone.push(entry.remove().0);
                 }
             }

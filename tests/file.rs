@@ -320,7 +320,12 @@ fn a_refused_deadline_leaves_no_older_value_below() {
 
     let dir = TempDir::new().unwrap();
     let clock = Arc::new(ManualClock::new());
-    let file = Arc::new(fresh(&dir, "stack.lc"));
+    let file = Arc::new(
+        FileCache::builder(dir.path().join("stack.lc"))
+            .clock(clock.clone())
+            .open()
+            .expect("open"),
+    );
     let stack = Layered::new()
         .with_layer(MemoryCache::new().with_clock(clock.clone()))
         .with_layer(file.clone());

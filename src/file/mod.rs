@@ -488,13 +488,23 @@ fn read_value(state: &State, loc: &Loc) -> Option<Vec<u8>> {
 ///
 /// File format 1 stores no deadlines, so `set_entry` refuses an entry that
 /// has one with [`Error::Unsupported`] rather
-/// than keep it forever; keep deadlines in a layer above (a
+/// than keep it forever (an entry that has already expired needs none: it
+/// removes the key); keep deadlines in a layer above (a
 /// [`MemoryCache`](crate::MemoryCache)) until format 2.
 impl<K: FileKey> Cache<K, Vec<u8>> for FileCache<K> {
     fn get_entry(&self, key: &K) -> Result<Option<Entry<Vec<u8>>>> {
         Ok(self.get_bytes(key.key_bytes())?.map(Entry::new))
     }
     fn set_entry(&self, key: K, entry: Entry<Vec<u8>>) -> Result<()> {
+        if entry
+            .expires()
+            .is_some_and(|expires| expires <= self.options.clock.now())
+        {
+            // Dead on arrival: the key is gone, as the contract says; that
+            // needs no deadline stored.
+            self.remove_bytes(key.key_bytes())?;
+            return Ok(());
+        }
         if entry.has_deadline() {
             return Err(crate::Error::Unsupported {
                 cache: "FileCache",
@@ -530,6 +540,9 @@ impl<K: FileKey> Cache<K, Vec<u8>> for FileCache<K> {
     }
     fn clear(&self) -> Result<()> {
         FileCache::clear(self)
+    }
+    fn clock(&self) -> &dyn crate::clock::Clock {
+        &*self.options.clock
     }
     fn clear_matching(&self, matches: &dyn Fn(&K) -> bool) -> Result<usize> {
         // The predicate runs with no lock held, so it may use this cache.

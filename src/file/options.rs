@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::format::HEADER_SIZE;
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 
 /// When a [`FileCache`](super::FileCache) forces its writes to stable
@@ -84,6 +85,7 @@ pub(super) struct Options {
     pub(super) mode: u32,
     pub(super) allow_network_fs: bool,
     pub(super) on_compaction_error: Option<CompactionHook>,
+    pub(super) clock: Arc<dyn Clock>,
 }
 
 impl fmt::Debug for Options {
@@ -98,6 +100,7 @@ impl fmt::Debug for Options {
             .field("mode", &format_args!("{:#o}", self.mode))
             .field("allow_network_fs", &self.allow_network_fs)
             .field("on_compaction_error", &self.on_compaction_error.is_some())
+            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -114,6 +117,7 @@ impl Default for Options {
             mode: 0o600,
             allow_network_fs: false,
             on_compaction_error: None,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -312,6 +316,15 @@ impl<K> FileCacheBuilder<K> {
     /// ```
     pub fn on_compaction_error(mut self, hook: impl Fn(&Error) + Send + Sync + 'static) -> Self {
         self.options.on_compaction_error = Some(Arc::new(hook));
+        self
+    }
+
+    /// The clock the handle reports as [`Cache::clock`](crate::Cache::clock)
+    /// and checks deadlines against (default [`SystemClock`]): format 1
+    /// keeps none, but an entry that has already expired by this clock
+    /// removes its key. Give every layer of a stack the same clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.options.clock = clock;
         self
     }
 }
