@@ -53,6 +53,9 @@ impl fmt::Display for LayerFailure<'_> {
 
 type FailureHook = Arc<dyn Fn(&LayerFailure<'_>) + Send + Sync>;
 
+/// A read of one layer: its `get` or its `get_entry`.
+type LayerRead<'a, K, V, T> = dyn Fn(&dyn Cache<K, V>, &K) -> Result<Option<T>> + 'a;
+
 /// Striped per-key generations: what lets a promotion see that a `set`,
 /// `remove` or invalidation of its key ran while it was reading a lower
 /// layer.
@@ -83,7 +86,9 @@ type FailureHook = Arc<dyn Fn(&LayerFailure<'_>) + Send + Sync>;
 /// after their undo; a read that hits the top layer loads that word before
 /// and after, and trusts the hit only if no promotion was in flight and
 /// none began or ended in between. Otherwise it reads the lower layers, as
-/// on a miss.
+/// on a miss. To keep hashing off the hot path, the read first checks the
+/// same pair of counts kept for the whole stack, and looks at its key's
+/// stripe only when a promotion ran somewhere meanwhile.
 ///
 /// Keys that share a stripe only cost each other a skipped promotion, an
 /// upper-layer miss, or a read that goes down a layer.
@@ -101,20 +106,24 @@ struct Stripe {
     promotions: AtomicU64,
 }
 
-/// A promotion in flight on a stripe; ends when dropped (also when a layer
-/// panics, so reads of the stripe do not go down a layer for good).
-struct Promoting<'a>(&'a AtomicU64);
+/// A promotion in flight, on its key's stripe and in the stack's count;
+/// ends when dropped (also when a layer panics, so that reads do not go
+/// down a layer for good).
+struct Promoting<'a>([&'a AtomicU64; 2]);
 
 impl<'a> Promoting<'a> {
-    fn begin(promotions: &'a AtomicU64) -> Self {
-        promotions.fetch_add(BEGIN, Ordering::SeqCst);
-        Self(promotions)
+    fn begin(stripe: &'a AtomicU64, stack: &'a AtomicU64) -> Self {
+        stack.fetch_add(BEGIN, Ordering::SeqCst);
+        stripe.fetch_add(BEGIN, Ordering::SeqCst);
+        Self([stripe, stack])
     }
 }
 
 impl Drop for Promoting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_add(END, Ordering::SeqCst);
+        for word in self.0 {
+            word.fetch_add(END, Ordering::SeqCst);
+        }
     }
 }
 
@@ -199,6 +208,11 @@ impl Drop for Writing<'_> {
 /// outlive no stack (they hold it weakly).
 struct Core<K, V> {
     generations: Generations,
+    /// Promotions in flight anywhere in the stack (top 16 bits) and
+    /// finished (below): what a read of the top layer checks first, with
+    /// no hashing; only when a promotion ran does it look at its key's
+    /// stripe.
+    promotions: AtomicU64,
     /// The layers with an identity each, top first: a watcher finds its
     /// layer's current depth here. Kept equal to `Layered::layers`.
     layers: RwLock<Vec<Member<K, V>>>,
@@ -400,6 +414,7 @@ impl<K, V> Layered<K, V> {
             policy: ErrorPolicy::Strict,
             core: Arc::new(Core {
                 generations: Generations::new(),
+                promotions: AtomicU64::new(0),
                 layers: RwLock::new(Vec::new()),
                 next_id: AtomicU64::new(0),
                 watchers: Mutex::new(Vec::new()),
@@ -661,7 +676,7 @@ where
         if seen & IN_FLIGHT != 0 {
             return;
         }
-        let _promoting = Promoting::begin(&stripe.promotions);
+        let _promoting = Promoting::begin(&stripe.promotions, &self.core.promotions);
         let mut written = 0;
         for (above, upper) in self.layers[..depth].iter().enumerate() {
             if stripe.writes.load(Ordering::SeqCst) != seen {
@@ -681,12 +696,58 @@ where
         }
     }
 
-    /// Whether a hit in the top layer read between the two loads of
-    /// `stripe`'s promotions, the first being `before`, can be trusted: no
-    /// promotion was in flight, and none began or ended in between.
+    /// A read through the stack with `read` (`get` or `get_entry` of a
+    /// layer), `from_entry` turning a lower layer's entry into its answer.
+    ///
+    /// The top layer's hit is the hot path: it is returned as it is when no
+    /// promotion ran anywhere in the stack while it was read (two loads of
+    /// one word, no hashing). See `Generations`.
     #[inline]
-    fn trusted(stripe: &Stripe, before: u64) -> bool {
-        before & IN_FLIGHT == 0 && stripe.promotions.load(Ordering::SeqCst) == before
+    fn read_through<T>(
+        &self,
+        key: &K,
+        read: impl Fn(&dyn Cache<K, V>, &K) -> Result<Option<T>>,
+        from_entry: fn(Entry<V>) -> T,
+    ) -> Result<Option<T>> {
+        let Some(top) = self.layers.first() else {
+            return Ok(None);
+        };
+        let before = self.core.promotions.load(Ordering::SeqCst);
+        let answer = read(&**top, key);
+        if let Ok(Some(_)) = answer {
+            if before & IN_FLIGHT == 0 && self.core.promotions.load(Ordering::SeqCst) == before {
+                return answer;
+            }
+            return self.recheck_top(key, &read, from_entry);
+        }
+        let stripe = self.core.generations.stripe(key);
+        Ok(self.below_top(key, stripe, answer)?.map(from_entry))
+    }
+
+    /// A hit in the top layer read while a promotion ran somewhere in the
+    /// stack: read the top again between two loads of the key's own stripe,
+    /// and trust that hit only if no promotion of a key in the stripe was in
+    /// flight or began or ended in between; otherwise read the layers below.
+    #[inline(never)]
+    fn recheck_top<T>(
+        &self,
+        key: &K,
+        read: &LayerRead<'_, K, V, T>,
+        from_entry: fn(Entry<V>) -> T,
+    ) -> Result<Option<T>> {
+        let stripe = self.core.generations.stripe(key);
+        let before = stripe.promotions.load(Ordering::SeqCst);
+        if before & IN_FLIGHT != 0 {
+            return Ok(self.lookup_in(key, stripe, 1, true)?.map(from_entry));
+        }
+        let answer = read(&*self.layers[0], key);
+        if let Ok(Some(_)) = answer
+            && stripe.promotions.load(Ordering::SeqCst) == before
+        {
+            return answer;
+        }
+        let answer = answer.map(|_| None::<T>);
+        Ok(self.below_top(key, stripe, answer)?.map(from_entry))
     }
 }
 
@@ -697,36 +758,12 @@ where
 {
     #[inline]
     fn get(&self, key: &K) -> Result<Option<V>> {
-        // The top layer's hit is the hot path: return its answer as it is,
-        // once the stripe says no promotion could have put it there.
-        let Some(top) = self.layers.first() else {
-            return Ok(None);
-        };
-        let stripe = self.core.generations.stripe(key);
-        let before = stripe.promotions.load(Ordering::SeqCst);
-        let answer = top.get(key);
-        if let Ok(Some(_)) = answer
-            && Self::trusted(stripe, before)
-        {
-            return answer;
-        }
-        Ok(self.below_top(key, stripe, answer)?.map(Entry::into_value))
+        self.read_through(key, |layer, key| layer.get(key), Entry::into_value)
     }
 
     #[inline]
     fn get_entry(&self, key: &K) -> Result<Option<Entry<V>>> {
-        let Some(top) = self.layers.first() else {
-            return Ok(None);
-        };
-        let stripe = self.core.generations.stripe(key);
-        let before = stripe.promotions.load(Ordering::SeqCst);
-        let answer = top.get_entry(key);
-        if let Ok(Some(_)) = answer
-            && Self::trusted(stripe, before)
-        {
-            return answer;
-        }
-        self.below_top(key, stripe, answer)
+        self.read_through(key, |layer, key| layer.get_entry(key), |entry| entry)
     }
 
     fn set_entry(&self, key: K, entry: Entry<V>) -> Result<()> {
