@@ -44,6 +44,17 @@ use crate::error::{Error, Operation, Result};
 /// - **Quiet reconnects**: a pooled connection that the server closed (it
 ///   restarted, or dropped idle clients) is replaced, and the command sent
 ///   again once on a new connection, instead of failing the call.
+/// - **Timed-out writes may still land**: a write that fails with a
+///   timeout may still be applied by the server later (a server that is
+///   stalled, not gone, runs the command when it resumes), with its time to
+///   live counted from when it runs. Such an entry can outlive its
+///   deadline by as long as the server was stalled. A write that succeeds
+///   keeps its deadline to within the time the call took.
+/// - **Foreign values are misses**: every stored value starts with a
+///   header that begins with fixed magic bytes (see
+///   [`set_entry`](Cache::set_entry)); bytes without it (written by
+///   layercache 0.1 or another program) read as a miss and are left in
+///   place.
 ///
 /// Values are bytes: wrap it in a [`Serialised`](crate::Serialised) for
 /// typed values, and put a [`MemoryCache`](crate::MemoryCache) above it in
@@ -348,14 +359,21 @@ impl ToRedisArgs for Prefixed<'_> {
 /// Keys are scanned in batches of about this many.
 const SCAN_COUNT: usize = 1000;
 
-/// Byte 0 of a stored value: no freshness lead, the value follows.
-const TAG_PLAIN: u8 = 0;
-/// Byte 0 of a stored value: an 8-byte little-endian lead in milliseconds
+/// The first bytes of every value a [`RedisCache`] stores: `0xF1` (which
+/// no UTF-8 text starts with when `L` follows, so JSON or other text can
+/// never carry it), then `LC`. Stored bytes that do not start with it were
+/// written by someone else (layercache 0.1, another program).
+const MAGIC: [u8; 3] = [0xF1, b'L', b'C'];
+/// The byte after [`MAGIC`]: no freshness lead, the value follows.
+const TAG_PLAIN: u8 = b'0';
+/// The byte after [`MAGIC`]: an 8-byte little-endian lead in milliseconds
 /// (how long before its expiry the entry goes stale) follows, then the
 /// value.
-const TAG_LEAD: u8 = 1;
-/// The length of a [`TAG_LEAD`] header: the tag and the lead.
-const LEAD_HEADER: usize = 1 + 8;
+const TAG_LEAD: u8 = b'1';
+/// The length of a [`TAG_PLAIN`] header: the magic and the tag.
+const PLAIN_HEADER: usize = MAGIC.len() + 1;
+/// The length of a [`TAG_LEAD`] header: the magic, the tag and the lead.
+const LEAD_HEADER: usize = PLAIN_HEADER + 8;
 
 /// A value with its header in front, written straight into a command's
 /// buffer: the value is not copied into a new `Vec` on the way.
@@ -369,10 +387,15 @@ struct Framed<'a> {
 impl ToRedisArgs for Framed<'_> {
     fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
         use std::io::Write;
-        let header = if self.lead.is_some() { LEAD_HEADER } else { 1 };
+        let header = if self.lead.is_some() {
+            LEAD_HEADER
+        } else {
+            PLAIN_HEADER
+        };
         out.reserve_space_for_args([header + self.value.len()]);
         let mut arg = out.writer_for_next_arg();
         // Writing to the command's own buffer cannot fail.
+        let _ = arg.write_all(&MAGIC);
         match self.lead {
             Some(lead) => {
                 let _ = arg.write_all(&[TAG_LEAD]);
@@ -387,13 +410,14 @@ impl ToRedisArgs for Framed<'_> {
 }
 
 /// The value stored in `bytes` and its freshness lead, the header
-/// stripped; `None` when the header is not one this version writes (an
-/// unknown tag, too short: a value from layercache 0.1 or another program).
+/// stripped; `None` when the bytes do not start with a header this version
+/// writes (no [`MAGIC`]: a value from layercache 0.1 or another program;
+/// an unknown tag; too short for its tag).
 fn unframe(mut bytes: Vec<u8>) -> Option<(Vec<u8>, Option<u64>)> {
-    let (header, lead) = match *bytes.first()? {
-        TAG_PLAIN => (1, None),
-        TAG_LEAD => {
-            let lead: [u8; 8] = bytes.get(1..LEAD_HEADER)?.try_into().ok()?;
+    let (header, lead) = match bytes.strip_prefix(&MAGIC)?.split_first()? {
+        (&TAG_PLAIN, _) => (PLAIN_HEADER, None),
+        (&TAG_LEAD, rest) => {
+            let lead: [u8; 8] = rest.get(..8)?.try_into().ok()?;
             (LEAD_HEADER, Some(u64::from_le_bytes(lead)))
         }
         _ => return None,
@@ -699,7 +723,9 @@ impl Cache<String, Vec<u8>> for RedisCache {
     /// The deadlines read back may be earlier than those written by the
     /// time the round trips took, and later by at most the time the `SET`
     /// took to reach the server plus the writer's clock resolution: a
-    /// relative time starts counting when the server gets it.
+    /// relative time starts counting when the server runs it. (For a `SET`
+    /// that failed with a timeout and ran later, that is however long the
+    /// server was stalled: see [`set_entry`](Cache::set_entry).)
     ///
     /// Stored bytes without a header this version understands (written by
     /// layercache 0.1 or by another program) read as a miss, and are left
@@ -751,10 +777,20 @@ impl Cache<String, Vec<u8>> for RedisCache {
     ///   that has already expired (by the clock, or with a `ttl` cap) is
     ///   not stored: the key is deleted, as a later expiry would, and the
     ///   call succeeds.
-    /// - **Freshness**: the stored value starts with a header. Byte 0 is a
-    ///   tag: `0` means no freshness lead, and the value follows; `1` means
-    ///   an 8-byte little-endian lead in milliseconds (expiry less
-    ///   `fresh_until`) follows, then the value.
+    /// - **Freshness**: the stored value starts with a header: the magic
+    ///   bytes `F1 4C 43` (`0xF1`, then `LC`), then a tag byte. Tag `0`
+    ///   (`0x30`) means no freshness lead, and the value follows; tag `1`
+    ///   (`0x31`) means an 8-byte little-endian lead in milliseconds (expiry
+    ///   less `fresh_until`) follows, then the value. No UTF-8 text starts
+    ///   with the magic, so a JSON or text value written by another program
+    ///   is never taken for one of ours.
+    ///
+    /// A `SET` that fails with a timeout may still be applied: the command
+    /// waits in the server's socket buffer while the server is stalled, and
+    /// runs when it resumes, with its time to live counted from then. The
+    /// entry can then outlive its deadline by as long as the server was
+    /// stalled. (Bounding that would take an absolute time, which this cache
+    /// never sends.)
     ///
     /// # Errors
     ///
@@ -926,6 +962,56 @@ mod tests {
         // An `@` after the host is not a password separator.
         assert_eq!(redact("redis://db:6379/0?x=a@b"), "redis://db:6379/0?x=a@b");
         assert_eq!(redact("redis://u:p@db/0?x=a@b"), "redis://***@db/0?x=a@b");
+    }
+
+    /// The bytes `Framed` writes into a command's buffer.
+    fn framed(lead: Option<u64>, value: &[u8]) -> Vec<u8> {
+        let mut args = Framed { lead, value }.to_redis_args();
+        assert_eq!(args.len(), 1, "one argument");
+        args.remove(0)
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        assert_eq!(framed(None, b"abc"), b"\xF1LC0abc");
+        assert_eq!(framed(None, b""), b"\xF1LC0");
+        let mut lead = b"\xF1LC1".to_vec();
+        lead.extend_from_slice(&39_500u64.to_le_bytes());
+        lead.extend_from_slice(b"abc");
+        assert_eq!(framed(Some(39_500), b"abc"), lead);
+        for (lead, value) in [(None, &b""[..]), (None, b"\xF1LC0"), (Some(0), b"x")] {
+            assert_eq!(
+                unframe(framed(lead, value)),
+                Some((value.to_vec(), lead)),
+                "{lead:?} {value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bytes_without_the_magic_are_foreign() {
+        let foreign: [&[u8]; 11] = [
+            b"",
+            b"\x00",
+            b"\x01",
+            b"\x00\x01\x00",
+            b"\x01\x00\x00\x00\x00\x00\x00\x00\x00v",
+            b"{\"json\": 1}",
+            b"\xF1L",
+            b"\xF1LC",
+            b"\xF1LC2v",
+            b"\xF1LC1\x00\x00\x00\x00\x00\x00\x00",
+            b"\xF1lc0v",
+        ];
+        for bytes in foreign {
+            assert_eq!(unframe(bytes.to_vec()), None, "{bytes:?}");
+        }
+        // No UTF-8 text can start with the magic: its first byte is an
+        // invalid sequence whatever follows.
+        let error = String::from_utf8(MAGIC.to_vec())
+            .expect_err("the magic is not UTF-8")
+            .utf8_error();
+        assert_eq!((error.valid_up_to(), error.error_len()), (0, Some(1)));
     }
 
     #[test]

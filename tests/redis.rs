@@ -56,6 +56,10 @@ fn bytes(text: &str) -> Vec<u8> {
     text.as_bytes().to_vec()
 }
 
+/// The header `RedisCache` puts in front of a value that has no freshness
+/// lead: the magic `F1 4C 43` (`0xF1`, `LC`), then the tag `0`.
+const PLAIN: &[u8] = b"\xF1LC0";
+
 fn sorted(mut keys: Vec<String>) -> Vec<String> {
     keys.sort();
     keys
@@ -219,9 +223,9 @@ fn namespace_with_many_keys_is_scanned_whole() {
     // rounds and MGET/UNLINK several batches.
     let mut pipe = redis::pipe();
     for n in 0..5_000 {
-        // Values as RedisCache stores them: tag 0 (no freshness lead), then
-        // the bytes.
-        let mut stored = vec![0];
+        // Values as RedisCache stores them: the header without a freshness
+        // lead, then the bytes.
+        let mut stored = PLAIN.to_vec();
         stored.extend_from_slice(n.to_string().as_bytes());
         pipe.set(format!("{}{n}", cache.namespace()), stored)
             .ignore();
@@ -585,7 +589,10 @@ fn builder_ttl_caps_entry_deadlines() {
         .unwrap()
         .expect("a hit");
     assert_eq!(entry.fresh_until(), None, "fresh until the capped expiry");
-    assert_eq!(stored(&mut raw, &cache, "fresh-long"), Some(vec![0, b'f']));
+    assert_eq!(
+        stored(&mut raw, &cache, "fresh-long"),
+        Some([PLAIN, b"f"].concat())
+    );
 
     // With a cap, freshness needs no expiry of the entry's own.
     cache
@@ -680,9 +687,12 @@ fn stored_values_start_with_the_header() {
     let now = clock.now();
 
     cache.set("plain".into(), bytes("abc")).unwrap();
-    assert_eq!(stored(&mut raw, &cache, "plain"), Some(b"\x00abc".to_vec()));
+    assert_eq!(
+        stored(&mut raw, &cache, "plain"),
+        Some(b"\xF1LC0abc".to_vec())
+    );
     cache.set("empty".into(), Vec::new()).unwrap();
-    assert_eq!(stored(&mut raw, &cache, "empty"), Some(vec![0]));
+    assert_eq!(stored(&mut raw, &cache, "empty"), Some(PLAIN.to_vec()));
     assert_eq!(cache.get(&"empty".into()).unwrap(), Some(Vec::new()));
 
     cache
@@ -693,7 +703,7 @@ fn stored_values_start_with_the_header() {
                 .with_fresh_until(now + Duration::from_millis(20_500)),
         )
         .unwrap();
-    let mut expected = vec![1];
+    let mut expected = b"\xF1LC1".to_vec();
     expected.extend_from_slice(&39_500u64.to_le_bytes());
     expected.extend_from_slice(b"abc");
     assert_eq!(stored(&mut raw, &cache, "fresh"), Some(expected));
@@ -771,11 +781,23 @@ fn values_without_a_header_are_misses_and_kept() {
     };
     let mut raw = raw(&server);
     let cache = cache(&server, "foreign");
-    let foreign: [(&str, &[u8]); 4] = [
+    // Bytes that do not start with the magic, whatever they start with
+    // (text, bincode's 0x00 and 0x01, the one-byte tags of an earlier
+    // draft of the header), and bytes with the magic that are not a header
+    // this version writes.
+    let old_lead = [&[1u8][..], &5_000u64.to_le_bytes(), b"value"].concat();
+    let foreign: [(&str, &[u8]); 11] = [
         ("v01", b"{\"written by\": \"layercache 0.1\"}"),
         ("empty", b""),
-        ("short", b"\x01\x02\x03"),
+        ("zero", b"\x00"),
+        ("bincode", b"\x00\x01\x00"),
+        ("one", b"\x01\x02\x03"),
+        ("old-lead", &old_lead),
         ("tag", b"\x07value"),
+        ("magic-only", b"\xF1LC"),
+        ("lowercase", b"\xF1lc0value"),
+        ("unknown-tag", b"\xF1LC7value"),
+        ("short-lead", b"\xF1LC1\x88\x13\x00"),
     ];
     for (key, value) in foreign {
         redis::cmd("SET")
@@ -800,10 +822,65 @@ fn values_without_a_header_are_misses_and_kept() {
         );
     }
     assert_eq!(cache.values().unwrap(), vec![bytes("mine")]);
-    assert_eq!(sorted(cache.keys().unwrap()).len(), 5);
+    assert_eq!(cache.keys().unwrap().len(), foreign.len() + 1);
     // remove deletes the key all the same, and cannot return the value.
     assert_eq!(cache.remove(&"v01".into()).unwrap(), None);
     assert_eq!(stored(&mut raw, &cache, "v01"), None);
+}
+
+/// Headers with the magic but leads no `RedisCache` writes (another client,
+/// a bug) read back without panicking or overflowing, with `fresh_until`
+/// never after `expires`.
+#[test]
+fn planted_headers_with_any_lead_read_sanely() {
+    let Some(server) = RedisServer::start_or_skip("redis planted leads") else {
+        return;
+    };
+    let mut raw = raw(&server);
+    let cache = cache(&server, "leads");
+    let now = SystemClock.now();
+    for (name, lead, ttl_ms) in [
+        ("huge", u64::MAX, Some(60_000)),
+        ("zero", 0, Some(60_000)),
+        ("longer-than-ttl", 120_000, Some(60_000)),
+        ("no-ttl", 5_000, None),
+    ] {
+        let key = format!("{}{name}", cache.namespace());
+        let mut value = b"\xF1LC1".to_vec();
+        value.extend_from_slice(&lead.to_le_bytes());
+        value.extend_from_slice(b"v");
+        redis::cmd("SET")
+            .arg(&key)
+            .arg(value)
+            .query::<()>(&mut raw)
+            .unwrap();
+        if let Some(ttl_ms) = ttl_ms {
+            redis::cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl_ms)
+                .query::<()>(&mut raw)
+                .unwrap();
+        }
+        assert_eq!(cache.get(&name.into()).unwrap(), Some(bytes("v")), "{name}");
+        let entry = cache.get_entry(&name.into()).unwrap().expect("a hit");
+        assert_eq!(entry.value, bytes("v"), "{name}");
+        match entry.expires() {
+            Some(expires) => {
+                assert!(expires <= now + SECOND * 61, "{name}: {expires:?}");
+                // A lead of 0 is fresh until it expires, one longer than
+                // the time to live stale at once.
+                match entry.fresh_until() {
+                    None => assert_eq!(lead, 0, "{name}"),
+                    Some(fresh) => assert!(lead > 0 && fresh < expires, "{name}"),
+                }
+                if lead >= 60_000 {
+                    assert!(!entry.is_fresh(SystemClock.now()), "{name}");
+                }
+            }
+            // A lead without a time to live: stale at once.
+            None => assert!(!entry.is_fresh(SystemClock.now()), "{name}"),
+        }
+    }
 }
 
 #[test]
@@ -828,7 +905,7 @@ fn serialised_keeps_deadlines() {
     assert_eq!(entry.fresh_until(), None);
     assert_eq!(
         stored(&mut raw, typed.inner(), "k"),
-        Some(b"\x00[1,2,3]".to_vec())
+        Some([PLAIN, b"[1,2,3]"].concat())
     );
     let left = pttl(&mut raw, typed.inner(), "k");
     assert!(left > 29_000 && left <= 30_000, "PTTL {left}");
