@@ -76,7 +76,8 @@ impl<K, F: Fn(Invalidation<'_, K>) + Send + Sync> Watcher<K> for F {
 ///   deadlines it was given. A layer that keeps times relative, like Redis,
 ///   turns them into durations and back, so they may move by the time a
 ///   request takes to reach it plus the clock's resolution (milliseconds);
-///   no layer moves them further.
+///   no layer moves them further, except that a write which failed with a
+///   timeout may still be applied later by a stalled server.
 /// - [`set_entry`](Cache::set_entry) either keeps both deadlines or fails
 ///   with [`Error::Unsupported`](crate::Error::Unsupported); it never stores
 ///   an expiring entry as one that lives forever. An entry that has already
