@@ -20,12 +20,18 @@
 //! A store may hold keys this adapter did not write: another program's, or
 //! those of another version of this one. A stored key is *ours* when it
 //! starts with the adapter's [namespace](Keyed::with_namespace) and the rest
-//! decodes to a key; every other key is invisible. [`keys`](Cache::keys)
-//! leaves it out, and [`clear`](Cache::clear) and
-//! [`clear_matching`](Cache::clear_matching) never remove it: `clear` is the
-//! store's `clear_matching` over our keys, not the store's `clear`. A key
+//! is exactly what the codec writes for some key: it decodes to a key, and
+//! that key encodes back to the same text or bytes. Every other key is
+//! invisible. [`keys`](Cache::keys) leaves it out, and [`clear`](Cache::clear)
+//! and [`clear_matching`](Cache::clear_matching) never remove it: `clear` is
+//! the store's `clear_matching` over our keys, not the store's `clear`. A key
 //! that others change is reported to a [watcher](Cache::watch) only when it
 //! is ours.
+//!
+//! So another spelling of one of our keys is not ours: under a namespace
+//! `n:`, [`JsonKeys`] writes the `u64` 7 as `n:7`, and `n: 7`, left by
+//! another writer or a hand edit, is not listed as a second 7 (nor is its
+//! value among our `values`, nor is it removed by our `clear`).
 //!
 //! The namespace is what keeps two programs, or two versions of one program
 //! with keys of different shapes, apart in one store: without one, a
@@ -33,9 +39,31 @@
 //! `u64` 7) counts as ours. No namespace should begin with another:
 //! `app:v1:` and `app:v2:` are apart, `v1` and `v12` are not.
 //!
-//! Conversely, `set` refuses a key whose stored form would not decode back
-//! (a JSON key holding a NaN, written as `null`): it would be a key that
-//! `keys` never lists and `clear` never removes.
+//! # Only keys that come back
+//!
+//! Conversely, [`set`](Cache::set) and [`set_entry`](Cache::set_entry)
+//! store a key only if it round-trips exactly: its stored form must decode
+//! to an equal key (`==`, hence `K: PartialEq`), and that key must encode to
+//! the same stored form. Any other key is an [`Error::Key`] and nothing is
+//! written. This refuses:
+//!
+//! - keys whose stored form does not decode at all (a JSON key holding a
+//!   NaN, written as `null`): `keys` would never list them and `clear`
+//!   never remove them;
+//! - keys that decode to another key: JSON writes `None` and `Some(None)`
+//!   of an `Option<Option<_>>` both as `null`, and serde_json reads some
+//!   `f64`s back as a neighbouring `f64`, so two keys would share one stored
+//!   key and `keys` would list one that was never set;
+//! - keys whose codec is not deterministic, such as a `HashSet` in a key
+//!   (its order changes from one set to an equal one): the stored form
+//!   would not be ours by the rule above.
+//!
+//! The check costs a decode and a second encode on each write. Reads by key
+//! ([`get`](Cache::get), [`get_entry`](Cache::get_entry),
+//! [`remove`](Cache::remove)) only encode; listing and clearing
+//! ([`keys`](Cache::keys), [`values`](Cache::values), `clear`,
+//! `clear_matching`) and watching decode and encode again each stored key
+//! they see.
 //!
 //! # Example
 //!
@@ -98,14 +126,16 @@ use crate::error::{Error, Result};
 /// `FileCache`); implement it for another store's key type.
 pub trait StoredKey {
     /// The borrowed form a [`KeyCodec`] decodes: `str` for `String`, `[u8]`
-    /// for `Vec<u8>`. Decoding what follows the namespace needs no copy.
-    type Slice: ?Sized;
+    /// for `Vec<u8>`. Decoding what follows the namespace needs no copy,
+    /// and comparing it with a key encoded again tells whether it is in
+    /// the codec's own form.
+    type Slice: ?Sized + PartialEq;
 
     /// This key with `prefix` in front (itself when `prefix` is empty).
     fn prefixed(self, prefix: &str) -> Self;
 
     /// What follows `prefix` in this key, or `None` when it does not start
-    /// with `prefix`.
+    /// with `prefix`. With an empty `prefix`, the whole key.
     fn unprefixed<'a>(&'a self, prefix: &str) -> Option<&'a Self::Slice>;
 }
 
@@ -118,6 +148,12 @@ impl StoredKey for String {
     }
 
     fn unprefixed<'a>(&'a self, prefix: &str) -> Option<&'a str> {
+        // Not `strip_prefix("")`: measured at ~80 ns, more than the rest of
+        // a write (glibc's memcmp of zero bytes at the empty string's
+        // dangling address is that slow on some CPUs).
+        if prefix.is_empty() {
+            return Some(self);
+        }
         str::strip_prefix(self, prefix)
     }
 }
@@ -131,6 +167,9 @@ impl StoredKey for Vec<u8> {
     }
 
     fn unprefixed<'a>(&'a self, prefix: &str) -> Option<&'a [u8]> {
+        if prefix.is_empty() {
+            return Some(self);
+        }
         <[u8]>::strip_prefix(self, prefix.as_bytes())
     }
 }
@@ -143,6 +182,14 @@ impl StoredKey for Vec<u8> {
 /// `decode` answers `None` for a stored key that is not one of ours: another
 /// program's key, or one of another shape. It is given what follows the
 /// namespace, borrowed (`&str` for a `String`, `&[u8]` for a `Vec<u8>`).
+///
+/// Neither has to be exact: [`Keyed`] checks the round trip itself. It
+/// writes a key only if its stored form decodes to an equal key that
+/// encodes to the same stored form, and counts a stored key as ours only if
+/// it decodes to a key that encodes back to it (see
+/// [the module documentation](crate::keyed#only-keys-that-come-back)).
+/// A `decode` that accepts other spellings of a key (the `Decimal` below
+/// could skip its check) is therefore harmless, only slower.
 ///
 /// ```
 /// use layercache::{Cache, Keyed, KeyCodec, MemoryCache, Result};
@@ -175,7 +222,9 @@ pub trait KeyCodec<K>: Send + Sync + Debug {
     type Stored: StoredKey;
 
     /// The stored form of `key` (without the namespace), or an
-    /// [`Error::Key`] when it has none. Never panics.
+    /// [`Error::Key`] when it has none. Never panics, and never recurses
+    /// without bound: a key nested too deeply for the format is an
+    /// [`Error::Key`] too.
     fn encode(&self, key: &K) -> Result<Self::Stored>;
 
     /// The key whose stored form (after the namespace) is `stored`, or
@@ -203,8 +252,9 @@ impl<K, KC: KeyCodec<K> + ?Sized> KeyCodec<K> for Arc<KC> {
 /// others ([`watch`](Cache::watch): a stored key is reported as the key it
 /// decodes to; a key that is not ours is not reported; `All` is).
 ///
-/// What is "ours", and why `clear` only ever removes our keys, is in the
-/// [module documentation](crate::keyed).
+/// What is "ours", why `clear` only ever removes our keys, and why a write
+/// refuses a key that does not round-trip exactly (so keys need
+/// `PartialEq`) is in the [module documentation](crate::keyed).
 ///
 /// Over a codec that takes many key types, such as [`JsonKeys`], a `Keyed`
 /// is a cache for each of them. In a [`Layered`](crate::Layered) stack the
@@ -299,7 +349,8 @@ impl<C, KC> Keyed<C, KC> {
     }
 
     /// The key under which `key` is stored in the inner cache, namespace
-    /// included.
+    /// included. This is the lookup of [`get`](Cache::get): it does not
+    /// check that the key round-trips, as [`set`](Cache::set) does.
     pub fn stored_key<K>(&self, key: &K) -> Result<<KC as KeyCodec<K>>::Stored>
     where
         KC: KeyCodec<K>,
@@ -308,12 +359,13 @@ impl<C, KC> Keyed<C, KC> {
     }
 
     /// The key stored in the inner cache as `stored`, or `None` when it is
-    /// not ours (another namespace, or not a key of this codec).
+    /// not ours: another namespace, not a key of this codec, or not in the
+    /// codec's own form (the key it decodes to encodes to something else).
     pub fn key_of<K>(&self, stored: &<KC as KeyCodec<K>>::Stored) -> Option<K>
     where
         KC: KeyCodec<K>,
     {
-        decode_stored(&*self.codec, &self.namespace, stored)
+        decode_ours(&*self.codec, &self.namespace, stored)
     }
 
     /// Whether `stored` is one of our keys.
@@ -324,51 +376,83 @@ impl<C, KC> Keyed<C, KC> {
         self.key_of::<K>(stored).is_some()
     }
 
-    /// The stored key for a key about to be written, checked to read back:
-    /// a key that did not would be stored where `keys` and `clear` never
-    /// see it.
+    /// The stored key for a key about to be written, checked to round-trip:
+    /// it decodes to an equal key, which encodes to the same stored key.
+    /// Otherwise two keys could share a stored key, or the key would be
+    /// stored where `keys` and `clear` never see it.
     fn stored_key_to_write<K>(&self, key: &K) -> Result<<KC as KeyCodec<K>>::Stored>
     where
         KC: KeyCodec<K>,
+        K: PartialEq,
     {
-        let stored = self.stored_key(key)?;
-        if !self.owns::<K>(&stored) {
-            return Err(Error::Key {
-                reason: format!(
-                    "{:?} encodes it to a stored key that does not decode back, so keys() \
-                     and clear() would never see it",
-                    self.codec
-                ),
-            });
+        let stored = self.codec.encode(key)?;
+        let refuse = |why: &str| {
+            Err(Error::Key {
+                reason: format!("{:?} encodes it to a stored key that {why}", self.codec),
+            })
+        };
+        let Some(slice) = whole(&stored) else {
+            return refuse("its StoredKey cannot show whole (unprefixed(\"\") is None)");
+        };
+        let Some(back) = self.codec.decode(slice) else {
+            return refuse("does not decode back, so keys() and clear() would never see it");
+        };
+        if back != *key {
+            return refuse(
+                "decodes to a different key, so two keys would share it (JSON, for one, writes \
+                 None and Some(None) both as null, and serde_json reads some floats back as \
+                 their neighbour)",
+            );
         }
-        Ok(stored)
+        match self.codec.encode(&back) {
+            Ok(again) if whole(&again) == Some(slice) => {}
+            _ => {
+                return refuse(
+                    "decodes to a key that encodes differently (is the encoding not \
+                     deterministic, as with a HashSet in the key?), so keys() and clear() \
+                     would never see it",
+                );
+            }
+        }
+        Ok(stored.prefixed(&self.namespace))
     }
 }
 
-/// The key `stored` stands for, if it is under `namespace` and decodes.
-fn decode_stored<K, KC: KeyCodec<K> + ?Sized>(
+/// `stored` as a whole, as its codec decodes it.
+fn whole<S: StoredKey>(stored: &S) -> Option<&S::Slice> {
+    stored.unprefixed("")
+}
+
+/// The key `stored` stands for, if it is ours: under `namespace`, and what
+/// follows decodes to a key that encodes back to exactly it.
+fn decode_ours<K, KC: KeyCodec<K> + ?Sized>(
     codec: &KC,
     namespace: &str,
     stored: &KC::Stored,
 ) -> Option<K> {
-    codec.decode(stored.unprefixed(namespace)?)
+    let slice = stored.unprefixed(namespace)?;
+    let key = codec.decode(slice)?;
+    let again = codec.encode(&key).ok()?;
+    (whole(&again)? == slice).then_some(key)
 }
 
 /// `K` and `KC` are `'static` because [`watch`](Cache::watch) gives the
 /// store a watcher of its own that holds the codec and reports `K`s.
+///
+/// `K: PartialEq` because writes check that a key comes back as itself.
 impl<K, V, C, KC> Cache<K, V> for Keyed<C, KC>
 where
     C: Cache<KC::Stored, V>,
     KC: KeyCodec<K> + 'static,
-    K: 'static,
+    K: PartialEq + 'static,
 {
     /// The inner entry, deadlines unchanged.
     fn get_entry(&self, key: &K) -> Result<Option<Entry<V>>> {
         self.inner.get_entry(&self.stored_key(key)?)
     }
 
-    /// Stores the entry, deadlines unchanged. A key whose stored form does
-    /// not decode back is an [`Error::Key`].
+    /// Stores the entry, deadlines unchanged. A key that does not
+    /// round-trip exactly is an [`Error::Key`].
     fn set_entry(&self, key: K, entry: Entry<V>) -> Result<()> {
         self.inner.set_entry(self.stored_key_to_write(&key)?, entry)
     }
@@ -377,7 +461,7 @@ where
         self.inner.get(&self.stored_key(key)?)
     }
 
-    /// Stores the value. A key whose stored form does not decode back is an
+    /// Stores the value. A key that does not round-trip exactly is an
     /// [`Error::Key`].
     fn set(&self, key: K, value: V) -> Result<()> {
         self.inner.set(self.stored_key_to_write(&key)?, value)
@@ -466,7 +550,7 @@ impl<K, KC: KeyCodec<K>> Watcher<KC::Stored> for KeyWatcher<K, KC> {
     fn invalidated(&self, invalidation: Invalidation<'_, KC::Stored>) {
         match invalidation {
             Invalidation::Key(stored) => {
-                if let Some(key) = decode_stored(&*self.codec, &self.namespace, stored) {
+                if let Some(key) = decode_ours(&*self.codec, &self.namespace, stored) {
                     self.watcher.invalidated(Invalidation::Key(&key));
                 }
             }
@@ -517,10 +601,23 @@ impl<C: Debug + Send + Sync> KeyedExt for C {}
 ///   are not strings or numbers, an integer beyond 64 bits) is an
 ///   [`Error::Key`]. JSON has no NaN or infinity: serde_json writes them as
 ///   `null`, so a key holding one does not read back, and
-///   [`Keyed`] refuses to store it.
+///   [`Keyed`] refuses to store it. It refuses as well a key that reads
+///   back as another (`Some(None)` of an `Option<Option<_>>`, written
+///   `null` like `None`; an `f64` that serde_json parses as its neighbour,
+///   which happens to some with large or tiny exponents, not to the likes
+///   of `0.1` or `6.02e23`).
+/// - **Bounded**: serde_json reads at most 127 arrays and objects nested in
+///   one another (its limit is 128 levels), so `encode` refuses, with an
+///   [`Error::Key`], a key that nests 128 deep, as soon as it gets there:
+///   a key nested thousands deep is an error, not a stack overflow. Levels
+///   that JSON does not show (`Some`, newtype structs) count towards a
+///   second limit of 512 levels of nesting in all. Only a `Serialize`
+///   written by hand that recurses without calling the serializer escapes
+///   both.
 ///
-/// Any stored key that parses as a `K` is ours: `" 7"` decodes as the `u64`
-/// 7 although `JsonKeys` writes `7`. Use a namespace on a shared store.
+/// `decode` takes any JSON that parses as a `K` (`" 7"` decodes as the
+/// `u64` 7), but [`Keyed`] counts a stored key as ours only in the form
+/// `encode` writes (`7`). Use a namespace on a shared store all the same.
 ///
 /// ```
 /// # #[cfg(feature = "json")] {
@@ -547,7 +644,7 @@ impl<K: serde::Serialize + serde::de::DeserializeOwned> KeyCodec<K> for JsonKeys
         let cannot = |error: serde_json::Error| Error::Key {
             reason: format!("cannot write it as JSON: {error}"),
         };
-        let value = serde_json::to_value(key).map_err(cannot)?;
+        let value = serde_json::to_value(json::Bounded::new(key)).map_err(cannot)?;
         serde_json::to_string(&json::Canonical(&value)).map_err(cannot)
     }
 
@@ -558,8 +655,384 @@ impl<K: serde::Serialize + serde::de::DeserializeOwned> KeyCodec<K> for JsonKeys
 
 #[cfg(feature = "json")]
 mod json {
-    use serde::{Serialize, Serializer};
+    use std::fmt::Display;
+
+    use serde::ser::{self, Serialize, Serializer};
     use serde_json::Value;
+
+    /// serde_json refuses to read a 128th level of arrays and objects, one
+    /// in another; a key is refused on the way in when it gets that deep.
+    const JSON_DEPTH_LIMIT: usize = 128;
+
+    /// How many levels a key may nest in all, counting those JSON does not
+    /// show (`Some(_)` is written as what it holds, a newtype struct as its
+    /// field): a bound on the serializer's recursion, and so on the stack.
+    const NESTING_LIMIT: usize = 512;
+
+    /// How deep a value is: in arrays and objects of the JSON, and in
+    /// levels of nesting of any kind.
+    #[derive(Clone, Copy)]
+    struct Depth {
+        json: usize,
+        nesting: usize,
+    }
+
+    impl Depth {
+        /// The depth of what is inside a value at this depth that opens
+        /// `json` arrays and objects (0 for `Some` or a newtype struct, 2 for
+        /// a tuple or struct variant, written `{"Variant":[...]}`), or the
+        /// error when it is too deep: before any recursion into it.
+        #[inline]
+        fn enter<E: ser::Error>(self, json: usize) -> Result<Depth, E> {
+            let inside = Depth {
+                json: self.json + json,
+                nesting: self.nesting + 1,
+            };
+            if inside.json >= JSON_DEPTH_LIMIT {
+                Err(E::custom(format_args!(
+                    "it nests {JSON_DEPTH_LIMIT} or more arrays and objects deep, and \
+                     serde_json reads back at most {}",
+                    JSON_DEPTH_LIMIT - 1
+                )))
+            } else if inside.nesting > NESTING_LIMIT {
+                Err(E::custom(format_args!(
+                    "it nests more than {NESTING_LIMIT} levels deep"
+                )))
+            } else {
+                Ok(inside)
+            }
+        }
+    }
+
+    /// A value to serialize through a [`Limited`] serializer: what
+    /// `JsonKeys` encodes, so that its recursion stops at the limits.
+    pub(super) struct Bounded<'a, T: ?Sized> {
+        value: &'a T,
+        depth: Depth,
+    }
+
+    impl<'a, T: ?Sized> Bounded<'a, T> {
+        /// `value` at the top level.
+        pub(super) fn new(value: &'a T) -> Self {
+            Bounded {
+                value,
+                depth: Depth {
+                    json: 0,
+                    nesting: 0,
+                },
+            }
+        }
+    }
+
+    impl<T: Serialize + ?Sized> Serialize for Bounded<'_, T> {
+        #[inline]
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            self.value.serialize(Limited {
+                inner: serializer,
+                depth: self.depth,
+            })
+        }
+    }
+
+    /// A serializer that forwards every call to `inner`, and passes
+    /// whatever is nested in a value on as a [`Bounded`] one level deeper,
+    /// or fails when that is too deep. A key within the limits serializes
+    /// exactly as it would without it.
+    struct Limited<S> {
+        inner: S,
+        depth: Depth,
+    }
+
+    /// What [`Limited`] gives for a sequence, map, struct or variant:
+    /// `inner`'s, with every element, key, value and field [`Bounded`].
+    struct Compound<C> {
+        inner: C,
+        depth: Depth,
+    }
+
+    impl<C> Compound<C> {
+        #[inline]
+        fn bounded<'a, T: ?Sized>(&self, value: &'a T) -> Bounded<'a, T> {
+            Bounded {
+                value,
+                depth: self.depth,
+            }
+        }
+    }
+
+    /// Forwards `Serializer` methods of values with nothing nested.
+    macro_rules! forward_plain {
+        ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
+            #[inline]
+            fn $method(self, $($arg: $ty),*) -> Result<S::Ok, S::Error> {
+                self.inner.$method($($arg),*)
+            }
+        )*};
+    }
+
+    impl<S: Serializer> Serializer for Limited<S> {
+        type Ok = S::Ok;
+        type Error = S::Error;
+        type SerializeSeq = Compound<S::SerializeSeq>;
+        type SerializeTuple = Compound<S::SerializeTuple>;
+        type SerializeTupleStruct = Compound<S::SerializeTupleStruct>;
+        type SerializeTupleVariant = Compound<S::SerializeTupleVariant>;
+        type SerializeMap = Compound<S::SerializeMap>;
+        type SerializeStruct = Compound<S::SerializeStruct>;
+        type SerializeStructVariant = Compound<S::SerializeStructVariant>;
+
+        forward_plain! {
+            serialize_bool(v: bool);
+            serialize_i8(v: i8);
+            serialize_i16(v: i16);
+            serialize_i32(v: i32);
+            serialize_i64(v: i64);
+            serialize_i128(v: i128);
+            serialize_u8(v: u8);
+            serialize_u16(v: u16);
+            serialize_u32(v: u32);
+            serialize_u64(v: u64);
+            serialize_u128(v: u128);
+            serialize_f32(v: f32);
+            serialize_f64(v: f64);
+            serialize_char(v: char);
+            serialize_str(v: &str);
+            serialize_bytes(v: &[u8]);
+            serialize_none();
+            serialize_unit();
+            serialize_unit_struct(name: &'static str);
+            serialize_unit_variant(name: &'static str, index: u32, variant: &'static str);
+        }
+
+        fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<S::Ok, S::Error> {
+            let depth = self.depth.enter(0)?;
+            self.inner.serialize_some(&Bounded { value, depth })
+        }
+
+        fn serialize_newtype_struct<T: Serialize + ?Sized>(
+            self,
+            name: &'static str,
+            value: &T,
+        ) -> Result<S::Ok, S::Error> {
+            let depth = self.depth.enter(0)?;
+            self.inner
+                .serialize_newtype_struct(name, &Bounded { value, depth })
+        }
+
+        fn serialize_newtype_variant<T: Serialize + ?Sized>(
+            self,
+            name: &'static str,
+            index: u32,
+            variant: &'static str,
+            value: &T,
+        ) -> Result<S::Ok, S::Error> {
+            let depth = self.depth.enter(1)?;
+            self.inner
+                .serialize_newtype_variant(name, index, variant, &Bounded { value, depth })
+        }
+
+        fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, S::Error> {
+            let depth = self.depth.enter(1)?;
+            let inner = self.inner.serialize_seq(len)?;
+            Ok(Compound { inner, depth })
+        }
+
+        fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, S::Error> {
+            let depth = self.depth.enter(1)?;
+            let inner = self.inner.serialize_tuple(len)?;
+            Ok(Compound { inner, depth })
+        }
+
+        fn serialize_tuple_struct(
+            self,
+            name: &'static str,
+            len: usize,
+        ) -> Result<Self::SerializeTupleStruct, S::Error> {
+            let depth = self.depth.enter(1)?;
+            let inner = self.inner.serialize_tuple_struct(name, len)?;
+            Ok(Compound { inner, depth })
+        }
+
+        fn serialize_tuple_variant(
+            self,
+            name: &'static str,
+            index: u32,
+            variant: &'static str,
+            len: usize,
+        ) -> Result<Self::SerializeTupleVariant, S::Error> {
+            let depth = self.depth.enter(2)?;
+            let inner = self
+                .inner
+                .serialize_tuple_variant(name, index, variant, len)?;
+            Ok(Compound { inner, depth })
+        }
+
+        fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, S::Error> {
+            let depth = self.depth.enter(1)?;
+            let inner = self.inner.serialize_map(len)?;
+            Ok(Compound { inner, depth })
+        }
+
+        fn serialize_struct(
+            self,
+            name: &'static str,
+            len: usize,
+        ) -> Result<Self::SerializeStruct, S::Error> {
+            let depth = self.depth.enter(1)?;
+            let inner = self.inner.serialize_struct(name, len)?;
+            Ok(Compound { inner, depth })
+        }
+
+        fn serialize_struct_variant(
+            self,
+            name: &'static str,
+            index: u32,
+            variant: &'static str,
+            len: usize,
+        ) -> Result<Self::SerializeStructVariant, S::Error> {
+            let depth = self.depth.enter(2)?;
+            let inner = self
+                .inner
+                .serialize_struct_variant(name, index, variant, len)?;
+            Ok(Compound { inner, depth })
+        }
+
+        fn collect_str<T: Display + ?Sized>(self, value: &T) -> Result<S::Ok, S::Error> {
+            self.inner.collect_str(value)
+        }
+
+        fn is_human_readable(&self) -> bool {
+            self.inner.is_human_readable()
+        }
+    }
+
+    impl<C: ser::SerializeSeq> ser::SerializeSeq for Compound<C> {
+        type Ok = C::Ok;
+        type Error = C::Error;
+
+        fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
+            let value = self.bounded(value);
+            self.inner.serialize_element(&value)
+        }
+
+        fn end(self) -> Result<C::Ok, C::Error> {
+            self.inner.end()
+        }
+    }
+
+    impl<C: ser::SerializeTuple> ser::SerializeTuple for Compound<C> {
+        type Ok = C::Ok;
+        type Error = C::Error;
+
+        fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
+            let value = self.bounded(value);
+            self.inner.serialize_element(&value)
+        }
+
+        fn end(self) -> Result<C::Ok, C::Error> {
+            self.inner.end()
+        }
+    }
+
+    impl<C: ser::SerializeTupleStruct> ser::SerializeTupleStruct for Compound<C> {
+        type Ok = C::Ok;
+        type Error = C::Error;
+
+        fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
+            let value = self.bounded(value);
+            self.inner.serialize_field(&value)
+        }
+
+        fn end(self) -> Result<C::Ok, C::Error> {
+            self.inner.end()
+        }
+    }
+
+    impl<C: ser::SerializeTupleVariant> ser::SerializeTupleVariant for Compound<C> {
+        type Ok = C::Ok;
+        type Error = C::Error;
+
+        fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
+            let value = self.bounded(value);
+            self.inner.serialize_field(&value)
+        }
+
+        fn end(self) -> Result<C::Ok, C::Error> {
+            self.inner.end()
+        }
+    }
+
+    impl<C: ser::SerializeMap> ser::SerializeMap for Compound<C> {
+        type Ok = C::Ok;
+        type Error = C::Error;
+
+        fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), C::Error> {
+            let key = self.bounded(key);
+            self.inner.serialize_key(&key)
+        }
+
+        fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
+            let value = self.bounded(value);
+            self.inner.serialize_value(&value)
+        }
+
+        fn serialize_entry<K: Serialize + ?Sized, V: Serialize + ?Sized>(
+            &mut self,
+            key: &K,
+            value: &V,
+        ) -> Result<(), C::Error> {
+            let (key, value) = (self.bounded(key), self.bounded(value));
+            self.inner.serialize_entry(&key, &value)
+        }
+
+        fn end(self) -> Result<C::Ok, C::Error> {
+            self.inner.end()
+        }
+    }
+
+    impl<C: ser::SerializeStruct> ser::SerializeStruct for Compound<C> {
+        type Ok = C::Ok;
+        type Error = C::Error;
+
+        fn serialize_field<T: Serialize + ?Sized>(
+            &mut self,
+            key: &'static str,
+            value: &T,
+        ) -> Result<(), C::Error> {
+            let value = self.bounded(value);
+            self.inner.serialize_field(key, &value)
+        }
+
+        fn skip_field(&mut self, key: &'static str) -> Result<(), C::Error> {
+            self.inner.skip_field(key)
+        }
+
+        fn end(self) -> Result<C::Ok, C::Error> {
+            self.inner.end()
+        }
+    }
+
+    impl<C: ser::SerializeStructVariant> ser::SerializeStructVariant for Compound<C> {
+        type Ok = C::Ok;
+        type Error = C::Error;
+
+        fn serialize_field<T: Serialize + ?Sized>(
+            &mut self,
+            key: &'static str,
+            value: &T,
+        ) -> Result<(), C::Error> {
+            let value = self.bounded(value);
+            self.inner.serialize_field(key, &value)
+        }
+
+        fn skip_field(&mut self, key: &'static str) -> Result<(), C::Error> {
+            self.inner.skip_field(key)
+        }
+
+        fn end(self) -> Result<C::Ok, C::Error> {
+            self.inner.end()
+        }
+    }
 
     /// A JSON value written with every object's entries sorted by key.
     ///
@@ -592,8 +1065,16 @@ mod json {
 /// in its iteration order, which changes from run to run, so a key holding
 /// one misses what an equal key stored. Use `BTreeMap`s and `BTreeSet`s in
 /// keys with this codec, or [`JsonKeys`] (feature `json`), which sorts maps.
-/// A key the codec cannot encode is an [`Error::Key`]; any stored key the
-/// codec decodes to a `K` is ours.
+/// A key the codec cannot encode is an [`Error::Key`]. A stored key is
+/// ours only in the form the codec writes: bincode also reads a small
+/// integer written in more bytes than it needs, which is not ours.
+///
+/// Encoding is only as bounded as the codec's: the value codecs of this
+/// crate ([`Bincode`](crate::codec::Bincode), [`Json`](crate::codec::Json),
+/// [`Cbor`](crate::codec::Cbor)) refuse what nests too deeply when reading,
+/// not when writing, so a key nested tens of thousands of levels deep can
+/// overflow the stack in `encode` (in `get` as in `set`). [`JsonKeys`] stops
+/// at its limits.
 ///
 /// ```
 /// # #[cfg(feature = "bincode")] {

@@ -7,6 +7,7 @@
 //! says so and passes, unless `LAYERCACHE_REQUIRE_REDIS=1`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use layercache::codec::{Bincode, Json};
@@ -379,6 +380,340 @@ fn keys_that_cannot_be_stored_are_errors_not_panics() {
     let error = small.set("x".repeat(100), 1).expect_err("too long");
     assert!(matches!(error, Error::Key { .. }), "{error:?}");
     small.set(s("short"), 1).expect("fits");
+}
+
+// ---------------------------------------------------------------------------
+// Round trips: only keys that come back are written, only our own
+// spellings are read
+// ---------------------------------------------------------------------------
+
+/// A key whose `==` looks at less than its encoding: `note` is written but
+/// never read back, and `==` ignores it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Loose {
+    id: u32,
+    #[serde(skip_deserializing)]
+    note: String,
+}
+
+impl PartialEq for Loose {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+#[test]
+fn writes_refuse_keys_that_do_not_come_back_as_themselves() {
+    let cache = Keyed::new(MemoryCache::<String, u8>::new(), JsonKeys).with_namespace("r:");
+
+    // Two keys, one stored key (`null`): the second is refused.
+    cache.set(None::<Option<u8>>, 1).expect("None round-trips");
+    let error = cache
+        .set_entry(Some(None::<u8>), Entry::new(2))
+        .expect_err("Some(None) reads back as None");
+    assert!(
+        error.to_string().contains("decodes to a different key"),
+        "{error}"
+    );
+    assert_eq!(cache.get(&None::<Option<u8>>).expect("get"), Some(1));
+    assert_eq!(
+        Cache::<Option<Option<u8>>, u8>::keys(&cache).expect("keys"),
+        [None]
+    );
+
+    // Decodes to an equal key that encodes otherwise: it would be stored
+    // where keys() and clear() never look.
+    let loose = Loose {
+        id: 1,
+        note: s("x"),
+    };
+    let error = cache.set(loose, 3).expect_err("not in its own form");
+    assert!(matches!(error, Error::Key { .. }), "{error:?}");
+    assert!(error.to_string().contains("encodes differently"), "{error}");
+    cache
+        .set(Loose { id: 1, note: s("") }, 3)
+        .expect("round-trips");
+    assert_eq!(
+        sorted(cache.inner().keys().expect("keys")),
+        ["r:null", r#"r:{"id":1,"note":""}"#]
+    );
+
+    // Ordinary floats do come back, and are listed and cleared as such.
+    for key in [0.1, 1.5, -2.5e-3, 6.02e23, f64::MAX, f64::MIN_POSITIVE] {
+        cache.set(key, 4).expect("round-trips");
+        assert_eq!(cache.get(&key).expect("get"), Some(4));
+    }
+    assert_eq!(Cache::<f64, u8>::keys(&cache).expect("keys").len(), 6);
+    assert_eq!(
+        cache
+            .clear_matching(&|key: &f64| *key == 0.1)
+            .expect("clear"),
+        1
+    );
+}
+
+#[test]
+fn other_spellings_of_our_keys_are_not_ours() {
+    let store = Arc::new(Watched::new(MemoryCache::<String, String>::new()));
+    let cache = Keyed::new(store.clone(), JsonKeys).with_namespace("n:");
+    cache.set(7u64, s("ours")).expect("set");
+    cache.set(s("seven"), s("ours too")).expect("set");
+    // JSON that parses as 7 or "seven", but is not what JsonKeys writes.
+    let spellings = ["n: 7", "n:7 ", "n:\"\\u0073even\"", "n:\t\"seven\""];
+    for stored in spellings {
+        store.set(s(stored), s("theirs")).expect("plant");
+        assert!(
+            KeyCodec::<u64>::decode(&JsonKeys, &stored[2..]).is_some()
+                || KeyCodec::<String>::decode(&JsonKeys, &stored[2..]).is_some(),
+            "{stored} decodes"
+        );
+        assert_eq!(cache.key_of::<u64>(&s(stored)), None, "{stored}");
+        assert_eq!(cache.key_of::<String>(&s(stored)), None, "{stored}");
+    }
+    assert_eq!(cache.key_of::<u64>(&s("n:7")), Some(7));
+
+    assert_eq!(Cache::<u64, String>::keys(&cache).expect("keys"), [7]);
+    assert_eq!(
+        Cache::<u64, String>::values(&cache).expect("values"),
+        ["ours"]
+    );
+    assert_eq!(
+        Cache::<String, String>::keys(&cache).expect("keys"),
+        ["seven"]
+    );
+
+    // Not reported to a watcher either.
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let log = seen.clone();
+    let watcher = Arc::new(move |invalidation: Invalidation<'_, u64>| {
+        if let Invalidation::Key(key) = invalidation {
+            log.lock().expect("lock").push(*key);
+        }
+    });
+    assert!(Cache::<u64, String>::watch(&cache, watcher));
+    for stored in spellings.into_iter().chain(["n:7"]) {
+        store.report(Invalidation::Key(&s(stored)));
+    }
+    assert_eq!(*seen.lock().expect("lock"), [7]);
+
+    // Nor cleared.
+    assert_eq!(
+        Cache::<u64, String>::clear_matching(&cache, &|_| true).expect("clear"),
+        1
+    );
+    Cache::<String, String>::clear(&cache).expect("clear");
+    assert_eq!(
+        sorted(store.keys().expect("keys")),
+        sorted(spellings.map(s).to_vec())
+    );
+}
+
+#[test]
+fn other_spellings_of_byte_keys_are_not_ours() {
+    let store = Arc::new(MemoryCache::<Vec<u8>, u8>::new());
+    let cache = Keyed::new(store.clone(), CodecKeys(Bincode::new())).with_namespace("b:");
+    cache.set(5u64, 1).expect("set");
+    assert_eq!(store.keys().expect("keys"), [b"b:\x05".to_vec()]);
+    // bincode's varint of 5 in three bytes (a u16 marker): bincode reads
+    // it as 5, but writes 5 in one byte, so it is not ours.
+    let long = b"b:\xfb\x05\x00".to_vec();
+    assert_eq!(
+        KeyCodec::<u64>::decode(&CodecKeys(Bincode::new()), &long[2..]),
+        Some(5)
+    );
+    store.set(long.clone(), 2).expect("plant");
+    assert_eq!(cache.key_of::<u64>(&long), None);
+    assert_eq!(Cache::<u64, u8>::keys(&cache).expect("keys"), [5]);
+    assert_eq!(
+        Cache::<u64, u8>::clear_matching(&cache, &|_| true).expect("clear"),
+        1
+    );
+    assert_eq!(store.keys().expect("keys"), [long]);
+}
+
+/// `JsonKeys` wrapped to count its calls.
+#[derive(Debug, Default)]
+struct Counting {
+    encodes: AtomicUsize,
+    decodes: AtomicUsize,
+}
+
+impl Counting {
+    fn take(&self) -> (usize, usize) {
+        (
+            self.encodes.swap(0, Ordering::SeqCst),
+            self.decodes.swap(0, Ordering::SeqCst),
+        )
+    }
+}
+
+impl KeyCodec<u64> for Counting {
+    type Stored = String;
+
+    fn encode(&self, key: &u64) -> layercache::Result<String> {
+        self.encodes.fetch_add(1, Ordering::SeqCst);
+        JsonKeys.encode(key)
+    }
+
+    fn decode(&self, stored: &str) -> Option<u64> {
+        self.decodes.fetch_add(1, Ordering::SeqCst);
+        KeyCodec::<u64>::decode(&JsonKeys, stored)
+    }
+}
+
+#[test]
+fn reads_by_key_never_decode() {
+    let cache = Keyed::new(MemoryCache::<String, u8>::new(), Counting::default());
+    let codec = || cache.codec();
+    cache.set(1, 1).expect("set");
+    assert_eq!(codec().take(), (2, 1), "set: encode, decode, encode again");
+    cache.set_entry(2, Entry::new(2)).expect("set_entry");
+    assert_eq!(codec().take(), (2, 1), "set_entry");
+    cache.get(&1).expect("get");
+    cache.get_entry(&1).expect("get_entry");
+    cache.remove(&2).expect("remove");
+    assert_eq!(codec().take(), (3, 0), "reads by key only encode");
+    cache.keys().expect("keys");
+    assert_eq!(codec().take(), (1, 1), "listing: decode, encode again");
+}
+
+// ---------------------------------------------------------------------------
+// Depth
+// ---------------------------------------------------------------------------
+
+/// `depth` nested one-element arrays around a 0: `[[...[0]...]]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Arrays {
+    Zero(u8),
+    One([Box<Arrays>; 1]),
+}
+
+/// Dropped without recursing, however deep.
+impl Drop for Arrays {
+    fn drop(&mut self) {
+        let Arrays::One([inner]) = self else { return };
+        let mut next = std::mem::replace(&mut **inner, Arrays::Zero(0));
+        while let Arrays::One([inner]) = &mut next {
+            next = std::mem::replace(&mut **inner, Arrays::Zero(0));
+        }
+    }
+}
+
+fn arrays(depth: usize) -> Arrays {
+    let mut arrays = Arrays::Zero(0);
+    for _ in 0..depth {
+        arrays = Arrays::One([Box::new(arrays)]);
+    }
+    arrays
+}
+
+/// A chain of newtype structs and `Some`s, none of which JSON shows: any
+/// depth of it is written `null`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Chain(Option<Box<Chain>>);
+
+/// Dropped without recursing, however deep.
+impl Drop for Chain {
+    fn drop(&mut self) {
+        let mut next = self.0.take();
+        while let Some(mut inner) = next {
+            next = inner.0.take();
+        }
+    }
+}
+
+fn chain(depth: usize) -> Chain {
+    let mut chain = Chain(None);
+    for _ in 0..depth {
+        chain = Chain(Some(Box::new(chain)));
+    }
+    chain
+}
+
+/// A tuple variant inside another: two levels of JSON each
+/// (`{"Pair":[..., 0]}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+enum Pairs {
+    End,
+    Pair(Box<Pairs>, u8),
+}
+
+fn pairs(depth: usize) -> Pairs {
+    let mut pairs = Pairs::End;
+    for _ in 0..depth {
+        pairs = Pairs::Pair(Box::new(pairs), 0);
+    }
+    pairs
+}
+
+#[test]
+fn json_keys_nest_exactly_as_deep_as_serde_json_reads() {
+    // serde_json reads 127 nested arrays, not 128: the limit is its own.
+    let text = |depth: usize| format!("{}0{}", "[".repeat(depth), "]".repeat(depth));
+    assert!(serde_json::from_str::<serde_json::Value>(&text(127)).is_ok());
+    assert!(serde_json::from_str::<serde_json::Value>(&text(128)).is_err());
+
+    let cache = Keyed::new(MemoryCache::<String, u8>::new(), JsonKeys).with_namespace("d:");
+    cache.set(arrays(127), 1).expect("127 deep reads back");
+    assert_eq!(
+        cache.stored_key(&arrays(127)).expect("key"),
+        format!("d:{}", text(127))
+    );
+    assert_eq!(cache.get(&arrays(127)).expect("get"), Some(1));
+    assert_eq!(
+        Cache::<Arrays, u8>::keys(&cache).expect("keys"),
+        [arrays(127)]
+    );
+
+    let too_deep = arrays(128);
+    for error in [
+        cache.set(too_deep.clone(), 2).expect_err("128 deep"),
+        cache.get(&too_deep).expect_err("128 deep"),
+        cache.remove(&too_deep).expect_err("128 deep"),
+        JsonKeys.encode(&too_deep).expect_err("128 deep"),
+    ] {
+        assert!(matches!(error, Error::Key { .. }), "{error:?}");
+        assert!(
+            error
+                .to_string()
+                .contains("nests 128 or more arrays and objects deep"),
+            "{error}"
+        );
+    }
+
+    // A tuple variant is an object and an array.
+    assert!(JsonKeys.encode(&pairs(63)).is_ok());
+    assert!(JsonKeys.encode(&pairs(64)).is_err());
+
+    // Levels JSON does not show count towards 512 levels in all.
+    assert_eq!(JsonKeys.encode(&chain(255)).expect("encode"), "null");
+    let error = JsonKeys.encode(&chain(256)).expect_err("513 levels");
+    assert!(
+        error.to_string().contains("more than 512 levels"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_key_nested_thousands_deep_is_an_error_on_a_small_stack() {
+    // 100,000 levels would need tens of MiB of stack; the limits stop at
+    // 512 levels in all, some 360 KiB in a debug build. The keys are
+    // dropped without recursing.
+    std::thread::Builder::new()
+        .stack_size(512 << 10)
+        .spawn(|| {
+            let cache = Keyed::new(MemoryCache::<String, u8>::new(), JsonKeys);
+            let deep = arrays(100_000);
+            assert!(cache.get(&deep).is_err());
+            assert!(cache.set(deep, 1).is_err());
+            let deep = chain(100_000);
+            assert!(cache.get(&deep).is_err());
+            assert!(cache.set(deep, 1).is_err());
+        })
+        .expect("spawn")
+        .join()
+        .expect("no overflow");
 }
 
 // ---------------------------------------------------------------------------
