@@ -652,9 +652,22 @@ where
     ) -> Result<Option<Entry<V>>> {
         // Read before any lower layer is: see `Generations`.
         let seen = stripe.writes.load(Ordering::SeqCst);
+        let promotions = stripe.promotions.load(Ordering::SeqCst);
+        let bottom = self.layers.len().saturating_sub(1);
         for (depth, layer) in self.layers.iter().enumerate().skip(from) {
             match layer.get_entry(key) {
                 Ok(Some(entry)) => {
+                    // A hit above the bottom may be a promotion's write that
+                    // is about to be undone: trust it only if no promotion of
+                    // a key in the stripe was in flight or ran meanwhile, and
+                    // otherwise look further down. Nothing promotes into the
+                    // bottom layer, so its answer always stands.
+                    if depth < bottom
+                        && (promotions & IN_FLIGHT != 0
+                            || stripe.promotions.load(Ordering::SeqCst) != promotions)
+                    {
+                        continue;
+                    }
                     if promote && depth > 0 {
                         self.promote(key, &entry, depth, stripe, seen);
                     }

@@ -54,7 +54,8 @@ use crate::error::{Error, Operation, Result};
 ///   header that begins with fixed magic bytes (see
 ///   [`set_entry`](Cache::set_entry)); bytes without it (written by
 ///   layercache 0.1 or another program) read as a miss and are left in
-///   place.
+///   place, as are keys of another type (a hash, a list) under the
+///   namespace.
 ///
 /// Values are bytes: wrap it in a [`Serialised`](crate::Serialised) for
 /// typed values, and put a [`MemoryCache`](crate::MemoryCache) above it in
@@ -331,6 +332,25 @@ impl std::error::Error for Failed {
 /// Whether `error` says the connection is gone (closed by the server, reset)
 /// rather than slow or refused: a pooled connection failing so is stale, and
 /// the command is worth sending again once on a new connection.
+/// A key of another type under the namespace (a hash, a list: another
+/// program's) answers `WRONGTYPE`: that is a foreign value, so a miss left
+/// in place, as foreign strings are, not a failed call.
+fn foreign_type_is_a_miss<T>(
+    answer: std::result::Result<Option<T>, RedisError>,
+) -> std::result::Result<Option<T>, RedisError> {
+    let wrong_type = |error: &RedisError| {
+        error.code() == Some("WRONGTYPE")
+            // In a transaction the error is one of the pipeline's.
+            || error.clone().into_server_errors().is_some_and(|errors| {
+                errors.iter().any(|(_, error)| error.code() == "WRONGTYPE")
+            })
+    };
+    match answer {
+        Err(error) if wrong_type(&error) => Ok(None),
+        answer => answer,
+    }
+}
+
 fn is_stale(error: &RedisError) -> bool {
     error.is_connection_dropped() && !error.is_connection_refusal() && !error.is_timeout()
 }
@@ -735,13 +755,16 @@ impl Cache<String, Vec<u8>> for RedisCache {
             // Before the commands go out, so the deadline read back is
             // never later than the one the server counts down to.
             let now = self.clock.now();
-            let (value, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
+            let answer: std::result::Result<(Option<Vec<u8>>, i64), _> = redis::pipe()
                 .atomic()
                 .cmd("GET")
                 .arg(Prefixed(&self.namespace, key))
                 .cmd("PTTL")
                 .arg(Prefixed(&self.namespace, key))
-                .query(connection)?;
+                .query(connection);
+            let Some((value, pttl)) = foreign_type_is_a_miss(answer.map(Some))? else {
+                return Ok(None);
+            };
             Ok(value.map(|value| (value, pttl, now)))
         })?;
         let Some((bytes, pttl, now)) = found else {
@@ -848,9 +871,11 @@ impl Cache<String, Vec<u8>> for RedisCache {
     /// header this version understands are a miss and are left in place.
     fn get(&self, key: &String) -> Result<Option<Vec<u8>>> {
         let found: Option<Vec<u8>> = self.with(Operation::Get, "GET", |connection| {
-            redis::cmd("GET")
-                .arg(Prefixed(&self.namespace, key))
-                .query(connection)
+            foreign_type_is_a_miss(
+                redis::cmd("GET")
+                    .arg(Prefixed(&self.namespace, key))
+                    .query(connection),
+            )
         })?;
         Ok(found.and_then(unframe).map(|(value, _)| value))
     }
@@ -866,9 +891,11 @@ impl Cache<String, Vec<u8>> for RedisCache {
     /// not returned. (`clear_matching` may undercount in the same way.)
     fn remove(&self, key: &String) -> Result<Option<Vec<u8>>> {
         let found: Option<Vec<u8>> = self.with(Operation::Remove, "GETDEL", |connection| {
-            redis::cmd("GETDEL")
-                .arg(Prefixed(&self.namespace, key))
-                .query(connection)
+            foreign_type_is_a_miss(
+                redis::cmd("GETDEL")
+                    .arg(Prefixed(&self.namespace, key))
+                    .query(connection),
+            )
         })?;
         Ok(found.and_then(unframe).map(|(value, _)| value))
     }

@@ -44,6 +44,31 @@ fn cache(server: &RedisServer, test: &str) -> RedisCache {
         .expect("build a RedisCache")
 }
 
+/// Makes a user on `server` that may use only the key `allowed` (and no
+/// other), and returns a URL that connects as it: every command on another
+/// key gets an error reply (`NOPERM`), the way to make a server answer with
+/// an error on purpose.
+fn limited_to(server: &RedisServer, allowed: &str) -> String {
+    let user = format!("limited{}", server.port());
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("reset")
+        .arg("on")
+        .arg("nopass")
+        .arg(format!("~{allowed}"))
+        .arg("+@all")
+        .query::<()>(&mut raw(server))
+        .expect("ACL SETUSER");
+    format!("redis://{user}:any@127.0.0.1:{}/", server.port())
+}
+
+/// Whether `message` is the server refusing a command for lack of
+/// permission (NOPERM, or a transaction aborted for it).
+fn refused(message: &str) -> bool {
+    message.contains("NOPERM") || message.contains("EXECABORT") || message.contains("permission")
+}
+
 /// A plain client on `server`, to look at and plant raw keys.
 fn raw(server: &RedisServer) -> redis::Connection {
     redis::Client::open(server.url())
@@ -943,27 +968,31 @@ fn error_replies_fail_the_call_and_keep_the_connection() {
         return;
     };
     let mut raw = raw(&server);
-    let cache = cache(&server, "wrongtype");
-    // A key of another type inside the namespace, written by someone else.
-    redis::cmd("HSET")
-        .arg(format!("{}h", cache.namespace()))
-        .arg("field")
-        .arg("x")
-        .query::<i64>(&mut raw)
-        .unwrap();
+    // A user allowed the key `k` only: a command on `h` gets an error reply.
+    let namespace = fresh_namespace("refused");
+    let cache = RedisCache::builder(limited_to(&server, &format!("{namespace}k")))
+        .namespace(namespace)
+        .build()
+        .expect("build a RedisCache");
     cache.set("k".into(), bytes("v")).unwrap();
     let before = connections_received(&mut raw);
     for _ in 0..20 {
-        let message = backend_error(cache.get(&"h".into()), &server.url());
+        let message = backend_error(
+            cache.get(&"h".into()),
+            &format!("127.0.0.1:{}", server.port()),
+        );
         assert!(
-            message.contains("GET failed") && message.contains("WRONGTYPE"),
+            message.contains("GET failed") && refused(&message),
             "{message}"
         );
         assert_eq!(cache.get(&"k".into()).unwrap(), Some(bytes("v")));
         // The same through the GET+PTTL transaction.
-        let message = backend_error(cache.get_entry(&"h".into()), &server.url());
+        let message = backend_error(
+            cache.get_entry(&"h".into()),
+            &format!("127.0.0.1:{}", server.port()),
+        );
         assert!(
-            message.contains("GET+PTTL failed") && message.contains("WRONGTYPE"),
+            message.contains("GET+PTTL failed") && refused(&message),
             "{message}"
         );
         assert_eq!(
@@ -1052,20 +1081,30 @@ fn an_error_reply_to_the_retry_means_the_server_is_back() {
         return;
     };
     let retry_after = Duration::from_millis(200);
-    let cache = impatient(&server, retry_after);
-    server.stop();
-    backend_error(cache.get(&"k".into()), &server.url());
-    server.restart().expect("restart redis-server");
-    redis::cmd("HSET")
-        .arg(format!("{}h", cache.namespace()))
-        .arg("field")
-        .arg("x")
-        .query::<i64>(&mut raw(&server))
+    let namespace = fresh_namespace("fault");
+    let url = limited_to(&server, &format!("{namespace}k"));
+    let cache = RedisCache::builder(url)
+        .namespace(namespace.clone())
+        .connect_timeout(Duration::from_millis(500))
+        .command_timeout(Duration::from_millis(500))
+        .retry_after(retry_after)
+        .build()
         .unwrap();
+    server.stop();
+    backend_error(
+        cache.get(&"k".into()),
+        &format!("127.0.0.1:{}", server.port()),
+    );
+    server.restart().expect("restart redis-server");
+    // The restarted server has forgotten its users: make it again.
+    limited_to(&server, &format!("{namespace}k"));
     thread::sleep(retry_after + Duration::from_millis(50));
     // The call that tries again gets an error reply: the server answered.
-    let message = backend_error(cache.get(&"h".into()), &server.url());
-    assert!(message.contains("WRONGTYPE"), "{message}");
+    let message = backend_error(
+        cache.get(&"h".into()),
+        &format!("127.0.0.1:{}", server.port()),
+    );
+    assert!(refused(&message), "{message}");
     // So the next call goes to it at once.
     assert_eq!(cache.get(&"k".into()).unwrap(), None);
 }
