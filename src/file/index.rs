@@ -6,9 +6,16 @@
 //! key, and a lookup touches the record's cache lines (key, then value)
 //! instead of a separate heap copy of the key.
 //!
+//! Each entry keeps its key's hash, so that growing the table rehashes
+//! from memory instead of reading every key back from random places in
+//! the file (a resize of a million entries did that inside a write, under
+//! the lock every process waits on), and so that a lookup compares the
+//! full hash before it touches the file.
+//!
 //! Invariants kept here: every `Loc` points at a whole put record below the
 //! indexed length, so its key and value lie inside any [`Log`] that reaches
-//! that length; `live_bytes` is the sum of the records' lengths.
+//! that length; its `hash` is the index's hash of that key; `live_bytes` is
+//! the sum of the records' lengths.
 
 use std::hash::BuildHasher;
 
@@ -22,6 +29,8 @@ use super::log::Log;
 pub struct Loc {
     /// The record's offset in the file.
     pub record: u64,
+    /// The index's hash of the key (set by [`Index::insert`]).
+    pub hash: u64,
     pub key_len: u32,
     pub value_len: u32,
     pub key_crc: u32,
@@ -87,20 +96,24 @@ impl Index {
     #[inline]
     pub fn get(&self, file: Log<'_>, key: &[u8]) -> Option<&Loc> {
         let hash = self.hasher.hash_one(key);
-        self.table.find(hash, |loc| loc.key(file) == key)
+        self.table
+            .find(hash, |loc| loc.hash == hash && loc.key(file) == key)
     }
 
     /// Points `key` (whose record is in `file`) at `loc`; returns the
     /// previous position.
-    pub fn insert(&mut self, file: Log<'_>, key: &[u8], loc: Loc) -> Option<Loc> {
+    pub fn insert(&mut self, file: Log<'_>, key: &[u8], mut loc: Loc) -> Option<Loc> {
         let hash = self.hasher.hash_one(key);
+        loc.hash = hash;
         self.live_bytes += loc.record_len();
-        let hasher = &self.hasher;
-        let old = match self.table.find_mut(hash, |l| l.key(file) == key) {
+        let old = match self
+            .table
+            .find_mut(hash, |l| l.hash == hash && l.key(file) == key)
+        {
             Some(slot) => Some(std::mem::replace(slot, loc)),
             None => {
-                self.table
-                    .insert_unique(hash, loc, |l| hasher.hash_one(l.key(file)));
+                // Growing rehashes from the stored hashes: no file reads.
+                self.table.insert_unique(hash, loc, |l| l.hash);
                 None
             }
         };
@@ -114,7 +127,7 @@ impl Index {
         let hash = self.hasher.hash_one(key);
         let removed = self
             .table
-            .find_entry(hash, |l| l.key(file) == key)
+            .find_entry(hash, |l| l.hash == hash && l.key(file) == key)
             .ok()
             .map(|entry| entry.remove().0);
         if let Some(old) = &removed {

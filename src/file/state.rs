@@ -211,6 +211,7 @@ impl State {
                 Kind::Put => {
                     let loc = Loc {
                         record: at,
+                        hash: 0, // set by the index
                         key_len: header.key_len,
                         value_len: header.value_len,
                         key_crc: header.key_crc,
