@@ -15,8 +15,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -28,98 +27,14 @@ use layercache::{
     SystemClock, Timestamp, Watcher,
 };
 
+#[path = "support/gates.rs"]
+mod gates;
+use gates::*;
+
 // ---------------------------------------------------------------------------
-// Test layers: a probe with hooks around every call, a bounded (evicting)
-// layer, and gates that park a thread inside a hook until released.
+// Test layers: a bounded (evicting) layer here; the probe with hooks around
+// every call and the gates are in tests/support/gates.rs.
 // ---------------------------------------------------------------------------
-
-/// Where a [`Probe`] calls its hook.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum At {
-    BeforeSet,
-    AfterSet,
-    BeforeRemove,
-}
-
-type Hook = Arc<dyn Fn(At, &str, Option<u32>) + Send + Sync>;
-
-/// Wraps a `Cache<String, u32>` and calls a hook before and after writes;
-/// `fail_removes` makes `remove` fail (a backend that is down).
-struct Probe<C> {
-    inner: C,
-    hook: RwLock<Option<Hook>>,
-    fail_removes: AtomicBool,
-}
-
-impl<C> Probe<C> {
-    fn new(inner: C) -> Self {
-        Self {
-            inner,
-            hook: RwLock::new(None),
-            fail_removes: AtomicBool::new(false),
-        }
-    }
-
-    fn hook(&self, hook: impl Fn(At, &str, Option<u32>) + Send + Sync + 'static) {
-        *self.hook.write().unwrap() = Some(Arc::new(hook));
-    }
-
-    fn unhook(&self) {
-        *self.hook.write().unwrap() = None;
-    }
-
-    fn fire(&self, at: At, key: &str, value: Option<u32>) {
-        let hook = self.hook.read().unwrap().clone();
-        if let Some(hook) = hook {
-            hook(at, key, value);
-        }
-    }
-}
-
-impl<C: fmt::Debug> fmt::Debug for Probe<C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Probe({:?})", self.inner)
-    }
-}
-
-impl<C: Cache<String, u32>> Cache<String, u32> for Probe<C> {
-    fn get_entry(&self, key: &String) -> layercache::Result<Option<Entry<u32>>> {
-        self.inner.get_entry(key)
-    }
-    fn set_entry(&self, key: String, entry: Entry<u32>) -> layercache::Result<()> {
-        let value = entry.value;
-        self.fire(At::BeforeSet, &key, Some(value));
-        let fired = key.clone();
-        self.inner.set_entry(key, entry)?;
-        self.fire(At::AfterSet, &fired, Some(value));
-        Ok(())
-    }
-    fn remove(&self, key: &String) -> layercache::Result<Option<u32>> {
-        self.fire(At::BeforeRemove, key, None);
-        if self.fail_removes.load(Ordering::SeqCst) {
-            return Err(Error::Unsupported {
-                cache: "Probe",
-                what: "remove right now (the backend is down)",
-            });
-        }
-        self.inner.remove(key)
-    }
-    fn keys(&self) -> layercache::Result<Vec<String>> {
-        self.inner.keys()
-    }
-    fn clear(&self) -> layercache::Result<()> {
-        self.inner.clear()
-    }
-    fn clear_matching(&self, matches: &dyn Fn(&String) -> bool) -> layercache::Result<usize> {
-        self.inner.clear_matching(matches)
-    }
-    fn clock(&self) -> &dyn Clock {
-        self.inner.clock()
-    }
-    fn watch(&self, watcher: Arc<dyn Watcher<String>>) -> bool {
-        self.inner.watch(watcher)
-    }
-}
 
 /// A small first-in-first-out cache: holds at most `cap` entries and
 /// evicts the oldest, as a bounded top layer does. Keeps deadlines.
@@ -193,78 +108,6 @@ impl Cache<String, u32> for Bounded {
     fn clock(&self) -> &dyn Clock {
         &*self.clock
     }
-}
-
-/// The layer side of a gate: `pause` tells the test where the thread is
-/// and parks it until the test releases it.
-struct Gate {
-    to_test: Mutex<Sender<&'static str>>,
-    from_test: Mutex<Receiver<()>>,
-}
-
-/// The test side of a gate.
-struct Ctl {
-    from_gate: Receiver<&'static str>,
-    to_gate: Sender<()>,
-}
-
-fn gate() -> (Arc<Gate>, Ctl) {
-    let (to_test, from_gate) = mpsc::channel();
-    let (to_gate, from_test) = mpsc::channel();
-    (
-        Arc::new(Gate {
-            to_test: Mutex::new(to_test),
-            from_test: Mutex::new(from_test),
-        }),
-        Ctl { from_gate, to_gate },
-    )
-}
-
-impl Gate {
-    fn pause(&self, at: &'static str) {
-        self.to_test.lock().unwrap().send(at).unwrap();
-        self.from_test.lock().unwrap().recv().unwrap();
-    }
-}
-
-impl Ctl {
-    /// Waits until the gated thread has reached `at` (the timeout only
-    /// turns a hang into a failure).
-    fn reached(&self, at: &str) {
-        let got = self
-            .from_gate
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("never reached {at}: {e}"));
-        assert_eq!(got, at);
-    }
-
-    fn release(&self) {
-        self.to_gate.send(()).unwrap();
-    }
-}
-
-fn k(text: &str) -> String {
-    text.to_string()
-}
-
-/// Once-only flag for a hook.
-fn once() -> Arc<AtomicBool> {
-    Arc::new(AtomicBool::new(true))
-}
-
-/// Runs `f` on another thread and fails if it does not finish within
-/// `limit`: how a deadlock shows up as a failure rather than a hang.
-fn finishes_within<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|_| panic!("{what}: did not finish within {limit:?} (deadlock?)"))
 }
 
 // ---------------------------------------------------------------------------
