@@ -1,7 +1,7 @@
 //! The [`Cache`] trait, its blanket impls and the [`CacheExt`] conveniences.
 
-use std::fmt::Debug;
-use std::sync::Arc;
+use std::fmt::{self, Debug};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
@@ -48,6 +48,84 @@ pub trait Watcher<K>: Send + Sync {
 impl<K, F: Fn(Invalidation<'_, K>) + Send + Sync> Watcher<K> for F {
     fn invalidated(&self, invalidation: Invalidation<'_, K>) {
         self(invalidation)
+    }
+}
+
+/// The watchers a reporting layer keeps: what its
+/// [`watch`](Cache::watch) adds to and what it reports changes to.
+///
+/// It drops watchers that say they are no longer
+/// [active](Watcher::is_active) whenever one is added or a change is
+/// reported, so a long-lived layer shared by short-lived stacks does not
+/// collect them, and it calls watchers with no lock held, so a watcher may
+/// call back into the layer.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use layercache::{Invalidation, Watcher, Watchers};
+///
+/// let watchers: Watchers<String> = Watchers::new();
+/// let heard = Arc::new(AtomicUsize::new(0));
+/// let count = heard.clone();
+/// watchers.add(Arc::new(move |_: Invalidation<'_, String>| {
+///     count.fetch_add(1, Ordering::Relaxed);
+/// }));
+/// watchers.report(Invalidation::Key(&"k".to_string()));
+/// assert_eq!(heard.load(Ordering::Relaxed), 1);
+/// ```
+pub struct Watchers<K>(Mutex<Vec<Arc<dyn Watcher<K>>>>);
+
+impl<K> Watchers<K> {
+    /// No watchers yet.
+    pub const fn new() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+
+    fn list(&self) -> MutexGuard<'_, Vec<Arc<dyn Watcher<K>>>> {
+        // The list stays valid whatever panicked while it was held.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keep `watcher` (and drop the inactive ones).
+    pub fn add(&self, watcher: Arc<dyn Watcher<K>>) {
+        let mut list = self.list();
+        list.retain(|watcher| watcher.is_active());
+        list.push(watcher);
+    }
+
+    /// Tell every active watcher of `invalidation`, with no lock held.
+    pub fn report(&self, invalidation: Invalidation<'_, K>) {
+        let active = {
+            let mut list = self.list();
+            list.retain(|watcher| watcher.is_active());
+            list.clone()
+        };
+        for watcher in active {
+            watcher.invalidated(invalidation);
+        }
+    }
+
+    /// How many watchers are kept, inactive ones not yet dropped included.
+    pub fn len(&self) -> usize {
+        self.list().len()
+    }
+
+    /// Whether none are kept.
+    pub fn is_empty(&self) -> bool {
+        self.list().is_empty()
+    }
+}
+
+impl<K> Default for Watchers<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K> fmt::Debug for Watchers<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Watchers({})", self.len())
     }
 }
 

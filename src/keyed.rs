@@ -906,61 +906,32 @@ mod json {
         }
     }
 
-    impl<C: ser::SerializeSeq> ser::SerializeSeq for Compound<C> {
-        type Ok = C::Ok;
-        type Error = C::Error;
+    /// The compounds whose one method takes an element or a field: each
+    /// goes through [`Bounded`] and on to the inner serializer.
+    macro_rules! bounded_compound {
+        ($($trait:ident :: $method:ident),* $(,)?) => {$(
+            impl<C: ser::$trait> ser::$trait for Compound<C> {
+                type Ok = C::Ok;
+                type Error = C::Error;
 
-        fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
-            let value = self.bounded(value);
-            self.inner.serialize_element(&value)
-        }
+                fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
+                    let value = self.bounded(value);
+                    self.inner.$method(&value)
+                }
 
-        fn end(self) -> Result<C::Ok, C::Error> {
-            self.inner.end()
-        }
+                fn end(self) -> Result<C::Ok, C::Error> {
+                    self.inner.end()
+                }
+            }
+        )*};
     }
 
-    impl<C: ser::SerializeTuple> ser::SerializeTuple for Compound<C> {
-        type Ok = C::Ok;
-        type Error = C::Error;
-
-        fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
-            let value = self.bounded(value);
-            self.inner.serialize_element(&value)
-        }
-
-        fn end(self) -> Result<C::Ok, C::Error> {
-            self.inner.end()
-        }
-    }
-
-    impl<C: ser::SerializeTupleStruct> ser::SerializeTupleStruct for Compound<C> {
-        type Ok = C::Ok;
-        type Error = C::Error;
-
-        fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
-            let value = self.bounded(value);
-            self.inner.serialize_field(&value)
-        }
-
-        fn end(self) -> Result<C::Ok, C::Error> {
-            self.inner.end()
-        }
-    }
-
-    impl<C: ser::SerializeTupleVariant> ser::SerializeTupleVariant for Compound<C> {
-        type Ok = C::Ok;
-        type Error = C::Error;
-
-        fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), C::Error> {
-            let value = self.bounded(value);
-            self.inner.serialize_field(&value)
-        }
-
-        fn end(self) -> Result<C::Ok, C::Error> {
-            self.inner.end()
-        }
-    }
+    bounded_compound!(
+        SerializeSeq::serialize_element,
+        SerializeTuple::serialize_element,
+        SerializeTupleStruct::serialize_field,
+        SerializeTupleVariant::serialize_field,
+    );
 
     impl<C: ser::SerializeMap> ser::SerializeMap for Compound<C> {
         type Ok = C::Ok;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 
 use hashbrown::{DefaultHashBuilder, HashSet};
 
-use crate::cache::{Cache, Invalidation, Watcher};
+use crate::cache::{Cache, Invalidation, Watcher, Watchers};
 use crate::clock::{Clock, SystemClock};
 use crate::entry::Entry;
 use crate::error::{Error, Operation, Result};
@@ -219,7 +219,7 @@ struct Core<K, V> {
     next_id: AtomicU64,
     /// Watchers of the stack itself (an outer stack), told after the stack
     /// has acted.
-    watchers: Mutex<Vec<Arc<dyn Watcher<K>>>>,
+    watchers: Watchers<K>,
     on_failure: RwLock<Option<FailureHook>>,
     failures: AtomicU64,
 }
@@ -276,14 +276,7 @@ impl<K, V> Core<K, V> {
                 }
             }
         }
-        let watchers = {
-            let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-            watchers.retain(|watcher| watcher.is_active());
-            watchers.clone()
-        };
-        for watcher in watchers {
-            watcher.invalidated(invalidation);
-        }
+        self.watchers.report(invalidation);
     }
 }
 
@@ -417,7 +410,7 @@ impl<K, V> Layered<K, V> {
                 promotions: AtomicU64::new(0),
                 layers: RwLock::new(Vec::new()),
                 next_id: AtomicU64::new(0),
-                watchers: Mutex::new(Vec::new()),
+                watchers: Watchers::new(),
                 on_failure: RwLock::new(None),
                 failures: AtomicU64::new(0),
             }),
@@ -911,14 +904,7 @@ where
     /// dropped the key from the layers above that one. Returns whether any
     /// layer reports at all.
     fn watch(&self, watcher: Arc<dyn Watcher<K>>) -> bool {
-        let mut watchers = self
-            .core
-            .watchers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        watchers.retain(|watcher| watcher.is_active());
-        watchers.push(watcher);
-        drop(watchers);
+        self.core.watchers.add(watcher);
         self.core
             .layers
             .read()

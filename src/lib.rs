@@ -80,7 +80,7 @@ pub mod testing;
 
 #[cfg(feature = "redis")]
 pub use self::redis::RedisCache;
-pub use cache::{Cache, CacheExt, Invalidation, Watcher};
+pub use cache::{Cache, CacheExt, Invalidation, Watcher, Watchers};
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use entry::Entry;
 pub use error::{BoxError, Error, Operation, Result};

@@ -19,11 +19,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier, Mutex, PoisonError};
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use crate::cache::{Cache, CacheExt, Invalidation, Watcher};
+use crate::cache::{Cache, CacheExt, Invalidation, Watcher, Watchers};
 use crate::clock::{Clock, ManualClock, Timestamp};
 use crate::entry::Entry;
 use crate::error::{Error, Operation, Result};
@@ -800,7 +800,7 @@ impl<K, V, C: Cache<K, V>> Cache<K, V> for Instrumented<C> {
 /// ```
 pub struct Watched<K, C> {
     inner: C,
-    watchers: Mutex<Vec<Arc<dyn Watcher<K>>>>,
+    watchers: Watchers<K>,
 }
 
 impl<K, C> Watched<K, C> {
@@ -808,7 +808,7 @@ impl<K, C> Watched<K, C> {
     pub fn new(inner: C) -> Self {
         Self {
             inner,
-            watchers: Mutex::new(Vec::new()),
+            watchers: Watchers::new(),
         }
     }
 
@@ -821,22 +821,12 @@ impl<K, C> Watched<K, C> {
     /// dropped included (it drops them when a watcher is added or a change
     /// reported).
     pub fn watchers(&self) -> usize {
-        self.watchers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.watchers.len()
     }
 
     /// Report `invalidation` to every watcher (with no lock held).
     pub fn report(&self, invalidation: Invalidation<'_, K>) {
-        let watchers = {
-            let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-            watchers.retain(|watcher| watcher.is_active());
-            watchers.clone()
-        };
-        for watcher in watchers {
-            watcher.invalidated(invalidation);
-        }
+        self.watchers.report(invalidation);
     }
 
     /// Another party stores `value` for `key`; watchers hear of it.
@@ -885,9 +875,7 @@ impl<K: Send + Sync, V, C: Cache<K, V>> Cache<K, V> for Watched<K, C> {
     }
     /// Keeps `watcher` and reports to it from now on: returns `true`.
     fn watch(&self, watcher: Arc<dyn Watcher<K>>) -> bool {
-        let mut watchers = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
-        watchers.retain(|watcher| watcher.is_active());
-        watchers.push(watcher);
+        self.watchers.add(watcher);
         true
     }
 }
