@@ -519,19 +519,21 @@ impl World {
         }
     }
 
-    /// A gated memory layer over a bottom layer that reports writes made
-    /// elsewhere.
-    fn watched(steps: Steps) -> Self {
+    /// A gated memory layer over a bottom layer that holds `value` and
+    /// reports writes made elsewhere.
+    fn watched(value: Val, steps: Steps) -> Self {
         let clock = Arc::new(ManualClock::new());
         let bottom = Arc::new(Watched::new(Gate::new("L1", steps, Self::memory(&clock))));
         let stack = Layered::new()
             .with_layer(Gate::new("L0", steps, Self::memory(&clock)))
             .with_layer(bottom.clone());
-        Self {
+        let world = Self {
             stack,
             clock,
             watched: Some(bottom),
-        }
+        };
+        world.bottom().set(KEY, value).expect("seed the bottom");
+        world
     }
 
     /// `depth` layers with `value` in the bottom one only.
@@ -779,11 +781,7 @@ fn promotion_races_an_invalidation() {
         explore(
             &named("get vs invalidation", steps),
             least,
-            || {
-                let world = World::watched(steps);
-                world.bottom().set(KEY, 1).expect("seed the bottom");
-                world
-            },
+            || World::watched(1, steps),
             &ops,
             |world, seen| {
                 returned(seen, 0, &[Some(1), Some(2)])?;
@@ -945,11 +943,7 @@ fn writes_race_each_other() {
         explore(
             &named("set vs invalidation", steps),
             least,
-            || {
-                let world = World::watched(steps);
-                world.bottom().set(KEY, 1).expect("seed the bottom");
-                world
-            },
+            || World::watched(1, steps),
             &ops,
             |world, _| settled_on_one_of(world, &[Some(2), Some(3)]),
         );
