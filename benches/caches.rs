@@ -42,13 +42,14 @@ impl Floor {
     }
 }
 
-/// Visits indexes in a fixed scattered order (a stride prime to the size),
-/// so no peer gets a prefetch-friendly sequence.
-fn scattered(entries: usize) -> impl FnMut() -> usize {
-    let mut i = 0usize;
+/// Visits the indexes `0..entries` in a random order, over and over
+/// (the order is drawn once, outside the timing).
+fn random_order(entries: usize) -> impl FnMut() -> usize {
+    let order = shuffled(entries);
+    let mut i = 0;
     move || {
-        i = (i + 7919) % entries;
-        i
+        i = (i + 1) % entries;
+        order[i]
     }
 }
 
@@ -69,7 +70,7 @@ fn memory(c: &mut Criterion) {
             floor.set(k.clone(), value(n));
         }
         moka.run_pending_tasks();
-        let mut next = scattered(entries);
+        let mut next = random_order(entries);
 
         // Hits and misses run the same lookups, of the stored keys and of
         // keys of the same length that are not stored.
@@ -115,7 +116,7 @@ fn layered(c: &mut Criterion) {
     let stack: Layered<String, Value> = Layered::new()
         .with_layer(top.clone())
         .with_layer(bottom.clone());
-    let mut next = scattered(entries);
+    let mut next = random_order(entries);
 
     let mut group = c.benchmark_group("layered_get");
     group.bench_function("memory_alone", |b| {
@@ -165,7 +166,6 @@ fn shuffled(entries: usize) -> Vec<usize> {
 fn entries(c: &mut Criterion) {
     let entries = 1_000;
     let keys = keys(entries);
-    let order = shuffled(entries);
     let plain = MemoryCache::new();
     let expiring = MemoryCache::new();
     for (n, k) in keys.iter().enumerate() {
@@ -174,11 +174,7 @@ fn entries(c: &mut Criterion) {
             .set_with_ttl(k.clone(), value(n), Duration::from_secs(3_600))
             .unwrap();
     }
-    let mut i = 0;
-    let mut next = move || {
-        i = (i + 1) % entries;
-        order[i]
-    };
+    let mut next = random_order(entries);
 
     let mut group = c.benchmark_group("entries_get/1000");
     group.bench_function("no_deadline", |b| {

@@ -271,11 +271,6 @@ where
     }
 
     #[inline]
-    fn set(&self, key: K, value: V) -> Result<()> {
-        self.set_entry(key, Entry::new(value))
-    }
-
-    #[inline]
     fn set_entry(&self, key: K, entry: Entry<V>) -> Result<()> {
         if !entry.alive(&*self.clock) {
             // Dead on arrival: the key is gone, as after any later expiry.
