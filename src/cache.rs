@@ -1,6 +1,7 @@
 //! The [`Cache`] trait, its blanket impls and the [`CacheExt`] conveniences.
 
 use std::fmt::{self, Debug};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -57,8 +58,8 @@ impl<K, F: Fn(Invalidation<'_, K>) + Send + Sync> Watcher<K> for F {
 /// It drops watchers that say they are no longer
 /// [active](Watcher::is_active) whenever one is added or a change is
 /// reported, so a long-lived layer shared by short-lived stacks does not
-/// collect them, and it calls watchers with no lock held, so a watcher may
-/// call back into the layer.
+/// collect them, and it calls watchers (`invalidated` and `is_active`) with
+/// no lock held, so a watcher may call back into the layer or the list.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -89,21 +90,37 @@ impl<K> Watchers<K> {
 
     /// Keep `watcher` (and drop the inactive ones).
     pub fn add(&self, watcher: Arc<dyn Watcher<K>>) {
-        let mut list = self.list();
-        list.retain(|watcher| watcher.is_active());
-        list.push(watcher);
+        self.prune();
+        self.list().push(watcher);
     }
 
-    /// Tell every active watcher of `invalidation`, with no lock held.
+    /// Tell every active watcher of `invalidation`, with no lock held. A
+    /// watcher that panics does not keep the others from hearing of it: the
+    /// first panic is raised again once all have been told.
     pub fn report(&self, invalidation: Invalidation<'_, K>) {
-        let active = {
-            let mut list = self.list();
-            list.retain(|watcher| watcher.is_active());
-            list.clone()
-        };
-        for watcher in active {
-            watcher.invalidated(invalidation);
+        let mut panicked = None;
+        for watcher in self.prune() {
+            let told = catch_unwind(AssertUnwindSafe(|| watcher.invalidated(invalidation)));
+            if let Err(panic) = told {
+                panicked.get_or_insert(panic);
+            }
         }
+        if let Some(panic) = panicked {
+            resume_unwind(panic);
+        }
+    }
+
+    /// Drops the inactive watchers and returns the active ones. `is_active`
+    /// runs with no lock held, so it may use this list too.
+    fn prune(&self) -> Vec<Arc<dyn Watcher<K>>> {
+        let all = self.list().clone();
+        let (active, inactive): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|watcher| watcher.is_active());
+        if !inactive.is_empty() {
+            self.list()
+                .retain(|watcher| !inactive.iter().any(|gone| Arc::ptr_eq(watcher, gone)));
+        }
+        active
     }
 
     /// How many watchers are kept, inactive ones not yet dropped included.

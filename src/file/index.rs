@@ -119,10 +119,20 @@ impl Shard {
         if let Ok(entry) = self.table.find_entry(hash, &eq) {
             return Some(entry.remove().0);
         }
-        self.moving
+        let removed = self
+            .moving
             .find_entry(hash, eq)
             .ok()
-            .map(|entry| entry.remove().0)
+            .map(|entry| entry.remove().0);
+        self.release_moving();
+        removed
+    }
+
+    /// Frees the old table once nothing is left in it.
+    fn release_moving(&mut self) {
+        if self.moving.is_empty() && self.moving.capacity() > 0 {
+            self.moving = HashTable::new();
+        }
     }
 
     /// Inserts `loc`, whose key is in neither table.
@@ -136,9 +146,7 @@ impl Shard {
             for loc in self.moving.extract_if(|_| true).take(MOVE_PER_INSERT) {
                 self.table.insert_unique(loc.hash, loc, |l| l.hash);
             }
-            if self.moving.is_empty() {
-                self.moving = HashTable::new(); // free the old table
-            }
+            self.release_moving();
         }
     }
 
@@ -149,6 +157,7 @@ impl Shard {
     fn retain(&mut self, mut keep: impl FnMut(&Loc) -> bool) {
         self.table.retain(|loc| keep(loc));
         self.moving.retain(|loc| keep(loc));
+        self.release_moving();
     }
 }
 
