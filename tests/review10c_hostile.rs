@@ -514,6 +514,4 @@ fn watchers_inactive_mid_report_is_pruned_by_the_next() {
         "called after it said it was inactive"
     );
     assert_eq!(watchers.len(), 1);
-    let log = Mutex::new(());
-    drop(log);
 }
