@@ -75,6 +75,33 @@ impl Timestamp {
                 .saturating_add(u64::try_from(millis).unwrap_or(u64::MAX)),
         )
     }
+
+    /// This instant minus `duration`, rounded down to the millisecond,
+    /// saturating at the Unix epoch.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use layercache::Timestamp;
+    ///
+    /// let t = Timestamp::from_millis(5_000);
+    /// assert_eq!(t - Duration::from_millis(1_500), Timestamp::from_millis(3_500));
+    /// assert_eq!(t - Duration::from_secs(60), Timestamp::from_millis(0));
+    /// ```
+    pub fn saturating_sub(self, duration: Duration) -> Timestamp {
+        let millis = duration.as_nanos().div_ceil(1_000_000);
+        Self(
+            self.0
+                .saturating_sub(u64::try_from(millis).unwrap_or(u64::MAX)),
+        )
+    }
+}
+
+impl Sub<Duration> for Timestamp {
+    type Output = Timestamp;
+    /// Saturating: see [`Timestamp::saturating_sub`].
+    fn sub(self, duration: Duration) -> Timestamp {
+        self.saturating_sub(duration)
+    }
 }
 
 impl Add<Duration> for Timestamp {

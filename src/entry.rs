@@ -123,6 +123,25 @@ impl<V> Entry<V> {
         self.expires == NEVER || !self.is_expired(clock.now())
     }
 
+    /// The deadlines as stored: milliseconds since the epoch, `u64::MAX`
+    /// for none, `(fresh_until, expires)`.
+    #[cfg(feature = "file")]
+    pub(crate) fn raw_deadlines(&self) -> (u64, u64) {
+        (self.fresh_until, self.expires)
+    }
+
+    /// An entry with deadlines as [`raw_deadlines`](Self::raw_deadlines)
+    /// gives them (read back from storage: `fresh_until` is clamped to
+    /// `expires`, as the setters keep it).
+    #[cfg(feature = "file")]
+    pub(crate) fn with_raw_deadlines(value: V, fresh_until: u64, expires: u64) -> Self {
+        Self {
+            value,
+            fresh_until: fresh_until.min(expires),
+            expires,
+        }
+    }
+
     /// The value, without its deadlines.
     pub fn into_value(self) -> V {
         self.value

@@ -284,36 +284,36 @@ fn two_handles_see_each_others_writes_without_reopening() {
     assert_eq!(b.len().unwrap(), 0);
 }
 
-/// Format 1 has nowhere to keep a deadline: the file refuses an entry that
-/// has one, with `Error::Unsupported`, and keeps what it had.
+/// Both deadlines survive the file, for both key types: the conformance
+/// suite's expiry checks, on a manual clock.
 #[test]
-fn deadlines_are_refused_not_kept_forever() {
+fn deadlines_are_kept() {
     let dir = TempDir::new().unwrap();
-    let cache = fresh(&dir, "deadlines.lc");
-    testing::refuses_deadlines(&cache);
-    let bytes = FileCache::builder(dir.path().join("bytes.lc"))
-        .byte_keys()
-        .open()
-        .expect("open");
-    testing::refuses_deadlines(&bytes);
-    let err = cache
-        .set_entry(
-            "k".to_string(),
-            layercache::Entry::new(vec![1]).with_expires(layercache::Timestamp::MAX),
-        )
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("FileCache cannot keep an entry's deadlines"),
-        "{err}"
-    );
+    let made = std::sync::atomic::AtomicUsize::new(0);
+    let name = || {
+        let n = made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        dir.path().join(format!("deadlines-{n}.lc"))
+    };
+    testing::run_deadlines(|clock| {
+        FileCache::builder(name())
+            .clock(clock)
+            .open()
+            .expect("open")
+    });
+    testing::run_deadlines(|clock| {
+        FileCache::builder(name())
+            .byte_keys()
+            .clock(clock)
+            .open()
+            .expect("open")
+    });
 }
 
-/// A TTL set through a memory-over-file stack: the file refuses it, so the
-/// stack drops the key from the file rather than let it serve the older
-/// value once the memory layer's entry expires.
+/// A TTL set through a memory-over-file stack reaches the file with its
+/// deadline: once the memory layer's entry expires, the file's has too, and
+/// the stack never serves the older value.
 #[test]
-fn a_refused_deadline_leaves_no_older_value_below() {
+fn a_deadline_set_through_a_stack_expires_in_every_layer() {
     use layercache::{CacheExt, Layered, ManualClock, MemoryCache};
     use std::sync::Arc;
     use std::time::Duration;
@@ -331,15 +331,14 @@ fn a_refused_deadline_leaves_no_older_value_below() {
         .with_layer(file.clone());
     let key = "k".to_string();
     stack.set(key.clone(), b"old".to_vec()).unwrap();
-    let err = stack
+    stack
         .set_with_ttl(key.clone(), b"new".to_vec(), Duration::from_secs(60))
-        .unwrap_err();
-    assert!(
-        matches!(err.root(), Error::Unsupported { .. }),
-        "the file's refusal is the call's error: {err}"
-    );
+        .unwrap();
     assert_eq!(stack.get(&key).unwrap(), Some(b"new".to_vec()));
-    assert_eq!(file.get(&key).unwrap(), None, "the older value is gone");
+    let below = file.get_entry(&key).unwrap().expect("in the file");
+    assert_eq!(below.value, b"new");
+    assert_eq!(below.expires(), Some(clock.now() + Duration::from_secs(60)));
     clock.advance(Duration::from_secs(60));
     assert_eq!(stack.get(&key).unwrap(), None, "never the older value");
+    assert_eq!(file.get(&key).unwrap(), None);
 }

@@ -362,38 +362,36 @@ fn encoded_record(dir: &Path, key: &str, value: &[u8]) -> Vec<u8> {
     bytes[4096..].to_vec()
 }
 
-/// "A damaged record reads as missing, never as wrong bytes." After a
-/// damaged record header, the scan resyncs at the next 8-aligned offset
-/// holding something that parses as a record (`log::resync`), which may be
-/// inside the damaged record's own value. A value is arbitrary bytes (a
-/// cached file, a cache file's backup, a value an attacker chose): if it
-/// holds a well-formed record, one flipped bit in its record's header
-/// makes the embedded record live, and `get` of a key that was never set
-/// to it returns its bytes.
-///
-/// Known limit of format version 1, left to format 2 (issue 11): nothing
-/// in a version-1 record tells a real record from the image of one inside
-/// a value, so no resync can be sound. Format 2 is to make record headers
-/// unforgeable at another offset (a checksum over the file's salt and the
-/// record's offset), and this test is to pass then.
-#[test]
-#[ignore = "format version 1 cannot tell a record from its image inside a value; format 2 (issue 11)"]
-fn a_value_that_holds_a_record_does_not_become_an_entry_when_its_header_is_damaged() {
-    let dir = TempDir::new().expect("a temporary directory");
-    let path = dir.path().join("cache.lc");
-    let forged = encoded_record(dir.path(), "victim", b"FORGED");
-    {
+fn committed_of(path: &Path) -> usize {
+    let bytes = std::fs::read(path).expect("read");
+    u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize
+}
+
+/// Stores `victim` = genuine, then a "carrier" key whose value holds
+/// `forged` (the bytes of a whole record) at an 8-aligned file offset,
+/// flips one bit of the carrier's record header, reopens, and checks that
+/// `victim` is not read as FORGED.
+fn a_damaged_carrier_does_not_free_its_image(dir: &Path, forged: impl FnOnce(&Path) -> Vec<u8>) {
+    let path = dir.join("cache.lc");
+    let _ = std::fs::remove_file(&path);
+    let carrier_at = {
         let cache = FileCache::builder(&path)
             .compact_when(2.0, 0)
             .open()
             .expect("open");
+        // An older record of victim = FORGED, in this very file.
+        cache
+            .set("victim".to_string(), b"FORGED".to_vec())
+            .expect("set victim");
+        let forged = forged(&path);
         cache
             .set("victim".to_string(), b"genuine".to_vec())
             .expect("set victim");
-        // victim's record: 32 + 6 + 7 = 45, padded to 48 bytes, at 4096.
-        // carrier's record at 4144; its value starts at 4144 + 32 + 7 =
-        // 4183: one byte of padding puts the forged record at 4184.
-        let mut carrier = vec![b'.'];
+        let carrier_at = committed_of(&path);
+        // The carrier's value starts after its 48-byte header and the
+        // 7-byte key: pad it so the image starts 8-aligned.
+        let value_at = carrier_at + 48 + "carrier".len();
+        let mut carrier = vec![b'.'; value_at.next_multiple_of(8) - value_at];
         carrier.extend_from_slice(&forged);
         carrier.extend_from_slice(b" and the rest of an innocent value");
         cache
@@ -407,7 +405,8 @@ fn a_value_that_holds_a_record_does_not_become_an_entry_when_its_header_is_damag
             cache.get(&"carrier".to_string()).expect("get"),
             Some(carrier)
         );
-    }
+        carrier_at as u64
+    };
     // One bit of damage in carrier's record header (its kind byte).
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -415,9 +414,9 @@ fn a_value_that_holds_a_record_does_not_become_an_entry_when_its_header_is_damag
         .open(&path)
         .expect("open the file");
     let mut byte = [0u8; 1];
-    std::os::unix::fs::FileExt::read_exact_at(&file, &mut byte, 4144 + 8).expect("read");
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut byte, carrier_at + 8).expect("read");
     byte[0] ^= 0x40;
-    std::os::unix::fs::FileExt::write_all_at(&file, &byte, 4144 + 8).expect("damage");
+    std::os::unix::fs::FileExt::write_all_at(&file, &byte, carrier_at + 8).expect("damage");
     drop(file);
     let cache = FileCache::open(&path).expect("reopen");
     let victim = cache.get(&"victim".to_string()).expect("get victim");
@@ -427,6 +426,39 @@ fn a_value_that_holds_a_record_does_not_become_an_entry_when_its_header_is_damag
         victim.map(|v| String::from_utf8_lossy(&v).into_owned()),
         cache.verify().expect("verify").damage
     );
+    assert_eq!(
+        victim,
+        Some(b"genuine".to_vec()),
+        "one bit lost nothing else"
+    );
+}
+
+/// "A damaged record reads as missing, never as wrong bytes." After a
+/// damaged record header, the scan resyncs at the next 8-aligned offset
+/// holding something that parses as a record (`log::resync`), which may be
+/// inside the damaged record's own value. A value is arbitrary bytes (a
+/// cached file, a cache file's backup, a value an attacker chose): if it
+/// holds a well-formed record, one flipped bit in its record's header
+/// would make the embedded record live, and `get` of a key that was never
+/// set to it would return its bytes.
+///
+/// Format version 1 could not tell a record from its image. Format 2's
+/// record checksum covers the file's salt and the record's own offset, so
+/// an image, from another file or from this one, is not a record.
+#[test]
+fn a_value_that_holds_a_record_does_not_become_an_entry_when_its_header_is_damaged() {
+    let dir = TempDir::new().expect("a temporary directory");
+    // The image of a record from another cache file.
+    let scratch = TempDir::new().expect("another directory");
+    a_damaged_carrier_does_not_free_its_image(dir.path(), |_| {
+        encoded_record(scratch.path(), "victim", b"FORGED")
+    });
+    // The image of a record of this very file (victim's older record,
+    // which starts right after the header).
+    a_damaged_carrier_does_not_free_its_image(dir.path(), |path| {
+        let bytes = std::fs::read(path).expect("read");
+        bytes[4096..committed_of(path)].to_vec()
+    });
 }
 
 /// The same for `<path>.lock`: it is opened following symbolic links

@@ -100,10 +100,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
-/// A put record as the format lays it out (`docs/file-format.md`).
-fn put_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+/// A put record as the format lays it out (`docs/file-format.md`), for a
+/// file salted with `salt`, to be written at file offset `at`.
+fn put_record(key: &[u8], value: &[u8], salt: u32, at: u64) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend_from_slice(b"LCR1");
+    out.extend_from_slice(b"LCR2");
     out.extend_from_slice(&[0; 4]);
     out.push(1);
     out.extend_from_slice(&[0; 3]);
@@ -112,7 +113,12 @@ fn put_record(key: &[u8], value: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&crc32(key).to_le_bytes());
     out.extend_from_slice(&crc32(value).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
-    let header_crc = crc32(&out[8..32]);
+    out.extend_from_slice(&u64::MAX.to_le_bytes()); // expires: never
+    out.extend_from_slice(&u64::MAX.to_le_bytes()); // fresh until: always
+    let mut covered = salt.to_le_bytes().to_vec();
+    covered.extend_from_slice(&at.to_le_bytes());
+    covered.extend_from_slice(&out[8..48]);
+    let header_crc = crc32(&covered);
     out[4..8].copy_from_slice(&header_crc.to_le_bytes());
     out.extend_from_slice(key);
     out.extend_from_slice(value);
@@ -120,15 +126,21 @@ fn put_record(key: &[u8], value: &[u8]) -> Vec<u8> {
     out
 }
 
-fn tail_bytes(tail: &Tail) -> Vec<u8> {
+/// The record salt of the file at `path` (header bytes 24..28).
+fn salt_of(path: &Path) -> u32 {
+    let bytes = std::fs::read(path).unwrap();
+    u32::from_le_bytes(bytes[24..28].try_into().unwrap())
+}
+
+fn tail_bytes(tail: &Tail, salt: u32, at: u64) -> Vec<u8> {
     match tail {
         Tail::Garbage(bytes) => bytes.clone(),
         Tail::TornRecord { key, value, cut } => {
-            let record = put_record(key_name(*key).as_bytes(), value);
+            let record = put_record(key_name(*key).as_bytes(), value, salt, at);
             let cut = (*cut).min(record.len() - 1).max(1);
             record[..cut].to_vec()
         }
-        Tail::WholeRecord { key, value } => put_record(key_name(*key).as_bytes(), value),
+        Tail::WholeRecord { key, value } => put_record(key_name(*key).as_bytes(), value, salt, at),
     }
 }
 
@@ -240,7 +252,8 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 let end = committed_on_disk(&path);
                 prop_assert!(file_len(&path) >= end, "step {}", step);
                 let file = OpenOptions::new().write(true).open(&path).unwrap();
-                file.write_all_at(&tail_bytes(tail), end).unwrap();
+                file.write_all_at(&tail_bytes(tail, salt_of(&path), end), end)
+                    .unwrap();
                 drop(file);
                 check_state(&cache, &model, step)?;
                 if let Some(other) = &other {
@@ -298,7 +311,7 @@ fn the_test_encoder_writes_records_the_cache_reads() {
     cache.set("k1".to_string(), b"one".to_vec()).unwrap();
     drop(cache);
     let end = file_len(&path);
-    let record = put_record(b"k2", b"two, by hand");
+    let record = put_record(b"k2", b"two, by hand", salt_of(&path), end);
     let file = OpenOptions::new().write(true).open(&path).unwrap();
     file.write_all_at(&record, end).unwrap();
     file.write_all_at(

@@ -523,8 +523,8 @@ fn memory_clear_matching_keeps_an_expired_key_set_again_meanwhile() {
 }
 
 // Guard: FileCache with a clock: an entry that has already expired by that
-// clock removes the old value (real file), one that expires later is
-// refused with Unsupported and leaves the old value alone, and a stack of
+// clock removes the old value (real file), one that expires later is kept
+// with its deadline, and a stack of
 // [Memory, File] on one clock reads nothing after such a set.
 #[test]
 fn file_set_entry_of_an_expired_entry_by_its_own_clock() {
@@ -538,13 +538,11 @@ fn file_set_entry_of_an_expired_entry_by_its_own_clock() {
     let file = Arc::new(file);
     file.set(k("k"), b"old".to_vec()).unwrap();
     let now = clock.now();
-    // Expires later: refused, old value kept.
+    // Expires later: kept, with its deadline (format 2).
     let later = Entry::new(b"new".to_vec()).with_expires(Some(now + Duration::from_secs(5)));
-    assert!(matches!(
-        file.set_entry(k("k"), later),
-        Err(Error::Unsupported { .. })
-    ));
-    assert_eq!(file.get(&k("k")).unwrap(), Some(b"old".to_vec()));
+    file.set_entry(k("k"), later.clone()).unwrap();
+    assert_eq!(file.get_entry(&k("k")).unwrap(), Some(later));
+    file.set(k("k"), b"old".to_vec()).unwrap();
     // Expired exactly now by the file's clock (the system clock is far
     // ahead of this manual one, so only the handle's clock decides).
     let dead = Entry::new(b"new".to_vec()).with_expires(Some(now));

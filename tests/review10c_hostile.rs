@@ -20,7 +20,7 @@ const H_COMMITTED: usize = 32;
 const HEADER_SIZE: u64 = 4096;
 
 fn record_len(key: &str, value: &[u8]) -> u64 {
-    (32 + key.len() as u64 + value.len() as u64).div_ceil(8) * 8
+    (48 + key.len() as u64 + value.len() as u64).div_ceil(8) * 8
 }
 
 fn committed_on_disk(path: &std::path::Path) -> u64 {

@@ -15,8 +15,8 @@
 //! - The new file gets the old one's mode, group and owner before it is
 //!   renamed into place, and is renamed onto the real path, so a symbolic
 //!   link to the cache stays a link.
-//! - Compaction never changes a value; it only drops dead and damaged
-//!   records.
+//! - Compaction never changes a value or a deadline; it only drops dead,
+//!   expired and damaged records.
 
 use std::fs::File;
 use std::io::{BufWriter, Write as _};
@@ -24,8 +24,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::format::{self, HEADER_SIZE, Kind, crc};
-use super::identity;
+use super::format::{self, Deadlines, HEADER_SIZE, Kind, Place, crc};
+use super::identity::{self, Paths};
 use super::lock::Exclusive;
 use super::options::Options;
 use super::shared::Shared;
@@ -37,70 +37,96 @@ const FIRST_PAUSE: Duration = Duration::from_secs(1);
 /// The longest pause between automatic compaction attempts that fail.
 const LONGEST_PAUSE: Duration = Duration::from_secs(60);
 
-/// Writes the live records (none unless `keep_live`) to a new file, renames
-/// it over the old one and flags the old one superseded. The caller holds
-/// the exclusive lock and `state`. Checks first, with `stat`, that the
-/// data path still names `state`'s file (following it if not), so that a
-/// rename never replaces a file this process has not read.
+/// Writes the live records (none unless `keep_live`; expired ones, by
+/// `now`, dropped) to a new file, renames it over the old one and flags
+/// the old one superseded. The caller holds the exclusive lock and
+/// `state`. Checks first, with `stat`, that the data path still names
+/// `state`'s file (following it if not), so that a rename never replaces a
+/// file this process has not read.
 pub(super) fn rewrite(
     shared: &Shared,
     lock: &mut Exclusive<'_>,
     state: &mut State,
     keep_live: bool,
+    now: u64,
 ) -> Result<()> {
     shared.follow(lock, state, true)?;
     let paths = &shared.paths;
-    if let Err(e) = write_compacted(shared, state, keep_live) {
-        let _ = std::fs::remove_file(&paths.compact);
-        return Err(e);
+    let old = state.file();
+    let live = state.index.iter().filter(|_| keep_live).filter_map(|loc| {
+        // Damaged since it was indexed, or expired: dropped (either reads
+        // as missing).
+        let header = loc.checked_header(old)?;
+        let key = loc.checked_key(old)?;
+        let value = loc.value(old);
+        (crc(value) == loc.value_crc && now < header.deadlines.expires).then_some((
+            key,
+            value,
+            header.deadlines,
+        ))
+    });
+    write_file(paths, state, live)?;
+    install(paths, lock, state)?;
+    *state = State::load(paths, &shared.settings, lock)?;
+    Ok(())
+}
+
+/// Writes a file of `records` (key, value, deadlines) at the compaction
+/// path, durably, with the permissions of `old`'s file and the generation
+/// after its. Leaves nothing behind when it fails.
+pub(super) fn write_file<'a>(
+    paths: &Paths,
+    old: &State,
+    records: impl Iterator<Item = (&'a [u8], &'a [u8], Deadlines)>,
+) -> Result<()> {
+    let tmp = &paths.compact;
+    let written = (|| {
+        let io_tmp = |e| Error::io(tmp, e);
+        let old_meta = old.file.metadata().map_err(io_tmp)?;
+        let file = identity::create_replacing(tmp).map_err(io_tmp)?;
+        identity::inherit(&file, &old_meta).map_err(io_tmp)?;
+        let salt = format::new_salt();
+        let mut out = BufWriter::with_capacity(1 << 20, &file);
+        out.write_all(&format::new_header(old.generation + 1, salt))
+            .map_err(io_tmp)?;
+        let mut end = HEADER_SIZE;
+        let mut record = Vec::new();
+        for (key, value, deadlines) in records {
+            record.clear();
+            let place = Place { salt, at: end };
+            format::encode_record(Kind::Put, key, value, deadlines, place, &mut record);
+            out.write_all(&record).map_err(io_tmp)?;
+            end += record.len() as u64;
+        }
+        out.flush().map_err(io_tmp)?;
+        drop(out);
+        File::write_all_at(&file, &end.to_le_bytes(), format::H_COMMITTED as u64)
+            .map_err(io_tmp)?;
+        file.sync_all().map_err(io_tmp)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(tmp);
     }
+    written
+}
+
+/// Puts the file [`write_file`] wrote in place of `old`'s: flags `old`
+/// superseded, renames, and tells other processes (the epoch). On failure
+/// `old` stays live and unflagged, and the new file is removed.
+pub(super) fn install(paths: &Paths, lock: &Exclusive<'_>, old: &State) -> Result<()> {
     // Flag the old file first: a process that sees the flag reopens the
     // path, which blocks on the lock we hold until the rename is done. If we
     // die before the rename, the next load finds the flag on the file still
     // at the path and clears it.
-    state.superseded_flag().store(1, Ordering::Release);
+    old.superseded_flag().store(1, Ordering::Release);
     if let Err(e) = std::fs::rename(&paths.compact, &paths.data) {
-        state.superseded_flag().store(0, Ordering::Release);
+        old.superseded_flag().store(0, Ordering::Release);
         let _ = std::fs::remove_file(&paths.compact);
         return Err(Error::io(&paths.given, e));
     }
     identity::sync_parent(&paths.data);
     lock.bump_epoch();
-    *state = State::load(paths, &shared.settings, lock)?;
     Ok(())
-}
-
-/// Writes the new file at the compaction path, durably, with the old file's
-/// permissions.
-fn write_compacted(shared: &Shared, state: &State, keep_live: bool) -> Result<()> {
-    let tmp = &shared.paths.compact;
-    let io_tmp = |e| Error::io(tmp, e);
-    let old_meta = state.file.metadata().map_err(io_tmp)?;
-    let file = identity::create_replacing(tmp).map_err(io_tmp)?;
-    identity::inherit(&file, &old_meta).map_err(io_tmp)?;
-    let mut out = BufWriter::with_capacity(1 << 20, &file);
-    out.write_all(&format::new_header(state.generation + 1))
-        .map_err(io_tmp)?;
-    let mut end = HEADER_SIZE;
-    let mut record = Vec::new();
-    let old = state.file();
-    for loc in state.index.iter().filter(|_| keep_live) {
-        let Some(key) = loc.checked_key(old) else {
-            continue; // damaged since it was indexed: drop it
-        };
-        let value = loc.value(old);
-        if crc(value) != loc.value_crc {
-            continue; // damaged: it reads as missing, so it is dropped
-        }
-        record.clear();
-        format::encode_record(Kind::Put, key, value, &mut record);
-        out.write_all(&record).map_err(io_tmp)?;
-        end += record.len() as u64;
-    }
-    out.flush().map_err(io_tmp)?;
-    drop(out);
-    File::write_all_at(&file, &end.to_le_bytes(), format::H_COMMITTED as u64).map_err(io_tmp)?;
-    file.sync_all().map_err(io_tmp)
 }
 
 /// Compacts after a write when `options` say the garbage warrants it and no
@@ -125,7 +151,7 @@ pub(super) fn after_write(
     {
         return None;
     }
-    match rewrite(shared, lock, state, true) {
+    match rewrite(shared, lock, state, true, options.clock.now().as_millis()) {
         Ok(()) => {
             lock.compaction_pause = None;
             None

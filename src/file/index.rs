@@ -63,6 +63,13 @@ impl Loc {
         (format::crc(key) == self.key_crc).then_some(key)
     }
 
+    /// The record's header, if it still passes its checksum (it holds the
+    /// deadlines, which the index does not keep).
+    #[inline]
+    pub fn checked_header(&self, file: Log<'_>) -> Option<format::RecordHeader> {
+        file.header(self.record)
+    }
+
     /// The value's bytes in `file`.
     #[inline]
     pub fn value<'a>(&self, file: Log<'a>) -> &'a [u8] {

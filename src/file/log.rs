@@ -20,14 +20,16 @@ use super::format::{self, HEADER_SIZE, RECORD_HEADER_SIZE, crc};
 #[derive(Clone, Copy)]
 pub(super) struct Log<'a> {
     records: &'a [u8],
+    /// The file's record salt.
+    salt: u32,
 }
 
 impl<'a> Log<'a> {
     /// The records of `map` up to the file offset `end`, which must lie
     /// below a committed length this process has loaded, and within the
-    /// mapping and the file.
+    /// mapping and the file; `salt` is the file's record salt.
     #[inline]
-    pub(super) fn of(map: &'a MmapRaw, end: u64) -> Log<'a> {
+    pub(super) fn of(map: &'a MmapRaw, end: u64, salt: u32) -> Log<'a> {
         assert!(
             HEADER_SIZE <= end && end <= map.len() as u64,
             "a log ends past the header and within the mapping"
@@ -52,7 +54,23 @@ impl<'a> Log<'a> {
                 (end - HEADER_SIZE) as usize,
             )
         };
-        Log { records }
+        Log { records, salt }
+    }
+
+    /// What a record starting at file offset `at` of this log was written
+    /// with.
+    #[inline]
+    pub(super) fn place(&self, at: u64) -> format::Place {
+        format::Place {
+            salt: self.salt,
+            at,
+        }
+    }
+
+    /// The valid record header at file offset `at`, if there is one.
+    #[inline]
+    pub(super) fn header(&self, at: u64) -> Option<format::RecordHeader> {
+        format::decode_record_header(self.from(at), self.place(at))
     }
 
     /// The file offset just past the last byte.
@@ -123,7 +141,7 @@ pub(super) fn walk<'a>(log: Log<'a>, from: u64, mut visit: impl FnMut(u64, Walke
     let mut at = from;
     while at + RECORD_HEADER_SIZE as u64 <= end {
         let here = log.from(at);
-        match format::decode_record_header(here) {
+        match format::decode_record_header(here, log.place(at)) {
             Some(header) if at + header.total_len() <= end => {
                 let key = &here[RECORD_HEADER_SIZE..RECORD_HEADER_SIZE + header.key_len as usize];
                 if crc(key) == header.key_crc {
@@ -158,8 +176,7 @@ pub(super) fn resync(log: Log<'_>, from: u64) -> u64 {
     let end = log.end();
     let mut at = from;
     while at + RECORD_HEADER_SIZE as u64 <= end {
-        let here = log.from(at);
-        if format::decode_record_header(here).is_some_and(|h| at + h.total_len() <= end) {
+        if log.header(at).is_some_and(|h| at + h.total_len() <= end) {
             return at;
         }
         at += format::ALIGN;
@@ -190,7 +207,7 @@ mod tests {
             .len((HEADER_SIZE + 64) as usize)
             .map_raw(&file)
             .expect("a map");
-        let log = Log::of(&map, HEADER_SIZE + 64);
+        let log = Log::of(&map, HEADER_SIZE + 64, 0);
         assert_eq!(log.end(), HEADER_SIZE + 64);
         for at in [0, 8, 32, 40, HEADER_SIZE - 1] {
             assert_eq!(log.get(at, 1), None, "offset {at}");
@@ -198,7 +215,7 @@ mod tests {
         }
         assert_eq!(log.get(HEADER_SIZE, 64).map(<[u8]>::len), Some(64));
         assert_eq!(log.get(HEADER_SIZE, 65), None, "nor past its end");
-        let empty = Log::of(&map, HEADER_SIZE);
+        let empty = Log::of(&map, HEADER_SIZE, 0);
         assert_eq!(empty.get(HEADER_SIZE, 1), None);
     }
 }

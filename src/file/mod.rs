@@ -38,6 +38,7 @@ mod log;
 mod options;
 mod shared;
 mod state;
+mod v1;
 mod verify;
 
 use std::fmt;
@@ -50,7 +51,7 @@ use std::sync::{Arc, PoisonError, RwLockReadGuard};
 pub use self::options::{Durability, FileCacheBuilder};
 pub use self::verify::{Damage, Verification};
 
-use self::format::{HEADER_SIZE, Kind, crc};
+use self::format::{Deadlines, HEADER_SIZE, Kind, Place, crc};
 use self::index::Loc;
 use self::lock::{Exclusive, Writer};
 use self::options::Options;
@@ -378,13 +379,14 @@ impl<K> FileCache<K> {
     /// [`Error::Io`] when the new file cannot be written (a full disk, say):
     /// the old file stays in place, whole, and nothing is left beside it.
     pub fn compact(&self) -> Result<()> {
-        self.locked(|shared, lock, state| compact::rewrite(shared, lock, state, true))
+        let now = self.now();
+        self.locked(|shared, lock, state| compact::rewrite(shared, lock, state, true, now))
     }
 
     /// Removes every entry by replacing the file with an empty one (a
     /// compaction that keeps nothing), whatever the key type.
     pub fn clear(&self) -> Result<()> {
-        self.locked(|shared, lock, state| compact::rewrite(shared, lock, state, false))
+        self.locked(|shared, lock, state| compact::rewrite(shared, lock, state, false, 0))
     }
 
     fn check_sizes(&self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -405,19 +407,28 @@ impl<K> FileCache<K> {
         Ok(())
     }
 
-    fn get_bytes(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    /// Now by this handle's clock, in milliseconds since the epoch.
+    fn now(&self) -> u64 {
+        self.options.clock.now().as_millis()
+    }
+
+    fn get_entry_bytes(&self, key: &[u8]) -> Result<Option<Entry<Vec<u8>>>> {
         let state = self.fresh()?;
         Ok(state
             .index
             .get(state.file(), key)
-            .and_then(|loc| read_value(&state, loc)))
+            .and_then(|loc| read_entry(&state, loc, || self.now())))
     }
 
-    fn set_bytes(&self, key: &[u8], value: &[u8]) -> Result<()> {
+    fn set_bytes(&self, key: &[u8], value: &[u8], deadlines: Deadlines) -> Result<()> {
         self.check_sizes(key, value)?;
         self.write(|shared, writer, state| {
             writer.buf.clear();
-            format::encode_record(Kind::Put, key, value, &mut writer.buf);
+            let place = Place {
+                salt: state.salt,
+                at: state.committed(),
+            };
+            format::encode_record(Kind::Put, key, value, deadlines, place, &mut writer.buf);
             self.append(shared, writer, state)
         })
     }
@@ -432,20 +443,30 @@ impl<K> FileCache<K> {
             let Some(loc) = state.index.get(state.file(), key).copied() else {
                 return Ok(None);
             };
-            let old = read_value(state, &loc);
+            // An entry expired by this handle's clock is still removed:
+            // another process's clock may not have reached its deadline.
+            let old = read_entry(state, &loc, || self.now()).map(Entry::into_value);
             writer.buf.clear();
-            format::encode_record(Kind::Tombstone, key, &[], &mut writer.buf);
+            let place = Place {
+                salt: state.salt,
+                at: state.committed(),
+            };
+            let none = Deadlines::NONE;
+            format::encode_record(Kind::Tombstone, key, &[], none, place, &mut writer.buf);
             self.append(shared, writer, state)?;
             Ok(old)
         })
     }
 
+    /// The keys of the live, unexpired entries.
     fn keys_bytes(&self) -> Result<Vec<Vec<u8>>> {
         let state = self.fresh()?;
         let file = state.file();
+        let now = self.now();
         Ok(state
             .index
             .iter()
+            .filter(|loc| alive(file, loc, now))
             .filter_map(|loc| loc.checked_key(file).map(<[u8]>::to_vec))
             .collect())
     }
@@ -458,9 +479,15 @@ impl<K> FileCache<K> {
         self.write(|shared, writer, state| {
             writer.buf.clear();
             let mut removed = 0;
+            let start = state.committed();
             for key in keys {
                 if state.index.get(state.file(), key).is_some() {
-                    format::encode_record(Kind::Tombstone, key, &[], &mut writer.buf);
+                    let place = Place {
+                        salt: state.salt,
+                        at: start + writer.buf.len() as u64,
+                    };
+                    let none = Deadlines::NONE;
+                    format::encode_record(Kind::Tombstone, key, &[], none, place, &mut writer.buf);
                     removed += 1;
                 }
             }
@@ -472,53 +499,68 @@ impl<K> FileCache<K> {
     }
 }
 
-/// The value at `loc`, or `None` when it or its key fails its checksum
-/// (the file was damaged after the record was indexed).
+/// Whether the entry at `loc` has not expired by `now` (its header still
+/// passes its checksum).
 #[inline]
-fn read_value(state: &State, loc: &Loc) -> Option<Vec<u8>> {
+fn alive(file: self::log::Log<'_>, loc: &Loc, now: u64) -> bool {
+    loc.checked_header(file)
+        .is_some_and(|header| now < header.deadlines.expires)
+}
+
+/// The entry at `loc`, or `None` when it has expired by `now` (read only
+/// for an entry with an expiry), or its header, key or value fails its
+/// checksum (the file was damaged after the record was indexed).
+#[inline]
+fn read_entry(state: &State, loc: &Loc, now: impl FnOnce() -> u64) -> Option<Entry<Vec<u8>>> {
     let file = state.file();
+    let header = loc.checked_header(file)?;
+    let Deadlines {
+        fresh_until,
+        expires,
+    } = header.deadlines;
+    if expires != format::NEVER && expires <= now() {
+        return None;
+    }
     loc.checked_key(file)?;
     let value = loc.value(file);
-    (crc(value) == loc.value_crc).then(|| value.to_vec())
+    (crc(value) == loc.value_crc)
+        .then(|| Entry::with_raw_deadlines(value.to_vec(), fresh_until, expires))
 }
 
 /// Keys are stored as their bytes (a `String` as its UTF-8). Through a
 /// `String`-keyed handle, keys that are not UTF-8 (written by a byte-keyed
 /// handle on the same file) are left out of `keys` and `clear_matching`.
 ///
-/// File format 1 stores no deadlines, so `set_entry` refuses an entry that
-/// has one with [`Error::Unsupported`] rather
-/// than keep it forever (an entry that has already expired needs none: it
-/// removes the key); keep deadlines in a layer above (a
-/// [`MemoryCache`](crate::MemoryCache)) until format 2.
+/// Entries keep both deadlines, as wall-clock instants (milliseconds since
+/// the Unix epoch): an entry whose expiry has passed is a miss in every
+/// process (by each handle's [`clock`](FileCacheBuilder::clock)), is left
+/// out of `keys` and `values`, and is dropped by the next compaction.
+/// Until then it still counts in [`len`](FileCache::len), and `remove`
+/// still writes a tombstone for it (another process's clock may be behind).
 impl<K: FileKey> Cache<K, Vec<u8>> for FileCache<K> {
     fn get_entry(&self, key: &K) -> Result<Option<Entry<Vec<u8>>>> {
-        Ok(self.get_bytes(key.key_bytes())?.map(Entry::new))
+        self.get_entry_bytes(key.key_bytes())
     }
     fn set_entry(&self, key: K, entry: Entry<Vec<u8>>) -> Result<()> {
-        if entry
-            .expires()
-            .is_some_and(|expires| expires <= self.options.clock.now())
-        {
-            // Dead on arrival: the key is gone, as the contract says; that
-            // needs no deadline stored.
+        let (fresh_until, expires) = entry.raw_deadlines();
+        if expires <= self.now() {
+            // Dead on arrival: the key is gone, as the contract says.
             self.remove_bytes(key.key_bytes())?;
             return Ok(());
         }
-        if entry.has_deadline() {
-            return Err(crate::Error::Unsupported {
-                cache: "FileCache",
-                what: "keep an entry's deadlines (file format 1 stores none): \
-                       set it without expires or fresh_until, or keep deadlines in a layer above",
-            });
-        }
-        self.set_bytes(key.key_bytes(), &entry.value)
+        let deadlines = Deadlines {
+            fresh_until,
+            expires,
+        };
+        self.set_bytes(key.key_bytes(), &entry.value, deadlines)
     }
     fn get(&self, key: &K) -> Result<Option<Vec<u8>>> {
-        self.get_bytes(key.key_bytes())
+        Ok(self
+            .get_entry_bytes(key.key_bytes())?
+            .map(Entry::into_value))
     }
     fn set(&self, key: K, value: Vec<u8>) -> Result<()> {
-        self.set_bytes(key.key_bytes(), &value)
+        self.set_bytes(key.key_bytes(), &value, Deadlines::NONE)
     }
     fn remove(&self, key: &K) -> Result<Option<Vec<u8>>> {
         self.remove_bytes(key.key_bytes())
@@ -532,10 +574,11 @@ impl<K: FileKey> Cache<K, Vec<u8>> for FileCache<K> {
     }
     fn values(&self) -> Result<Vec<Vec<u8>>> {
         let state = self.fresh()?;
+        let now = self.now();
         Ok(state
             .index
             .iter()
-            .filter_map(|loc| read_value(&state, loc))
+            .filter_map(|loc| read_entry(&state, loc, || now).map(Entry::into_value))
             .collect())
     }
     fn clear(&self) -> Result<()> {

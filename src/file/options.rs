@@ -320,9 +320,12 @@ impl<K> FileCacheBuilder<K> {
     }
 
     /// The clock the handle reports as [`Cache::clock`](crate::Cache::clock)
-    /// and checks deadlines against (default [`SystemClock`]): format 1
-    /// keeps none, but an entry that has already expired by this clock
-    /// removes its key. Give every layer of a stack the same clock.
+    /// and checks deadlines against (default [`SystemClock`]): an entry
+    /// whose expiry has passed by this clock is a miss through this handle,
+    /// one set already expired removes its key, and a compaction this
+    /// handle runs drops the entries expired by it. Deadlines are stored as
+    /// wall-clock instants, so every process on a host agrees. Give every
+    /// layer of a stack the same clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.options.clock = clock;
         self

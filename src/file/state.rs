@@ -65,6 +65,8 @@ pub(super) struct State {
     pub(super) epoch: u64,
     pub(super) lock_page: Arc<LockPage>,
     pub(super) generation: u64,
+    /// The file's record salt (see `format.rs`).
+    pub(super) salt: u32,
     pub(super) index: Index,
     /// Records below this offset are in the index.
     pub(super) indexed: u64,
@@ -94,7 +96,8 @@ impl State {
         let epoch = if len == 0 {
             // A new data file at the path: tell the processes still on an
             // older one (see `lock.rs`).
-            file.write_all_at(&format::new_header(0), 0).map_err(io)?;
+            file.write_all_at(&format::new_header(0, format::new_salt()), 0)
+                .map_err(io)?;
             file.sync_all().map_err(io)?;
             len = HEADER_SIZE;
             lock.bump_epoch()
@@ -108,7 +111,7 @@ impl State {
         }
         let mut header = vec![0u8; HEADER_SIZE as usize];
         file.read_exact_at(&mut header, 0).map_err(io)?;
-        let generation = format::check_header(&header).map_err(|p| format_error(p.to_string()))?;
+        let info = format::check_header(&header).map_err(|p| format_error(p.to_string()))?;
         let map = map_file(&file, len, settings.growth).map_err(io)?;
         let mut state = State {
             file: Arc::new(file),
@@ -116,10 +119,18 @@ impl State {
             ident: ident(&meta),
             epoch,
             lock_page: lock.page(),
-            generation,
+            generation: info.generation,
+            salt: info.salt,
             index: Index::default(),
             indexed: HEADER_SIZE,
         };
+        if info.version == format::VERSION_1 {
+            // Written by layercache 0.1: rewrite it in this format, in place
+            // of the old file (processes still running 0.1 follow the
+            // superseded flag, and refuse the new file by its version).
+            super::v1::convert(&state, len, paths, lock)?;
+            return State::load(paths, settings, lock);
+        }
         let mut committed = state.committed();
         if committed < HEADER_SIZE || committed > len || !committed.is_multiple_of(format::ALIGN) {
             // The file was cut short from outside, or the header's length was
@@ -189,11 +200,15 @@ impl State {
     /// The end of the last whole, valid record at or below `limit`.
     pub(super) fn valid_end(&self, limit: u64) -> u64 {
         let mut end = HEADER_SIZE;
-        walk(Log::of(&self.map, limit), HEADER_SIZE, |at, record| {
-            if let Walked::Record(header, _) = record {
-                end = at + header.total_len();
-            }
-        });
+        walk(
+            Log::of(&self.map, limit, self.salt),
+            HEADER_SIZE,
+            |at, record| {
+                if let Walked::Record(header, _) = record {
+                    end = at + header.total_len();
+                }
+            },
+        );
         end
     }
 
@@ -204,7 +219,7 @@ impl State {
             return ScanEnd::Clean;
         }
         let index = &mut self.index;
-        let file = Log::of(&self.map, to);
+        let file = Log::of(&self.map, to, self.salt);
         let mut end = ScanEnd::Clean;
         walk(file, self.indexed, |at, record| match record {
             Walked::Record(header, key) => match header.kind {
@@ -255,7 +270,7 @@ impl State {
     /// The indexed records.
     #[inline]
     pub(super) fn file(&self) -> Log<'_> {
-        Log::of(&self.map, self.indexed)
+        Log::of(&self.map, self.indexed, self.salt)
     }
 
     /// Whether another process has put a new data file at the path since
