@@ -1,13 +1,18 @@
-//! FileCache against a `HashMap` model: random sequences of writes, reads,
-//! clears, compactions, reopens, second handles and torn tails left by a
-//! writer that died, compared with the model after every step.
+//! FileCache against a `HashMap` model: random sequences of writes (some
+//! with a time to live), reads, clears, compactions, the clock moving,
+//! reopens, second handles and torn tails left by a writer that died,
+//! compared with the model after every step; with the default segment size
+//! and with segments so small that most steps seal one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use layercache::{Cache, FileCache};
+use std::sync::Arc;
+use std::time::Duration;
+
+use layercache::{Cache, CacheExt, Clock, FileCache, ManualClock, Timestamp};
 use proptest::prelude::*;
 use tempfile::TempDir;
 
@@ -32,6 +37,10 @@ enum Tail {
 #[derive(Debug, Clone)]
 enum Op {
     Set(u8, Vec<u8>),
+    /// Sets with a time to live of this many seconds.
+    SetTtl(u8, Vec<u8>, u8),
+    /// Moves the clock on this many seconds.
+    Advance(u8),
     Remove(u8),
     Get(u8),
     Keys,
@@ -71,6 +80,8 @@ fn tail() -> impl Strategy<Value = Tail> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (0..KEYS, value()).prop_map(|(k, v)| Op::Set(k, v)),
+        3 => (0..KEYS, value(), 1..5u8).prop_map(|(k, v, t)| Op::SetTtl(k, v, t)),
+        2 => (1..4u8).prop_map(Op::Advance),
         3 => (0..KEYS).prop_map(Op::Remove),
         5 => (0..KEYS).prop_map(Op::Get),
         1 => Just(Op::Keys),
@@ -161,20 +172,43 @@ fn keys(cache: &FileCache) -> BTreeSet<String> {
     cache.keys().unwrap().into_iter().collect()
 }
 
-/// The cache holds exactly the model.
+/// Each key's value and expiry.
+type Model = HashMap<String, (Vec<u8>, Option<Timestamp>)>;
+
+/// The entries of `model` that have not expired at `now`.
+fn live(model: &Model, now: Timestamp) -> HashMap<String, Vec<u8>> {
+    model
+        .iter()
+        .filter(|(_, (_, expires))| expires.is_none_or(|at| now < at))
+        .map(|(key, (value, _))| (key.clone(), value.clone()))
+        .collect()
+}
+
+/// The cache holds exactly the model's live entries (`len` counts the
+/// expired ones not yet dropped: at least the live ones, at most all).
 fn check_state(
     cache: &FileCache,
-    model: &HashMap<String, Vec<u8>>,
+    model: &Model,
+    now: Timestamp,
     step: usize,
 ) -> Result<(), TestCaseError> {
-    let expected: BTreeSet<String> = model.keys().cloned().collect();
+    let alive = live(model, now);
+    let expected: BTreeSet<String> = alive.keys().cloned().collect();
     prop_assert_eq!(keys(cache), expected, "step {}: keys", step);
-    prop_assert_eq!(cache.len().unwrap(), model.len(), "step {}: len", step);
+    let len = cache.len().unwrap();
+    prop_assert!(
+        alive.len() <= len && len <= model.len(),
+        "step {}: len {} for {} live of {}",
+        step,
+        len,
+        alive.len(),
+        model.len()
+    );
     for n in 0..KEYS {
         let key = key_name(n);
         prop_assert_eq!(
             get(cache, &key),
-            model.get(&key).cloned(),
+            alive.get(&key).cloned(),
             "step {}: {}",
             step,
             key
@@ -183,42 +217,63 @@ fn check_state(
     Ok(())
 }
 
-fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+fn run(ops: &[Op], segment: Option<u64>) -> Result<(), TestCaseError> {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("model.lc");
-    let mut cache = FileCache::open(&path).unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let open = || {
+        let builder = FileCache::builder(&path).clock(clock.clone());
+        match segment {
+            Some(bytes) => builder.segment_size(bytes),
+            None => builder,
+        }
+        .open()
+        .unwrap()
+    };
+    let mut cache = open();
     let mut other: Option<FileCache> = None;
-    let mut model: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut model: Model = HashMap::new();
     for (step, op) in ops.iter().enumerate() {
+        let now = clock.now();
         match op {
             Op::Set(k, v) => {
                 let key = key_name(*k);
                 cache.set(key.clone(), v.clone()).unwrap();
-                model.insert(key, v.clone());
+                model.insert(key, (v.clone(), None));
             }
+            Op::SetTtl(k, v, ttl) => {
+                let key = key_name(*k);
+                let ttl = Duration::from_secs(u64::from(*ttl));
+                cache.set_with_ttl(key.clone(), v.clone(), ttl).unwrap();
+                model.insert(key, (v.clone(), Some(now + ttl)));
+            }
+            Op::Advance(secs) => clock.advance(Duration::from_secs(u64::from(*secs))),
             Op::Remove(k) => {
                 let key = key_name(*k);
                 let old = cache.remove(&key).unwrap();
-                prop_assert_eq!(old, model.remove(&key), "step {}: remove {}", step, key);
+                let expected = live(&model, now).remove(&key);
+                model.remove(&key);
+                prop_assert_eq!(old, expected, "step {}: remove {}", step, key);
             }
             Op::Get(k) => {
                 let key = key_name(*k);
                 let through = other.as_ref().unwrap_or(&cache);
                 prop_assert_eq!(
                     get(through, &key),
-                    model.get(&key).cloned(),
+                    live(&model, now).get(&key).cloned(),
                     "step {}: get {}",
                     step,
                     key
                 );
             }
             Op::Keys => {
-                let expected: BTreeSet<String> = model.keys().cloned().collect();
+                let expected: BTreeSet<String> = live(&model, now).keys().cloned().collect();
                 prop_assert_eq!(keys(&cache), expected, "step {}", step);
             }
             Op::Len => {
-                prop_assert_eq!(cache.len().unwrap(), model.len(), "step {}", step);
-                prop_assert_eq!(cache.is_empty().unwrap(), model.is_empty());
+                let len = cache.len().unwrap();
+                prop_assert!(len >= live(&model, now).len() && len <= model.len());
+                prop_assert_eq!(cache.is_empty().unwrap(), len == 0);
             }
             Op::Clear => {
                 cache.clear().unwrap();
@@ -227,24 +282,34 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             Op::ClearMatching(m, r) => {
                 let matches = |key: &String| key[1..].parse::<u8>().unwrap() % m == *r;
                 let removed = cache.clear_matching(&matches).unwrap();
-                let before = model.len();
-                model.retain(|key, _| !matches(key));
-                prop_assert_eq!(removed, before - model.len(), "step {}: count", step);
+                let before = live(&model, now).len();
+                // Only live keys are listed, so only they are cleared.
+                model.retain(|key, (_, expires)| {
+                    !(matches(key) && expires.is_none_or(|at| now < at))
+                });
+                let after = live(&model, now).len();
+                prop_assert_eq!(removed, before - after, "step {}: count", step);
             }
             Op::Compact => {
                 let generation = cache.generation().unwrap();
                 cache.compact().unwrap();
                 prop_assert_eq!(cache.generation().unwrap(), generation + 1);
                 prop_assert_eq!(cache.garbage_bytes().unwrap(), 0);
+                // Compaction drops what has expired: len is exact now.
+                model = model
+                    .into_iter()
+                    .filter(|(_, (_, expires))| expires.is_none_or(|at| now < at))
+                    .collect();
+                prop_assert_eq!(cache.len().unwrap(), model.len());
             }
             Op::Reopen => {
                 other = None;
                 drop(cache);
-                cache = FileCache::open(&path).unwrap();
+                cache = open();
                 prop_assert_eq!(file_len(&path), committed_on_disk(&path));
             }
             Op::ReopenOther => {
-                other = Some(FileCache::open(&path).unwrap());
+                other = Some(open());
             }
             Op::CrashTail { tail, reopen } => {
                 // A writer's pwrite lands at the committed end (over what an
@@ -255,31 +320,31 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 file.write_all_at(&tail_bytes(tail, salt_of(&path), end), end)
                     .unwrap();
                 drop(file);
-                check_state(&cache, &model, step)?;
+                check_state(&cache, &model, now, step)?;
                 if let Some(other) = &other {
-                    check_state(other, &model, step)?;
+                    check_state(other, &model, now, step)?;
                 }
                 if *reopen {
                     other = None;
                     drop(cache);
-                    cache = FileCache::open(&path).unwrap();
+                    cache = open();
                     prop_assert_eq!(file_len(&path), end, "step {}: tail cut", step);
                     prop_assert_eq!(committed_on_disk(&path), end);
                 }
             }
         }
-        check_state(&cache, &model, step)?;
+        check_state(&cache, &model, clock.now(), step)?;
     }
+    let now = clock.now();
     for handle in std::iter::once(&cache).chain(other.as_ref()) {
         let report = handle.verify().unwrap();
         prop_assert!(report.damage.is_empty(), "{:?}", report);
-        prop_assert_eq!(report.live, model.len() as u64);
-        check_state(handle, &model, ops.len())?;
+        check_state(handle, &model, now, ops.len())?;
     }
     drop(other);
     drop(cache);
-    let cache = FileCache::open(&path).unwrap();
-    check_state(&cache, &model, ops.len())?;
+    let cache = open();
+    check_state(&cache, &model, now, ops.len())?;
     prop_assert!(cache.verify().unwrap().damage.is_empty());
     let contents: BTreeMap<String, Vec<u8>> = keys(&cache)
         .into_iter()
@@ -288,7 +353,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
             (k, v)
         })
         .collect();
-    prop_assert_eq!(contents, model.into_iter().collect::<BTreeMap<_, _>>());
+    prop_assert_eq!(
+        contents,
+        live(&model, now).into_iter().collect::<BTreeMap<_, _>>()
+    );
     Ok(())
 }
 
@@ -297,7 +365,14 @@ proptest! {
 
     #[test]
     fn file_cache_matches_a_hashmap(ops in prop::collection::vec(op(), 1..60)) {
-        run(&ops)?;
+        run(&ops, None)?;
+    }
+
+    /// Segments of 8 KiB: most steps seal one, so every operation runs
+    /// across sealed segments, and reopening finds them.
+    #[test]
+    fn file_cache_in_small_segments_matches_a_hashmap(ops in prop::collection::vec(op(), 1..60)) {
+        run(&ops, Some(8192))?;
     }
 }
 

@@ -225,12 +225,16 @@ fn a_periodic_handle_syncs_when_dropped() {
 
 /// Regression: a write that happened returned the error of the automatic
 /// compaction after it. Now the write is `Ok`, the hook hears of the
-/// failure, the counter counts it, and the next attempt waits.
+/// failure (here a seal that cannot create its new segment), the counter
+/// counts it, and the next attempt waits.
 #[test]
 fn a_failed_automatic_compaction_goes_to_the_hook_not_to_the_write() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("hook.lc");
-    let blocker = dir.path().join("hook.lc.compact");
+    let blockers = [
+        dir.path().join("hook.lc.next"),
+        dir.path().join("hook.lc.compact"),
+    ];
     let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
     let calls = Arc::new(AtomicUsize::new(0));
     let cache = {
@@ -238,6 +242,7 @@ fn a_failed_automatic_compaction_goes_to_the_hook_not_to_the_write() {
         let calls = calls.clone();
         FileCache::builder(&path)
             .compact_when(0.0, 0) // after every write
+            .segment_size(8192)
             .on_compaction_error(move |error| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 heard.lock().unwrap().push(error.to_string());
@@ -245,34 +250,41 @@ fn a_failed_automatic_compaction_goes_to_the_hook_not_to_the_write() {
             .open()
             .unwrap()
     };
-    std::fs::create_dir(&blocker).unwrap(); // compaction cannot create its file
-    cache.set("a".to_string(), b"1".to_vec()).unwrap();
-    assert_eq!(cache.get(&"a".to_string()).unwrap(), Some(b"1".to_vec()));
+    for blocker in &blockers {
+        std::fs::create_dir(blocker).unwrap(); // nothing can be made there
+    }
+    // 1 KiB values: the ninth write needs a new segment.
+    for n in 0..9 {
+        cache.set(format!("a{n}"), vec![1; 1024]).unwrap();
+    }
+    assert_eq!(cache.get(&"a8".to_string()).unwrap(), Some(vec![1; 1024]));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert!(
-        heard.lock().unwrap()[0].contains("hook.lc.compact"),
-        "the error names the file it could not make: {:?}",
+        heard.lock().unwrap()[0].contains("hook.lc"),
+        "the error names the cache: {:?}",
         heard.lock().unwrap()
     );
     assert_eq!(cache.stats().compaction_failures, 1);
     // Within the pause, writes do not retry (and so do not fail again).
     for n in 0..20 {
-        cache.set(format!("b{n}"), b"2".to_vec()).unwrap();
+        cache.set(format!("b{n}"), vec![2; 1024]).unwrap();
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1, "paused after a failure");
     // An explicit compaction reports its own failure, and leaves the file.
     let generation = cache.generation().unwrap();
     match cache.compact() {
-        Err(Error::Io { path: named, .. }) => assert_eq!(named, blocker),
+        Err(Error::Io { path: named, .. }) => assert_eq!(named, blockers[1]),
         other => panic!("expected an I/O error naming the compaction file, got {other:?}"),
     }
     assert_eq!(cache.generation().unwrap(), generation);
     // Once the way is clear, compaction works and leaves nothing behind.
-    std::fs::remove_dir(&blocker).unwrap();
+    for blocker in &blockers {
+        std::fs::remove_dir(blocker).unwrap();
+    }
     cache.compact().unwrap();
     assert_eq!(cache.generation().unwrap(), generation + 1);
     assert_eq!(names_in(dir.path()), ["hook.lc", "hook.lc.lock"]);
-    assert_eq!(cache.len().unwrap(), 21);
+    assert_eq!(cache.len().unwrap(), 29);
 }
 
 /// New files get exactly the mode asked for, whatever the umask (0o660

@@ -22,27 +22,25 @@ use std::fs::File;
 use std::io::{BufWriter, Write as _};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
-use super::format::{self, Deadlines, HEADER_SIZE, Kind, Place, crc};
+use super::format::{
+    self, Deadlines, HEADER_SIZE, Kind, NewHeader, Place, RECORD_HEADER_SIZE, crc,
+};
 use super::identity::{self, Paths};
+use super::index;
 use super::lock::Exclusive;
 use super::options::Options;
+use super::segment::Segment;
 use super::shared::Shared;
 use super::state::State;
 use crate::error::{Error, Result};
 
-/// The first pause after an automatic compaction failed.
-const FIRST_PAUSE: Duration = Duration::from_secs(1);
-/// The longest pause between automatic compaction attempts that fail.
-const LONGEST_PAUSE: Duration = Duration::from_secs(60);
-
 /// Writes the live records (none unless `keep_live`; expired ones, by
-/// `now`, dropped) to a new file, renames it over the old one and flags
-/// the old one superseded. The caller holds the exclusive lock and
-/// `state`. Checks first, with `stat`, that the data path still names
-/// `state`'s file (following it if not), so that a rename never replaces a
-/// file this process has not read.
+/// `now`, dropped) of every segment to a new file, renames it over the
+/// active segment, flags that one superseded and unlinks the sealed ones.
+/// The caller holds the exclusive lock and `state`. Checks first, with
+/// `stat`, that the data path still names `state`'s file (following it if
+/// not), so that a rename never replaces a file this process has not read.
 pub(super) fn rewrite(
     shared: &Shared,
     lock: &mut Exclusive<'_>,
@@ -52,48 +50,68 @@ pub(super) fn rewrite(
 ) -> Result<()> {
     shared.follow(lock, state, true)?;
     let paths = &shared.paths;
-    let old = state.file();
+    let logs = state.logs();
     let live = state.index.iter().filter(|_| keep_live).filter_map(|loc| {
         // Damaged since it was indexed, or expired: dropped (either reads
         // as missing).
-        let header = loc.checked_header(old)?;
-        let key = loc.checked_key(old)?;
-        let value = loc.value(old);
+        let header = loc.checked_header(&logs)?;
+        let key = loc.checked_key(&logs)?;
+        let value = loc.value(&logs)?;
         (crc(value) == loc.value_crc && now < header.deadlines.expires).then_some((
             key,
             value,
             header.deadlines,
         ))
     });
-    write_file(paths, state, live)?;
-    install(paths, lock, state)?;
+    let active = state.active();
+    let like = active
+        .file
+        .metadata()
+        .map_err(|e| Error::io(&paths.given, e))?;
+    let id = active.id + 1;
+    let header = NewHeader {
+        generation: state.generation + 1,
+        salt: format::new_salt(),
+        id,
+        seed: format::random_u64(),
+        base: id,
+        max_bytes: active.max_bytes().load(Ordering::Acquire),
+        cursor: 0,
+    };
+    write_file(paths, &like, header, live)?;
+    install(paths, lock, active)?;
+    for seg in state.sealed() {
+        // Below the new base: the next load removes any left behind.
+        let _ = std::fs::remove_file(paths.segment(seg.id));
+    }
     *state = State::load(paths, &shared.settings, lock)?;
     Ok(())
 }
 
-/// Writes a file of `records` (key, value, deadlines) at the compaction
-/// path, durably, with the permissions of `old`'s file and the generation
-/// after its. Leaves nothing behind when it fails.
+/// Writes a file with `header` and `records` (key, value, deadlines) at the
+/// compaction path, durably, with the permissions of the file `like`
+/// describes. Leaves nothing behind when it fails.
 pub(super) fn write_file<'a>(
     paths: &Paths,
-    old: &State,
+    like: &std::fs::Metadata,
+    header: NewHeader,
     records: impl Iterator<Item = (&'a [u8], &'a [u8], Deadlines)>,
 ) -> Result<()> {
     let tmp = &paths.compact;
     let written = (|| {
         let io_tmp = |e| Error::io(tmp, e);
-        let old_meta = old.file.metadata().map_err(io_tmp)?;
         let file = identity::create_replacing(tmp).map_err(io_tmp)?;
-        identity::inherit(&file, &old_meta).map_err(io_tmp)?;
-        let salt = format::new_salt();
+        identity::inherit(&file, like).map_err(io_tmp)?;
         let mut out = BufWriter::with_capacity(1 << 20, &file);
-        out.write_all(&format::new_header(old.generation + 1, salt))
-            .map_err(io_tmp)?;
+        out.write_all(&format::new_header(header)).map_err(io_tmp)?;
         let mut end = HEADER_SIZE;
         let mut record = Vec::new();
         for (key, value, deadlines) in records {
             record.clear();
-            let place = Place { salt, at: end };
+            let place = Place {
+                salt: header.salt,
+                at: end,
+            };
             format::encode_record(Kind::Put, key, value, deadlines, place, &mut record);
             out.write_all(&record).map_err(io_tmp)?;
             end += record.len() as u64;
@@ -110,10 +128,11 @@ pub(super) fn write_file<'a>(
     written
 }
 
-/// Puts the file [`write_file`] wrote in place of `old`'s: flags `old`
-/// superseded, renames, and tells other processes (the epoch). On failure
-/// `old` stays live and unflagged, and the new file is removed.
-pub(super) fn install(paths: &Paths, lock: &Exclusive<'_>, old: &State) -> Result<()> {
+/// Puts the file [`write_file`] wrote in place of the active segment
+/// `old`: flags `old` superseded, renames, and tells other processes (the
+/// epoch). On failure `old` stays live and unflagged, and the new file is
+/// removed.
+pub(super) fn install(paths: &Paths, lock: &Exclusive<'_>, old: &Segment) -> Result<()> {
     // Flag the old file first: a process that sees the flag reopens the
     // path, which blocks on the lock we hold until the rename is done. If we
     // die before the rename, the next load finds the flag on the file still
@@ -129,39 +148,139 @@ pub(super) fn install(paths: &Paths, lock: &Exclusive<'_>, old: &State) -> Resul
     Ok(())
 }
 
-/// Compacts after a write when `options` say the garbage warrants it and no
-/// pause after a failure is running. Returns the error of a compaction that
-/// failed, for the caller to report once the locks are released.
+/// Bytes of the oldest segment a write's cleaning step reads, per byte the
+/// write appended.
+const CLEAN_PER_BYTE: u64 = 4;
+/// Bytes of the oldest segment a cleaning step reads at least.
+const CLEAN_MIN: u64 = 1024;
+
+/// The upkeep after a write, under the locks: keeps the files within the
+/// byte budget (dropping the oldest segments), then, when the garbage
+/// warrants it (`options`) or a pass is under way, takes one cleaning step
+/// that reads about [`CLEAN_PER_BYTE`] times what the write appended. No
+/// step rewrites the cache or waits for more than that. Returns the error
+/// of a step that failed, for the caller to report once the locks are
+/// released; after one, steps pause (1 s, doubling up to a minute).
 pub(super) fn after_write(
     shared: &Shared,
     lock: &mut Exclusive<'_>,
     state: &mut State,
     options: &Options,
+    written: u64,
 ) -> Option<Error> {
-    let records = state.indexed - HEADER_SIZE;
+    let max = state.active().max_bytes().load(Ordering::Acquire);
+    if max > 0 {
+        while state.file_bytes() > max && state.oldest().is_some() {
+            state.drop_oldest(&shared.paths, lock);
+        }
+    }
     let garbage = state.garbage();
-    if garbage < options.compact_min_bytes
-        || (garbage as f64) < options.compact_ratio * records as f64
+    let under_way = state.active().cursor().load(Ordering::Acquire) != 0;
+    if !under_way
+        && (garbage == 0
+            || garbage < options.compact_min_bytes
+            || (garbage as f64) < options.compact_ratio * state.record_bytes() as f64)
     {
         return None;
     }
-    let now = Instant::now();
-    if let Some((until, _)) = lock.compaction_pause
-        && now < until
-    {
+    if lock.paused() {
         return None;
     }
-    match rewrite(shared, lock, state, true, options.clock.now().as_millis()) {
-        Ok(()) => {
-            lock.compaction_pause = None;
-            None
+    let budget = written.saturating_mul(CLEAN_PER_BYTE).max(CLEAN_MIN);
+    let result = clean_step(shared, lock, state, options, budget);
+    lock.after_upkeep(result.is_ok());
+    result.err()
+}
+
+/// One cleaning step: reads about `budget` bytes of the oldest sealed
+/// segment, from where the last step stopped (the active segment's
+/// cursor), copies the live, unexpired records found there to the active
+/// segment, and drops the oldest segment once it is read to its end. With
+/// no sealed segment, seals the active one first. Under the locks, with
+/// the state caught up, so "live" is exact: the index points at the record.
+fn clean_step(
+    shared: &Shared,
+    lock: &mut Exclusive<'_>,
+    state: &mut State,
+    options: &Options,
+    budget: u64,
+) -> Result<()> {
+    let paths = &shared.paths;
+    if state.oldest().is_none() {
+        if state.indexed() == HEADER_SIZE {
+            return Ok(());
         }
-        Err(e) => {
-            let pause = lock
-                .compaction_pause
-                .map_or(FIRST_PAUSE, |(_, last)| (last * 2).min(LONGEST_PAUSE));
-            lock.compaction_pause = Some((now + pause, pause));
-            Some(e)
-        }
+        state.seal(paths, &shared.settings, lock)?;
     }
+    let now = options.clock.now().as_millis();
+    let writer = &mut **lock;
+    writer.scratch.clear();
+    // (key length, value length, deadlines) of each copy in `scratch`.
+    let mut copies: Vec<(usize, usize, Deadlines)> = Vec::new();
+    let (at, end) = {
+        let logs = state.logs();
+        let (slot, oldest, end) = state.oldest().expect("sealed above");
+        let log = oldest.log(end);
+        let mut at = state
+            .active()
+            .cursor()
+            .load(Ordering::Acquire)
+            .clamp(HEADER_SIZE, end);
+        let stop = at.saturating_add(budget);
+        while at < end && at < stop {
+            let Some(header) = log.header(at).filter(|h| at + h.total_len() <= end) else {
+                at = super::log::resync(log, at + format::ALIGN);
+                continue;
+            };
+            let here = index::pos(slot, at);
+            let key_at = at + RECORD_HEADER_SIZE as u64;
+            let value_at = key_at + u64::from(header.key_len);
+            if header.kind == Kind::Put
+                && now < header.deadlines.expires
+                && let Some(key) = log.get(key_at, header.key_len as usize)
+                && state
+                    .index
+                    .get(&logs, key)
+                    .is_some_and(|loc| loc.pos == here)
+                && let Some(value) = log.get(value_at, header.value_len as usize)
+                && crc(value) == header.value_crc
+            {
+                writer.scratch.extend_from_slice(key);
+                writer.scratch.extend_from_slice(value);
+                copies.push((key.len(), value.len(), header.deadlines));
+            }
+            at += header.total_len();
+        }
+        (at, end)
+    };
+    if !copies.is_empty() {
+        let len = copies
+            .iter()
+            .map(|&(key, value, _)| format::record_len(key, value))
+            .sum();
+        let (start, failed) = state.place(paths, &shared.settings, lock, len);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let writer = &mut **lock;
+        writer.buf.clear();
+        let mut from = 0;
+        for (key_len, value_len, deadlines) in copies {
+            let key = &writer.scratch[from..from + key_len];
+            let value = &writer.scratch[from + key_len..from + key_len + value_len];
+            from += key_len + value_len;
+            let place = Place {
+                at: start.at + writer.buf.len() as u64,
+                ..start
+            };
+            format::encode_record(Kind::Put, key, value, deadlines, place, &mut writer.buf);
+        }
+        super::append(shared, options.durability, lock, state)?;
+    }
+    if at >= end {
+        state.drop_oldest(paths, lock);
+    } else {
+        state.active().cursor().store(at, Ordering::Release);
+    }
+    Ok(())
 }

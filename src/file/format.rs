@@ -28,18 +28,25 @@ pub const NEVER: u64 = u64::MAX;
 /// Records start at multiples of this.
 pub const ALIGN: u64 = 8;
 
-// Header offsets.
+// Header offsets. Every segment file has this header; the fields marked
+// "active" are read and written only in the active segment (the file at the
+// cache's path).
 pub const H_MAGIC: usize = 0; // [u8; 8]
 pub const H_VERSION: usize = 8; // u32
 pub const H_HEADER_SIZE: usize = 12; // u32
-pub const H_GENERATION: usize = 16; // u64
+pub const H_GENERATION: usize = 16; // u64: compactions (full rewrites) so far
 pub const H_SALT: usize = 24; // u32, version 2: this file's record salt
-pub const H_STATIC_CRC: usize = 28; // u32, version 2: crc32 of bytes 0..28
+pub const H_STATIC_CRC: usize = 28; // u32, version 2: crc32 of bytes 0..28 and 48..64
 /// Version 1 kept its static checksum at 24 (over bytes 0..24), and 28..32
 /// zero.
 pub const H_STATIC_CRC_V1: usize = 24;
 pub const H_COMMITTED: usize = 32; // u64, atomic: end of the last complete record
-pub const H_SUPERSEDED: usize = 40; // u32, atomic: 1 once compaction replaced this file
+pub const H_SUPERSEDED: usize = 40; // u32, atomic: 1 once this file is no longer the active one
+pub const H_SEGMENT_ID: usize = 48; // u64: this segment's place in the log
+pub const H_HASH_SEED: usize = 56; // u64: the index's hash seed, the same in every segment
+pub const H_BASE: usize = 64; // u64, atomic, active: the oldest segment id in the cache
+pub const H_MAX_BYTES: usize = 72; // u64, atomic, active: the byte budget (0: none)
+pub const H_CURSOR: usize = 80; // u64, atomic, active: where cleaning resumes
 
 /// What a record says about its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,36 +123,66 @@ pub fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(word)
 }
 
-/// A fresh header for a file of `generation` whose records are salted
-/// with `salt`, with nothing committed.
-pub fn new_header(generation: u64, salt: u32) -> [u8; HEADER_SIZE as usize] {
+/// What a new segment's header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewHeader {
+    pub generation: u64,
+    pub salt: u32,
+    pub id: u64,
+    pub seed: u64,
+    pub base: u64,
+    pub max_bytes: u64,
+    pub cursor: u64,
+}
+
+/// A fresh header, with nothing committed.
+pub fn new_header(new: NewHeader) -> [u8; HEADER_SIZE as usize] {
     let mut header = [0u8; HEADER_SIZE as usize];
     header[H_MAGIC..H_MAGIC + 8].copy_from_slice(&MAGIC);
     header[H_VERSION..H_VERSION + 4].copy_from_slice(&VERSION.to_le_bytes());
     header[H_HEADER_SIZE..H_HEADER_SIZE + 4].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
-    header[H_GENERATION..H_GENERATION + 8].copy_from_slice(&generation.to_le_bytes());
-    header[H_SALT..H_SALT + 4].copy_from_slice(&salt.to_le_bytes());
-    let static_crc = crc(&header[..H_STATIC_CRC]);
+    header[H_GENERATION..H_GENERATION + 8].copy_from_slice(&new.generation.to_le_bytes());
+    header[H_SALT..H_SALT + 4].copy_from_slice(&new.salt.to_le_bytes());
+    header[H_SEGMENT_ID..H_SEGMENT_ID + 8].copy_from_slice(&new.id.to_le_bytes());
+    header[H_HASH_SEED..H_HASH_SEED + 8].copy_from_slice(&new.seed.to_le_bytes());
+    let static_crc = static_crc(&header);
     header[H_STATIC_CRC..H_STATIC_CRC + 4].copy_from_slice(&static_crc.to_le_bytes());
     header[H_COMMITTED..H_COMMITTED + 8].copy_from_slice(&HEADER_SIZE.to_le_bytes());
+    header[H_BASE..H_BASE + 8].copy_from_slice(&new.base.to_le_bytes());
+    header[H_MAX_BYTES..H_MAX_BYTES + 8].copy_from_slice(&new.max_bytes.to_le_bytes());
+    header[H_CURSOR..H_CURSOR + 8].copy_from_slice(&new.cursor.to_le_bytes());
     header
+}
+
+/// The checksum of a version-2 header's fixed fields: bytes 0..28 and
+/// 48..64.
+fn static_crc(header: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&header[..H_STATIC_CRC]);
+    hasher.update(&header[H_SEGMENT_ID..H_HASH_SEED + 8]);
+    hasher.finalize()
 }
 
 /// A salt for a new file: different for every file this process makes,
 /// and unlikely to match any other file's.
 pub fn new_salt() -> u32 {
+    let random = random_u64();
+    (random ^ (random >> 32)) as u32
+}
+
+/// A random 64-bit number: different at every call (not for secrets).
+pub fn random_u64() -> u64 {
     use std::hash::BuildHasher;
     use std::sync::atomic::{AtomicU64, Ordering};
     static MADE: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let hash = std::collections::hash_map::RandomState::new().hash_one((
+    std::collections::hash_map::RandomState::new().hash_one((
         nanos,
         std::process::id(),
         MADE.fetch_add(1, Ordering::Relaxed),
-    ));
-    (hash ^ (hash >> 32)) as u32
+    ))
 }
 
 /// What a valid header says.
@@ -156,6 +193,10 @@ pub struct HeaderInfo {
     pub generation: u64,
     /// The record salt (0 in a version-1 file, which has none).
     pub salt: u32,
+    /// The segment's id (0 in a version-1 file).
+    pub id: u64,
+    /// The index's hash seed (0 in a version-1 file).
+    pub seed: u64,
 }
 
 /// Why a header is not one this code can use.
@@ -191,21 +232,28 @@ pub fn check_header(header: &[u8]) -> Result<HeaderInfo, HeaderProblem> {
     if version > VERSION {
         return Err(HeaderProblem::NewerVersion(version));
     }
-    let (crc_at, salt) = match version {
-        VERSION => (H_STATIC_CRC, u32_at(header, H_SALT)),
-        VERSION_1 => (H_STATIC_CRC_V1, 0),
-        _ => return Err(HeaderProblem::Damaged),
-    };
-    if u32_at(header, H_HEADER_SIZE) != HEADER_SIZE as u32
-        || crc(&header[..crc_at]) != u32_at(header, crc_at)
-    {
+    if u32_at(header, H_HEADER_SIZE) != HEADER_SIZE as u32 {
         return Err(HeaderProblem::Damaged);
     }
-    Ok(HeaderInfo {
-        version,
-        generation: u64_at(header, H_GENERATION),
-        salt,
-    })
+    match version {
+        VERSION if static_crc(header) == u32_at(header, H_STATIC_CRC) => Ok(HeaderInfo {
+            version,
+            generation: u64_at(header, H_GENERATION),
+            salt: u32_at(header, H_SALT),
+            id: u64_at(header, H_SEGMENT_ID),
+            seed: u64_at(header, H_HASH_SEED),
+        }),
+        VERSION_1 if crc(&header[..H_STATIC_CRC_V1]) == u32_at(header, H_STATIC_CRC_V1) => {
+            Ok(HeaderInfo {
+                version,
+                generation: u64_at(header, H_GENERATION),
+                salt: 0,
+                id: 0,
+                seed: 0,
+            })
+        }
+        _ => Err(HeaderProblem::Damaged),
+    }
 }
 
 /// The checksum of a record header at file offset `at` in a file salted
@@ -360,19 +408,35 @@ mod tests {
 
     #[test]
     fn header_checks() {
-        let header = new_header(7, 99);
+        let header = new_header(NewHeader {
+            generation: 7,
+            salt: 99,
+            id: 3,
+            seed: 42,
+            base: 2,
+            max_bytes: 0,
+            cursor: 0,
+        });
         assert_eq!(
             check_header(&header),
             Ok(HeaderInfo {
                 version: VERSION,
                 generation: 7,
-                salt: 99
+                salt: 99,
+                id: 3,
+                seed: 42,
             })
         );
         let mut newer = header;
         newer[H_VERSION] = 3;
         assert_eq!(check_header(&newer), Err(HeaderProblem::NewerVersion(3)));
-        for at in [H_GENERATION, H_SALT, H_STATIC_CRC] {
+        for at in [
+            H_GENERATION,
+            H_SALT,
+            H_STATIC_CRC,
+            H_SEGMENT_ID,
+            H_HASH_SEED,
+        ] {
             let mut damaged = header;
             damaged[at] ^= 1;
             assert_eq!(check_header(&damaged), Err(HeaderProblem::Damaged), "{at}");
@@ -391,7 +455,9 @@ mod tests {
             Ok(HeaderInfo {
                 version: VERSION_1,
                 generation: 3,
-                salt: 0
+                salt: 0,
+                id: 0,
+                seed: 0,
             })
         );
         assert_ne!(new_salt(), new_salt());

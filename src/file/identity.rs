@@ -42,6 +42,9 @@ pub(super) struct Paths {
     pub(super) lock: PathBuf,
     /// Compaction's new file, beside the real data file.
     pub(super) compact: PathBuf,
+    /// A new active segment, beside the real data file, while a writer
+    /// seals the one at the path.
+    pub(super) next: PathBuf,
 }
 
 fn refused(given: &Path, reason: impl Into<String>) -> Error {
@@ -106,8 +109,40 @@ impl Paths {
             given: given.to_owned(),
             lock: sibling(&data, ".lock"),
             compact: sibling(&data, ".compact"),
+            next: sibling(&data, ".next"),
             data,
         })
+    }
+
+    /// The name of the sealed segment `id`: `<real path>.<id>.seg`.
+    pub(super) fn segment(&self, id: u64) -> PathBuf {
+        sibling(&self.data, &format!(".{id}.seg"))
+    }
+
+    /// The ids of the sealed segments in the data file's directory, in
+    /// ascending order.
+    pub(super) fn sealed_ids(&self) -> std::io::Result<Vec<u64>> {
+        let name = self.data.file_name().unwrap_or_default().as_encoded_bytes();
+        let dir = match self.data.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let id = file_name
+                .as_encoded_bytes()
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix(b"."))
+                .and_then(|rest| rest.strip_suffix(b".seg"))
+                .and_then(|digits| std::str::from_utf8(digits).ok())
+                .filter(|digits| digits.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|digits| digits.parse::<u64>().ok());
+            ids.extend(id);
+        }
+        ids.sort_unstable();
+        Ok(ids)
     }
 }
 

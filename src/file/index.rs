@@ -17,23 +17,56 @@
 //! its size (a resize of a 1M-entry table stalled one set for about 40 ms).
 //!
 //! Invariants kept here: every `Loc` points at a whole put record below the
-//! indexed length, so its key and value lie inside any [`Log`] that reaches
-//! that length; its `hash` is the index's hash of that key; it is in
-//! exactly one table of one shard; `len` counts them and `live_bytes` is
-//! the sum of their records' lengths.
+//! indexed length of a segment this process maps (a segment that was
+//! dropped keeps its slot, and stays mapped, until no `Loc` points into
+//! it), so its key and value lie inside that segment's [`Log`]; its `hash`
+//! is the index's hash of that key; it is in exactly one table of one
+//! shard; `len` counts them and `live_bytes` is the sum of their records'
+//! lengths.
 
 use std::hash::BuildHasher;
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use foldhash::fast::FixedState;
+use hashbrown::HashTable;
 
 use super::format::{self, RECORD_HEADER_SIZE};
 use super::log::Log;
 
+/// Bits of a position that hold the file offset; the bits above hold the
+/// segment's slot.
+const OFFSET_BITS: u32 = 48;
+
+/// A position in the log: the slot of the segment (in this process's table
+/// of mapped segments) and the record's file offset in it.
+#[inline]
+pub fn pos(slot: usize, offset: u64) -> u64 {
+    debug_assert!(slot < 1 << (64 - OFFSET_BITS) && offset < 1 << OFFSET_BITS);
+    ((slot as u64) << OFFSET_BITS) | offset
+}
+
+/// The slot of a position.
+#[inline]
+pub fn slot_of(pos: u64) -> usize {
+    (pos >> OFFSET_BITS) as usize
+}
+
+/// The file offset of a position.
+#[inline]
+pub fn offset_of(pos: u64) -> u64 {
+    pos & ((1 << OFFSET_BITS) - 1)
+}
+
+/// The indexed records of every mapped segment, by slot.
+pub trait Logs<'a> {
+    /// The indexed records of the segment in `slot`, if it is mapped.
+    fn log(&self, slot: usize) -> Option<Log<'a>>;
+}
+
 /// Where a live value is.
 #[derive(Debug, Clone, Copy)]
 pub struct Loc {
-    /// The record's offset in the file.
-    pub record: u64,
+    /// The record's position: segment slot and file offset.
+    pub pos: u64,
     /// The index's hash of the key (set by [`Index::insert`]).
     pub hash: u64,
     pub key_len: u32,
@@ -44,38 +77,39 @@ pub struct Loc {
 
 impl Loc {
     #[inline]
-    fn key_at(&self) -> u64 {
-        self.record + RECORD_HEADER_SIZE as u64
+    fn record<'a>(&self, logs: &impl Logs<'a>) -> Option<(Log<'a>, u64)> {
+        Some((logs.log(slot_of(self.pos))?, offset_of(self.pos)))
     }
 
-    /// The key's bytes in `file`, which reaches past this record.
+    /// The key's bytes, if the segment is still mapped.
     #[inline]
-    pub fn key<'a>(&self, file: Log<'a>) -> &'a [u8] {
-        file.get(self.key_at(), self.key_len as usize)
-            .expect("an indexed record lies inside the indexed log")
+    pub fn key<'a>(&self, logs: &impl Logs<'a>) -> Option<&'a [u8]> {
+        let (log, at) = self.record(logs)?;
+        log.get(at + RECORD_HEADER_SIZE as u64, self.key_len as usize)
     }
 
-    /// The key's bytes in `file` if they still match their checksum:
-    /// damage after indexing must not let a record answer for another key.
+    /// The key's bytes if they still match their checksum: damage after
+    /// indexing must not let a record answer for another key.
     #[inline]
-    pub fn checked_key<'a>(&self, file: Log<'a>) -> Option<&'a [u8]> {
-        let key = self.key(file);
+    pub fn checked_key<'a>(&self, logs: &impl Logs<'a>) -> Option<&'a [u8]> {
+        let key = self.key(logs)?;
         (format::crc(key) == self.key_crc).then_some(key)
     }
 
     /// The record's header, if it still passes its checksum (it holds the
     /// deadlines, which the index does not keep).
     #[inline]
-    pub fn checked_header(&self, file: Log<'_>) -> Option<format::RecordHeader> {
-        file.header(self.record)
+    pub fn checked_header<'a>(&self, logs: &impl Logs<'a>) -> Option<format::RecordHeader> {
+        let (log, at) = self.record(logs)?;
+        log.header(at)
     }
 
-    /// The value's bytes in `file`.
+    /// The value's bytes, if the segment is still mapped.
     #[inline]
-    pub fn value<'a>(&self, file: Log<'a>) -> &'a [u8] {
-        let at = self.key_at() + u64::from(self.key_len);
-        file.get(at, self.value_len as usize)
-            .expect("an indexed record lies inside the indexed log")
+    pub fn value<'a>(&self, logs: &impl Logs<'a>) -> Option<&'a [u8]> {
+        let (log, at) = self.record(logs)?;
+        let at = at + RECORD_HEADER_SIZE as u64 + u64::from(self.key_len);
+        log.get(at, self.value_len as usize)
     }
 
     /// The record's length, padding included.
@@ -170,25 +204,26 @@ impl Shard {
 
 pub struct Index {
     shards: Box<[Shard]>,
-    hasher: DefaultHashBuilder,
+    /// Seeded from the cache's header, so every process hashes a key alike
+    /// (and a hint file can hold the hash).
+    hasher: FixedState,
     /// Entries in all shards.
     len: usize,
     /// Bytes of the records the index points at.
     live_bytes: u64,
 }
 
-impl Default for Index {
-    fn default() -> Self {
+impl Index {
+    /// An empty index hashing with `seed`.
+    pub fn new(seed: u64) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
-            hasher: DefaultHashBuilder::default(),
+            hasher: FixedState::with_seed(seed),
             len: 0,
             live_bytes: 0,
         }
     }
-}
 
-impl Index {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -214,20 +249,19 @@ impl Index {
     }
 
     #[inline]
-    pub fn get(&self, file: Log<'_>, key: &[u8]) -> Option<&Loc> {
+    pub fn get<'a>(&self, logs: &impl Logs<'a>, key: &[u8]) -> Option<&Loc> {
         let hash = self.hasher.hash_one(key);
         self.shard(hash)
-            .find(hash, |loc| loc.hash == hash && loc.key(file) == key)
+            .find(hash, |loc| loc.hash == hash && loc.key(logs) == Some(key))
     }
 
-    /// Points `key` (whose record is in `file`) at `loc`; returns the
-    /// previous position.
-    pub fn insert(&mut self, file: Log<'_>, key: &[u8], mut loc: Loc) -> Option<Loc> {
+    /// Points `key` at `loc`; returns the previous position.
+    pub fn insert<'a>(&mut self, logs: &impl Logs<'a>, key: &[u8], mut loc: Loc) -> Option<Loc> {
         let hash = self.hasher.hash_one(key);
         loc.hash = hash;
         self.live_bytes += loc.record_len();
         let shard = self.shard_mut(hash);
-        let old = match shard.find_mut(hash, |l| l.hash == hash && l.key(file) == key) {
+        let old = match shard.find_mut(hash, |l| l.hash == hash && l.key(logs) == Some(key)) {
             Some(slot) => Some(std::mem::replace(slot, loc)),
             None => {
                 // Growing rehashes from the stored hashes: no file reads.
@@ -242,11 +276,11 @@ impl Index {
         old
     }
 
-    pub fn remove(&mut self, file: Log<'_>, key: &[u8]) -> Option<Loc> {
+    pub fn remove<'a>(&mut self, logs: &impl Logs<'a>, key: &[u8]) -> Option<Loc> {
         let hash = self.hasher.hash_one(key);
         let removed = self
             .shard_mut(hash)
-            .remove(hash, |l| l.hash == hash && l.key(file) == key);
+            .remove(hash, |l| l.hash == hash && l.key(logs) == Some(key));
         if let Some(old) = &removed {
             self.live_bytes -= old.record_len();
             self.len -= 1;
@@ -276,7 +310,7 @@ mod tests {
 
     fn loc(n: u64) -> Loc {
         Loc {
-            record: n,
+            pos: n,
             // A poor hash on purpose: neighbours share buckets and tags.
             hash: n.wrapping_mul(0x9E37_79B9_7F4A_7C15) & 0xFFFF_0000_0000_FFFF,
             key_len: 0,
@@ -295,7 +329,7 @@ mod tests {
         let mut live = std::collections::BTreeSet::new();
         for n in 0..20_000u64 {
             let new = loc(n);
-            assert!(shard.find_mut(new.hash, |l| l.record == n).is_none());
+            assert!(shard.find_mut(new.hash, |l| l.pos == n).is_none());
             let capacity = shard.table.capacity();
             let moving = !shard.moving.is_empty();
             shard.insert_new(new);
@@ -307,24 +341,24 @@ mod tests {
                 let gone = n / 2;
                 if live.remove(&gone) {
                     let l = loc(gone);
-                    assert!(shard.remove(l.hash, |x| x.record == gone).is_some());
+                    assert!(shard.remove(l.hash, |x| x.pos == gone).is_some());
                 }
             }
             if n % 997 == 0 {
                 for &m in &live {
                     let l = loc(m);
                     assert!(
-                        shard.find(l.hash, |x| x.record == m).is_some(),
+                        shard.find(l.hash, |x| x.pos == m).is_some(),
                         "{m} lost at {n}"
                     );
                 }
-                let mut seen: Vec<u64> = shard.iter().map(|l| l.record).collect();
+                let mut seen: Vec<u64> = shard.iter().map(|l| l.pos).collect();
                 seen.sort_unstable();
                 assert_eq!(seen, live.iter().copied().collect::<Vec<_>>(), "at {n}");
             }
         }
-        shard.retain(|l| l.record % 2 == 0);
-        assert!(shard.iter().all(|l| l.record % 2 == 0));
+        shard.retain(|l| l.pos % 2 == 0);
+        assert!(shard.iter().all(|l| l.pos % 2 == 0));
         assert_eq!(
             shard.iter().count(),
             live.iter().filter(|n| *n % 2 == 0).count()

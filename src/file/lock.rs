@@ -49,6 +49,12 @@ use crate::error::{Error, Result};
 pub(super) struct Writer {
     /// Encoded records on their way to the file.
     pub(super) buf: Vec<u8>,
+    /// Records that cleaning copies out of the oldest segment, before
+    /// they are encoded again into `buf`.
+    pub(super) scratch: Vec<u8>,
+    /// The error of a seal that failed during a write, to report once the
+    /// locks are released (the hook may use the cache).
+    pub(super) upkeep_error: Option<Error>,
     /// After an automatic compaction failed: not before this instant, and
     /// the pause to take after the next failure.
     pub(super) compaction_pause: Option<(Instant, Duration)>,
@@ -69,11 +75,38 @@ pub(super) const LOCK_PAGE: u64 = 4096;
 /// The write buffer's capacity is given back after a write that needed more.
 const KEPT_BUFFER: usize = 1 << 20;
 
+/// The first pause after a seal or a cleaning step failed.
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause between seal or cleaning attempts that fail.
+const LONGEST_PAUSE: Duration = Duration::from_secs(60);
+
 impl Writer {
+    /// Whether seals and cleaning steps are paused after a failure.
+    pub(super) fn paused(&self) -> bool {
+        self.compaction_pause
+            .is_some_and(|(until, _)| Instant::now() < until)
+    }
+
+    /// Records how a seal or a cleaning step went: a success ends the
+    /// pause; a failure starts one (1 s, doubling up to a minute).
+    pub(super) fn after_upkeep(&mut self, succeeded: bool) {
+        self.compaction_pause = if succeeded {
+            None
+        } else {
+            let pause = self
+                .compaction_pause
+                .map_or(FIRST_PAUSE, |(_, last)| (last * 2).min(LONGEST_PAUSE));
+            Some((Instant::now() + pause, pause))
+        };
+    }
+
     /// Gives back a buffer grown past [`KEPT_BUFFER`] by one large write.
     pub(super) fn shrink(&mut self) {
         if self.buf.capacity() > KEPT_BUFFER {
             self.buf = Vec::new();
+        }
+        if self.scratch.capacity() > KEPT_BUFFER {
+            self.scratch = Vec::new();
         }
     }
 }
@@ -197,6 +230,8 @@ impl ProcessLock {
                 page,
                 writer: Writer {
                     buf: Vec::new(),
+                    scratch: Vec::new(),
+                    upkeep_error: None,
                     compaction_pause: None,
                     next_full_check: Instant::now(),
                 },

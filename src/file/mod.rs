@@ -1,15 +1,19 @@
 //! [`FileCache`]: a memory-mapped, crash-safe cache file that many
 //! processes share.
 //!
-//! The file is a log (in the manner of Bitcask): a header page, then
-//! append-only records, each a put or a tombstone with checksums. Every
-//! process keeps one index (key → record) per file, built by scanning the
-//! file when it opens, and caught up by scanning the new tail whenever the
-//! header's committed length has moved. Reads go through a shared memory map
-//! and cost no system call; writes append with `pwrite` under an exclusive
-//! lock, then advance the committed length in the mapped header. Compaction
-//! writes the live records to a new file and renames it over the old one;
-//! other processes notice a flag in the old header and follow.
+//! The cache is a log (in the manner of Bitcask) split into segments: the
+//! active segment at the path, where writers append, and sealed segments
+//! beside it (`<path>.<id>.seg`) that never change again. Each segment is a
+//! header page, then append-only records, each a put or a tombstone with
+//! checksums and deadlines. Every process keeps one index (key → record)
+//! per cache, built by scanning the segments when it opens, and caught up
+//! by scanning the active segment's new tail whenever its committed length
+//! has moved. Reads go through shared memory maps and cost no system call;
+//! writes append with `pwrite` under an exclusive lock, then advance the
+//! committed length in the mapped header. Space is reclaimed a segment at
+//! a time, oldest first, by cleaning steps that ride on writes, and a byte
+//! budget drops the oldest segments; other processes follow by a flag and
+//! an epoch, and keep reading a dropped segment's pages until they do.
 //!
 //! The code is split by mechanism, each file stating the invariants it
 //! keeps:
@@ -19,10 +23,14 @@
 //!   file systems.
 //! - `shared.rs`: one state per file per process, and what a fork does.
 //! - `lock.rs`: the exclusive lock, between threads and between processes.
-//! - `state.rs`: one process's map and index of one file; loading, repair.
+//! - `segment.rs`: one mapped segment and the atomics in its header.
+//! - `state.rs`: one process's view of the segments and the index;
+//!   loading, repair, sealing, following other processes, dropping.
 //! - `log.rs` and `format.rs`: the records and their bytes.
 //! - `index.rs`: key → newest record.
-//! - `compact.rs`: rewriting the live records into a new file.
+//! - `compact.rs`: cleaning, the byte budget, and compaction (rewriting
+//!   the live records into one new file).
+//! - `v1.rs`: converting a version-1 file.
 //! - `verify.rs`: reporting damage.
 //! - this file: the handle users hold.
 //!
@@ -36,6 +44,7 @@ mod index;
 mod lock;
 mod log;
 mod options;
+mod segment;
 mod shared;
 mod state;
 mod v1;
@@ -52,11 +61,12 @@ pub use self::options::{Durability, FileCacheBuilder};
 pub use self::verify::{Damage, Verification};
 
 use self::format::{Deadlines, HEADER_SIZE, Kind, Place, crc};
-use self::index::Loc;
+use self::index::{Loc, Logs};
 use self::lock::{Exclusive, Writer};
 use self::options::Options;
+use self::segment::map_file;
 use self::shared::Shared;
-use self::state::{State, map_file};
+use self::state::State;
 use crate::cache::Cache;
 use crate::entry::Entry;
 use crate::error::{Error, Result};
@@ -74,11 +84,16 @@ use crate::error::{Error, Result};
 ///   map, with its checksum checked: no system call.
 /// - **Crash safe**: a process killed at any moment leaves a file that
 ///   opens, with every write that returned.
+/// - **Bounded, with expiry**: entries keep their deadlines (an expired
+///   entry is a miss in every process); space is reclaimed a segment at a
+///   time by steps that ride on writes, so no write waits for a rewrite;
+///   and [`FileCacheBuilder::max_bytes`] bounds the files, evicting the
+///   oldest entries first.
 /// - **Damage contained**: a damaged record reads as missing, never as
 ///   wrong bytes, and [`verify`](FileCache::verify) says where it is.
-/// - **A write's result is the write's**: when the automatic compaction
-///   that may follow a write fails, the write still returns `Ok` and the
-///   failure goes to [`FileCacheBuilder::on_compaction_error`].
+/// - **A write's result is the write's**: when the upkeep that goes with a
+///   write (a seal, a cleaning step) fails, the write still returns `Ok`
+///   and the failure goes to [`FileCacheBuilder::on_compaction_error`].
 ///
 /// A `FileCache` (that is, `FileCache<String>`) is a `Cache<String,
 /// Vec<u8>>`; one opened with [`FileCacheBuilder::byte_keys`] is a
@@ -209,12 +224,19 @@ impl<K> FileCacheBuilder<K> {
     pub fn open(self) -> Result<FileCache<K>> {
         let options = self.options.validate()?;
         let shared = Shared::open(&self.path, &options)?;
-        Ok(FileCache {
+        let cache = FileCache {
             path: self.path,
             options,
             shared,
             keys: PhantomData,
-        })
+        };
+        if let Some(max) = cache.options.max_bytes {
+            cache.locked(|_, _, state| {
+                state.active().max_bytes().store(max, Ordering::Release);
+                Ok(())
+            })?;
+        }
+        Ok(cache)
     }
 }
 
@@ -257,6 +279,12 @@ impl<K> FileCache<K> {
         Ok(self.fresh()?.generation)
     }
 
+    /// Bytes the cache's segment files take (records and headers), as of
+    /// the last write seen: what [`FileCacheBuilder::max_bytes`] bounds.
+    pub fn file_bytes(&self) -> Result<u64> {
+        Ok(self.fresh()?.file_bytes())
+    }
+
     /// Bytes of dead records (overwritten or removed values, tombstones)
     /// that compaction would reclaim.
     pub fn garbage_bytes(&self) -> Result<u64> {
@@ -287,7 +315,7 @@ impl<K> FileCache<K> {
         let moved = {
             let state = shared.read();
             let moved = state.superseded() || state.epoch_moved();
-            if !moved && state.committed() == state.indexed {
+            if !moved && state.committed() == state.indexed() {
                 return Ok(state);
             }
             moved
@@ -328,10 +356,14 @@ impl<K> FileCache<K> {
     ) -> Result<T> {
         let mut failed = None;
         let result = self.locked(|shared, writer, state| {
-            let result = op(shared, writer, state)?;
-            failed = compact::after_write(shared, writer, state, &self.options);
-            if failed.is_some() {
+            let before = state.record_bytes();
+            let result = op(shared, writer, state);
+            failed = writer.upkeep_error.take();
+            let result = result?;
+            let written = state.record_bytes().saturating_sub(before);
+            if let Some(e) = compact::after_write(shared, writer, state, &self.options, written) {
                 shared.compaction_failures.fetch_add(1, Ordering::Relaxed);
+                failed.get_or_insert(e);
             }
             Ok(result)
         });
@@ -341,38 +373,34 @@ impl<K> FileCache<K> {
         result
     }
 
-    /// Appends the encoded records in `writer.buf` at the committed end and
-    /// indexes them. The caller holds the locks.
-    fn append(&self, shared: &Shared, writer: &mut Writer, state: &mut State) -> Result<()> {
-        let io = |e| Error::io(&self.path, e);
-        let at = state.committed();
-        let end = at + writer.buf.len() as u64;
-        if let Err(e) = state.file.write_all_at(&writer.buf, at) {
-            // Nothing past the committed length is ever read; give back
-            // what the failed write took, if the file system lets us.
-            let _ = state.file.set_len(at);
-            return Err(io(e));
+    /// Where records of `len` bytes go (see [`State::place`]). A seal that
+    /// failed is counted and kept for [`write`](Self::write) to report once
+    /// the locks are released; the records go to the segment that is
+    /// there. The caller holds the locks.
+    fn place(
+        &self,
+        shared: &Shared,
+        lock: &mut Exclusive<'_>,
+        state: &mut State,
+        len: u64,
+    ) -> Place {
+        let (place, failed) = state.place(&shared.paths, &shared.settings, lock, len);
+        if let Some(e) = failed {
+            shared.compaction_failures.fetch_add(1, Ordering::Relaxed);
+            lock.upkeep_error.get_or_insert(e);
         }
-        let sync = self.options.durability == Durability::Sync;
-        if sync {
-            state.file.sync_data().map_err(io)?;
-        }
-        if end > state.map.len() as u64 {
-            state.map = Arc::new(map_file(&state.file, end, shared.settings.growth).map_err(io)?);
-        }
-        state.committed_atomic().store(end, Ordering::Release);
-        if sync {
-            state.map.flush_range(0, HEADER_SIZE as usize).map_err(io)?;
-        } else if let Durability::Periodic(_) = self.options.durability {
-            shared.written.fetch_add(1, Ordering::AcqRel);
-        }
-        state.scan(end);
-        Ok(())
+        place
     }
 
-    /// Rewrites the file with only its live records, reclaiming the space
-    /// of overwritten and removed values. Other processes follow to the new
-    /// file on their next call and lose nothing.
+    fn append(&self, shared: &Shared, writer: &mut Writer, state: &mut State) -> Result<()> {
+        append(shared, self.options.durability, writer, state)
+    }
+
+    /// Rewrites the cache, every segment, into one file with only its live
+    /// records, reclaiming at once the space of overwritten, removed and
+    /// expired values (cleaning does that a segment at a time without
+    /// being asked). Other processes follow to the new file on their next
+    /// call and lose nothing; writers wait for it.
     ///
     /// # Errors
     ///
@@ -414,20 +442,19 @@ impl<K> FileCache<K> {
 
     fn get_entry_bytes(&self, key: &[u8]) -> Result<Option<Entry<Vec<u8>>>> {
         let state = self.fresh()?;
+        let logs = state.logs();
         Ok(state
             .index
-            .get(state.file(), key)
-            .and_then(|loc| read_entry(&state, loc, || self.now())))
+            .get(&logs, key)
+            .and_then(|loc| read_entry(&logs, loc, || self.now())))
     }
 
     fn set_bytes(&self, key: &[u8], value: &[u8], deadlines: Deadlines) -> Result<()> {
         self.check_sizes(key, value)?;
+        let len = format::record_len(key.len(), value.len());
         self.write(|shared, writer, state| {
+            let place = self.place(shared, writer, state, len);
             writer.buf.clear();
-            let place = Place {
-                salt: state.salt,
-                at: state.committed(),
-            };
             format::encode_record(Kind::Put, key, value, deadlines, place, &mut writer.buf);
             self.append(shared, writer, state)
         })
@@ -440,17 +467,15 @@ impl<K> FileCache<K> {
             return Ok(None); // the format cannot hold it: never stored
         }
         self.write(|shared, writer, state| {
-            let Some(loc) = state.index.get(state.file(), key).copied() else {
+            let logs = state.logs();
+            let Some(loc) = state.index.get(&logs, key).copied() else {
                 return Ok(None);
             };
             // An entry expired by this handle's clock is still removed:
             // another process's clock may not have reached its deadline.
-            let old = read_entry(state, &loc, || self.now()).map(Entry::into_value);
+            let old = read_entry(&logs, &loc, || self.now()).map(Entry::into_value);
+            let place = self.place(shared, writer, state, format::record_len(key.len(), 0));
             writer.buf.clear();
-            let place = Place {
-                salt: state.salt,
-                at: state.committed(),
-            };
             let none = Deadlines::NONE;
             format::encode_record(Kind::Tombstone, key, &[], none, place, &mut writer.buf);
             self.append(shared, writer, state)?;
@@ -461,13 +486,13 @@ impl<K> FileCache<K> {
     /// The keys of the live, unexpired entries.
     fn keys_bytes(&self) -> Result<Vec<Vec<u8>>> {
         let state = self.fresh()?;
-        let file = state.file();
+        let logs = state.logs();
         let now = self.now();
         Ok(state
             .index
             .iter()
-            .filter(|loc| alive(file, loc, now))
-            .filter_map(|loc| loc.checked_key(file).map(<[u8]>::to_vec))
+            .filter(|loc| alive(&logs, loc, now))
+            .filter_map(|loc| loc.checked_key(&logs).map(<[u8]>::to_vec))
             .collect())
     }
 
@@ -477,33 +502,80 @@ impl<K> FileCache<K> {
             return Ok(0);
         }
         self.write(|shared, writer, state| {
+            let present: Vec<&[u8]> = {
+                let logs = state.logs();
+                keys.iter()
+                    .map(Vec::as_slice)
+                    .filter(|key| state.index.get(&logs, key).is_some())
+                    .collect()
+            };
+            if present.is_empty() {
+                return Ok(0);
+            }
+            let len = present
+                .iter()
+                .map(|key| format::record_len(key.len(), 0))
+                .sum();
+            let start = self.place(shared, writer, state, len);
             writer.buf.clear();
-            let mut removed = 0;
-            let start = state.committed();
-            for key in keys {
-                if state.index.get(state.file(), key).is_some() {
-                    let place = Place {
-                        salt: state.salt,
-                        at: start + writer.buf.len() as u64,
-                    };
-                    let none = Deadlines::NONE;
-                    format::encode_record(Kind::Tombstone, key, &[], none, place, &mut writer.buf);
-                    removed += 1;
-                }
+            for key in &present {
+                let place = Place {
+                    at: start.at + writer.buf.len() as u64,
+                    ..start
+                };
+                let none = Deadlines::NONE;
+                format::encode_record(Kind::Tombstone, key, &[], none, place, &mut writer.buf);
             }
-            if removed > 0 {
-                self.append(shared, writer, state)?;
-            }
-            Ok(removed)
+            self.append(shared, writer, state)?;
+            Ok(present.len())
         })
     }
+}
+
+/// Appends the encoded records in `writer.buf` at the committed end of the
+/// active segment (where [`State::place`] put them) and indexes them. The
+/// caller holds the locks.
+fn append(
+    shared: &Shared,
+    durability: Durability,
+    writer: &mut Writer,
+    state: &mut State,
+) -> Result<()> {
+    let io = |e| Error::io(&shared.paths.given, e);
+    let at = state.committed();
+    let end = at + writer.buf.len() as u64;
+    let active = &mut state.active_slot_mut().seg;
+    if let Err(e) = active.file.write_all_at(&writer.buf, at) {
+        // Nothing past the committed length is ever read; give back what the
+        // failed write took, if the file system lets us.
+        let _ = active.file.set_len(at);
+        return Err(io(e));
+    }
+    let sync = durability == Durability::Sync;
+    if sync {
+        active.file.sync_data().map_err(io)?;
+    }
+    if end > active.map.len() as u64 {
+        active.map = Arc::new(map_file(&active.file, end, shared.settings.growth).map_err(io)?);
+    }
+    active.committed_atomic().store(end, Ordering::Release);
+    if sync {
+        active
+            .map
+            .flush_range(0, HEADER_SIZE as usize)
+            .map_err(io)?;
+    } else if let Durability::Periodic(_) = durability {
+        shared.written.fetch_add(1, Ordering::AcqRel);
+    }
+    state.scan(end);
+    Ok(())
 }
 
 /// Whether the entry at `loc` has not expired by `now` (its header still
 /// passes its checksum).
 #[inline]
-fn alive(file: self::log::Log<'_>, loc: &Loc, now: u64) -> bool {
-    loc.checked_header(file)
+fn alive<'a>(logs: &impl Logs<'a>, loc: &Loc, now: u64) -> bool {
+    loc.checked_header(logs)
         .is_some_and(|header| now < header.deadlines.expires)
 }
 
@@ -511,9 +583,12 @@ fn alive(file: self::log::Log<'_>, loc: &Loc, now: u64) -> bool {
 /// for an entry with an expiry), or its header, key or value fails its
 /// checksum (the file was damaged after the record was indexed).
 #[inline]
-fn read_entry(state: &State, loc: &Loc, now: impl FnOnce() -> u64) -> Option<Entry<Vec<u8>>> {
-    let file = state.file();
-    let header = loc.checked_header(file)?;
+fn read_entry<'a>(
+    logs: &impl Logs<'a>,
+    loc: &Loc,
+    now: impl FnOnce() -> u64,
+) -> Option<Entry<Vec<u8>>> {
+    let header = loc.checked_header(logs)?;
     let Deadlines {
         fresh_until,
         expires,
@@ -521,8 +596,8 @@ fn read_entry(state: &State, loc: &Loc, now: impl FnOnce() -> u64) -> Option<Ent
     if expires != format::NEVER && expires <= now() {
         return None;
     }
-    loc.checked_key(file)?;
-    let value = loc.value(file);
+    loc.checked_key(logs)?;
+    let value = loc.value(logs)?;
     (crc(value) == loc.value_crc)
         .then(|| Entry::with_raw_deadlines(value.to_vec(), fresh_until, expires))
 }
@@ -574,11 +649,12 @@ impl<K: FileKey> Cache<K, Vec<u8>> for FileCache<K> {
     }
     fn values(&self) -> Result<Vec<Vec<u8>>> {
         let state = self.fresh()?;
+        let logs = state.logs();
         let now = self.now();
         Ok(state
             .index
             .iter()
-            .filter_map(|loc| read_entry(&state, loc, || now).map(Entry::into_value))
+            .filter_map(|loc| read_entry(&logs, loc, || now).map(Entry::into_value))
             .collect())
     }
     fn clear(&self) -> Result<()> {

@@ -73,6 +73,9 @@ impl<K> fmt::Debug for FileCacheBuilder<K> {
 
 /// The largest map reach accepted: 1 TiB of address space.
 const MAX_GROWTH: u64 = 1 << 40;
+/// The smallest segment size accepted: a header page and a page of
+/// records.
+const MIN_SEGMENT: u64 = 2 * HEADER_SIZE;
 
 #[derive(Clone)]
 pub(super) struct Options {
@@ -80,6 +83,8 @@ pub(super) struct Options {
     pub(super) compact_ratio: f64,
     pub(super) compact_min_bytes: u64,
     pub(super) growth: u64,
+    pub(super) segment_bytes: u64,
+    pub(super) max_bytes: Option<u64>,
     pub(super) max_key_len: usize,
     pub(super) max_value_len: usize,
     pub(super) mode: u32,
@@ -95,6 +100,8 @@ impl fmt::Debug for Options {
             .field("compact_ratio", &self.compact_ratio)
             .field("compact_min_bytes", &self.compact_min_bytes)
             .field("growth", &self.growth)
+            .field("segment_bytes", &self.segment_bytes)
+            .field("max_bytes", &self.max_bytes)
             .field("max_key_len", &self.max_key_len)
             .field("max_value_len", &self.max_value_len)
             .field("mode", &format_args!("{:#o}", self.mode))
@@ -112,6 +119,8 @@ impl Default for Options {
             compact_ratio: 0.5,
             compact_min_bytes: 4 * 1024 * 1024,
             growth: 64 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
+            max_bytes: None,
             max_key_len: 64 * 1024,
             max_value_len: 256 * 1024 * 1024,
             mode: 0o600,
@@ -156,6 +165,15 @@ impl Options {
             ));
         }
         self.growth = self.growth.div_ceil(HEADER_SIZE) * HEADER_SIZE;
+        if !(MIN_SEGMENT..=MAX_GROWTH).contains(&self.segment_bytes) {
+            return Err(invalid(
+                "segment_size",
+                format!(
+                    "{} bytes is outside {MIN_SEGMENT} bytes to {MAX_GROWTH} bytes (1 TiB)",
+                    self.segment_bytes
+                ),
+            ));
+        }
         for (option, value) in [
             ("max_key_len", self.max_key_len),
             ("max_value_len", self.max_value_len),
@@ -214,12 +232,15 @@ impl<K> FileCacheBuilder<K> {
         self
     }
 
-    /// Compact automatically, after a write, once dead records (overwritten
-    /// or removed values, tombstones) are at least `ratio` of the records'
-    /// bytes and at least `min_bytes` (defaults 0.5 and 4 MiB). A ratio
-    /// above 1 turns automatic compaction off;
-    /// [`FileCache::compact`](super::FileCache::compact) still works. A
-    /// negative or NaN ratio is refused at open.
+    /// Clean automatically once dead records (overwritten or removed
+    /// values, tombstones, expired entries) are at least `ratio` of the
+    /// records' bytes and at least `min_bytes` (defaults 0.5 and 4 MiB).
+    /// Cleaning never rewrites the cache at once: each write then also
+    /// reads about four times its own bytes of the oldest sealed segment,
+    /// copies what is still live there to the active segment, and drops
+    /// the segment once it is read through. A ratio above 1 turns automatic
+    /// cleaning off; [`FileCache::compact`](super::FileCache::compact)
+    /// still works. A negative or NaN ratio is refused at open.
     pub fn compact_when(mut self, ratio: f64, min_bytes: u64) -> Self {
         self.options.compact_ratio = ratio;
         self.options.compact_min_bytes = min_bytes;
@@ -233,6 +254,50 @@ impl<K> FileCacheBuilder<K> {
     /// process.
     pub fn growth(mut self, bytes: u64) -> Self {
         self.options.growth = bytes;
+        self
+    }
+
+    /// The size at which a writer seals the active segment (the file at
+    /// the path) and starts a new one (default 64 MiB; 8 KiB to 1 TiB). A
+    /// record larger than that gets a segment of its own. Sealed segments
+    /// are the unit that cleaning and the byte budget drop. The first
+    /// handle a process opens on a file sets it for the process; processes
+    /// may differ.
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.options.segment_bytes = bytes;
+        self
+    }
+
+    /// A byte budget for the cache's segment files, kept in the file so
+    /// that every process applies it: opening with this option sets it for
+    /// everyone (0 removes it); opening without it leaves the one the file
+    /// has (default: none). Over the budget, a write drops the oldest
+    /// sealed segments, with every entry in them, oldest first; segments
+    /// are then at most an eighth of the budget (or
+    /// [`segment_size`](Self::segment_size), if smaller).
+    ///
+    /// The files exceed the budget by at most the last write's records
+    /// (and a process that still maps a dropped segment keeps its blocks
+    /// allocated until its next call).
+    ///
+    /// ```
+    /// use layercache::{Cache, FileCache};
+    /// # fn main() -> layercache::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let cache = FileCache::builder(dir.path().join("bounded.lc"))
+    ///     .max_bytes(1 << 20)
+    ///     .open()?;
+    /// for n in 0..10_000 {
+    ///     cache.set(format!("key{n}"), vec![7; 300])?;
+    /// }
+    /// assert!(cache.file_bytes()? <= 1 << 20);
+    /// assert!(cache.get(&"key9999".to_string())?.is_some()); // the newest stay
+    /// assert!(cache.get(&"key0".to_string())?.is_none()); // the oldest went first
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.options.max_bytes = Some(bytes);
         self
     }
 
@@ -289,12 +354,12 @@ impl<K> FileCacheBuilder<K> {
         self
     }
 
-    /// Called with the error of an automatic compaction (one that runs after
-    /// a write) that failed. The write itself succeeded and returns `Ok`;
-    /// the failure is also counted by
+    /// Called with the error of the upkeep that goes with a write and
+    /// failed: a seal of the active segment, or a cleaning step. The write
+    /// itself succeeded and returns `Ok`; the failure is also counted by
     /// [`FileCache::stats`](super::FileCache::stats) (`compaction_failures`),
-    /// and automatic compaction pauses (1 s, doubling to at most a minute)
-    /// before it tries again. Runs on the writing thread with no lock held,
+    /// and seals and cleaning pause (1 s, doubling to at most a minute)
+    /// before they try again. Runs on the writing thread with no lock held,
     /// so it may use the cache.
     ///
     /// ```

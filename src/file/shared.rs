@@ -42,7 +42,8 @@ use super::identity::{self, Ident, Paths, ident};
 use super::lock::{Exclusive, FULL_CHECK_EVERY, LockPage, ProcessLock};
 use super::lock_poisoned;
 use super::options::Options;
-use super::state::{Settings, State, map_file};
+use super::segment::map_file;
+use super::state::{Settings, State};
 use crate::error::{Error, Result};
 
 /// One registered lock descriptor.
@@ -428,12 +429,7 @@ impl Shared {
             lock.ensure_current(&self.paths.lock, |old| {
                 relock(&self.paths, self.settings.mode, old)
             })?;
-            if state.is_current(&self.paths) {
-                state.epoch = lock.epoch();
-                state.lock_page = lock.page();
-            } else {
-                *state = State::load(&self.paths, &self.settings, lock)?;
-            }
+            state.refresh(&self.paths, &self.settings, lock)?;
             lock.next_full_check = Instant::now() + FULL_CHECK_EVERY;
         }
         self.catch_up(state)
@@ -445,7 +441,7 @@ impl Shared {
     /// committed length never change.
     pub(super) fn catch_up(&self, state: &mut State) -> Result<()> {
         let committed = state.committed();
-        if committed < state.indexed {
+        if committed < state.indexed() {
             // The committed length went back: only writers that did not
             // exclude each other (a lock file deleted under them) can do
             // that, and what this state indexed past it may be gone. Index
@@ -453,9 +449,10 @@ impl Shared {
             // seen.
             state.reindex();
         }
-        if committed > state.map.len() as u64 {
-            state.map = Arc::new(
-                map_file(&state.file, committed, self.settings.growth)
+        let active = &mut state.active_slot_mut().seg;
+        if committed > active.map.len() as u64 {
+            active.map = Arc::new(
+                map_file(&active.file, committed, self.settings.growth)
                     .map_err(|e| Error::io(&self.paths.given, e))?,
             );
         }
@@ -481,11 +478,16 @@ impl Shared {
     /// that another thread has under way is not taken for this one.
     pub(super) fn sync(&self) -> std::io::Result<()> {
         let covers = self.written.load(Ordering::Acquire);
-        let (file, map): (Arc<File>, Arc<MmapRaw>) = {
+        // Every segment: one this process wrote may have been sealed by
+        // another since (syncing a file with nothing unsynced costs little).
+        let (files, map): (Vec<Arc<File>>, Arc<MmapRaw>) = {
             let state = self.read();
-            (state.file.clone(), state.map.clone())
+            let files = state.segments().map(|(seg, _)| seg.file.clone()).collect();
+            (files, state.active().map.clone())
         };
-        file.sync_data()?;
+        for file in files {
+            file.sync_data()?;
+        }
         map.flush_range(0, super::format::HEADER_SIZE as usize)?;
         self.synced.fetch_max(covers, Ordering::AcqRel);
         self.syncs.fetch_add(1, Ordering::Relaxed);

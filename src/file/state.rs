@@ -1,45 +1,57 @@
-//! One process's view of one cache file: the open file, its shared memory
-//! map and the index of its committed records.
+//! One process's view of one cache: its mapped segments and the index of
+//! their committed records.
+//!
+//! A cache is the active segment (the file at the path) and the sealed
+//! segments named `<path>.<id>.seg` whose ids run from the active
+//! segment's base up to its own id. A process maps each one and gives it a
+//! slot; index positions name the slot (see `index.rs`).
 //!
 //! Invariants kept here:
-//! - `indexed` never exceeds the committed length, and every record below
-//!   `indexed` is in the index.
-//! - The header's committed length and superseded flag are the only bytes
-//!   written in place, by any process, and are only ever accessed as
-//!   atomics through the map; no slice covers the header (see `log.rs`).
-//! - A file is loaded, created, repaired or cleared of a dead compaction's
-//!   leftovers only under the exclusive lock, so no other cooperating
-//!   process is writing, compacting or repairing it meanwhile.
-//! - The only truncation cuts bytes past the committed length, which no
-//!   cooperating process reads (they read below a committed length they
-//!   loaded, and under the lock nobody advances it): no page that another
-//!   process may read is ever taken from under its map.
+//! - Every record of every mapped segment below its slot's `end` is in the
+//!   index (sealed segments wholly, the active one up to `indexed()`), in
+//!   log order: segments by id, records by offset; and `indexed()` never
+//!   exceeds the active segment's committed length.
+//! - A segment's slot is freed, and its map dropped, only once no index
+//!   entry points into it.
+//! - The cache's segments change only under the exclusive lock: a writer
+//!   seals the active segment (a second name for it, then a new file
+//!   renamed onto the path), drops the oldest sealed one (the base moves,
+//!   then the file is unlinked), or a compaction replaces them all. So a
+//!   process that holds the lock sees whole changes, and a load, repair or
+//!   cleanup of a dead writer's leftovers never races another process.
+//! - The only truncation cuts bytes past the active segment's committed
+//!   length, which no cooperating process reads; no segment that another
+//!   process may map is ever truncated, and a dropped segment is unlinked,
+//!   which leaves its pages valid for every process still mapping it.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use memmap2::{MmapOptions, MmapRaw};
-
-use super::format::{self, HEADER_SIZE, Kind, RECORD_HEADER_SIZE};
-use super::identity::{self, Ident, Paths, ident};
-use super::index::{Index, Loc};
+use super::format::{self, HEADER_SIZE, Kind, NewHeader, RECORD_HEADER_SIZE};
+use super::identity::{self, Paths, ident};
+use super::index::{self, Index, Loc, Logs};
 use super::lock::{Exclusive, LockPage};
 use super::log::{Damaged, Log, ScanEnd, Walked, walk};
-use super::options::Options;
+use super::options::{Durability, Options};
+use super::segment::{Segment, map_file};
 use crate::error::{Error, Result};
 
 /// What one process's state of a file was opened with, for every load of
 /// it (the first handle's options: see `FileCacheBuilder::growth`).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Settings {
-    /// The map's reach past the file's end.
+    /// The map's reach past the active segment's end.
     pub(super) growth: u64,
     /// The mode of files this state creates.
     pub(super) mode: u32,
     /// Whether the file may be on a network file system.
     pub(super) allow_remote: bool,
+    /// The size at which a writer seals the active segment.
+    pub(super) segment_bytes: u64,
+    /// Whether seals are made durable (`fsync`) before they are published.
+    pub(super) durable: bool,
 }
 
 impl Settings {
@@ -48,36 +60,59 @@ impl Settings {
             growth: options.growth,
             mode: options.mode,
             allow_remote: options.allow_network_fs,
+            segment_bytes: options.segment_bytes,
+            durable: options.durability != Durability::Buffered,
         }
     }
 }
 
-/// One process's view of one file: the mapping and the index.
+/// A mapped segment and how far this process has indexed it.
+pub(super) struct Slot {
+    pub(super) seg: Segment,
+    /// Records below this offset are in the index.
+    pub(super) end: u64,
+}
+
+/// The slots of a state, as the index reads them.
+#[derive(Clone, Copy)]
+pub(super) struct Slots<'a>(&'a [Option<Slot>]);
+
+impl<'a> Logs<'a> for Slots<'a> {
+    #[inline]
+    fn log(&self, slot: usize) -> Option<Log<'a>> {
+        let slot = self.0.get(slot)?.as_ref()?;
+        Some(slot.seg.log(slot.end))
+    }
+}
+
+/// One process's view of one cache: the mapped segments and the index.
 pub(super) struct State {
-    /// Shared with `Durability::Periodic`'s syncs, which run with no lock.
-    pub(super) file: Arc<File>,
-    pub(super) map: Arc<MmapRaw>,
-    /// The data file's (device, inode), to notice it was replaced.
-    pub(super) ident: Ident,
-    /// The lock file's data epoch when this file was loaded, and the lock
-    /// file's page, where readers watch it move with no lock and no system
-    /// call.
+    slots: Vec<Option<Slot>>,
+    /// The active segment's slot.
+    active: usize,
+    /// The sealed segments' slots, oldest (lowest id) first.
+    sealed: Vec<usize>,
+    /// Bytes of the sealed segments' records (headers not counted).
+    sealed_bytes: u64,
+    /// The lock file's data epoch when this state last matched the files,
+    /// and the lock file's page, where readers watch it move with no lock
+    /// and no system call.
     pub(super) epoch: u64,
     pub(super) lock_page: Arc<LockPage>,
+    /// Compactions (full rewrites) the cache has had.
     pub(super) generation: u64,
-    /// The file's record salt (see `format.rs`).
-    pub(super) salt: u32,
+    /// The index's hash seed, the same in every segment of the cache.
+    seed: u64,
     pub(super) index: Index,
-    /// Records below this offset are in the index.
-    pub(super) indexed: u64,
 }
 
 impl State {
-    /// Opens the data file (creating it with `mode`), checks that it is one
-    /// this process may use, and indexes it. The caller holds the exclusive
-    /// lock, so nobody is writing: a new file gets its header, a torn tail
-    /// past the committed length is cut off, and a compaction file left by
-    /// a compaction that died is removed.
+    /// Opens the cache at `paths` (creating it with `settings.mode`),
+    /// checks that it is one this process may use, maps its segments and
+    /// indexes them. The caller holds the exclusive lock, so nobody is
+    /// writing: a new file gets its header, a torn tail past the committed
+    /// length is cut off, and leftovers of a writer or compaction that died
+    /// are removed.
     pub(super) fn load(paths: &Paths, settings: &Settings, lock: &Exclusive<'_>) -> Result<State> {
         let given = &paths.given;
         let io = |e| Error::io(given, e);
@@ -85,21 +120,34 @@ impl State {
             path: given.to_owned(),
             reason,
         };
-        let file = identity::open_or_create(&paths.data, settings.mode, given)?;
-        let meta = file.metadata().map_err(io)?;
-        identity::check_links(&meta, given)?;
-        identity::check_local(&file, given, settings.allow_remote)?;
         // Nothing there, a directory, no permission: whatever stays in the
-        // way, the next compaction reports.
+        // way, the next compaction or seal reports.
         let _ = std::fs::remove_file(&paths.compact);
-        let mut len = meta.len();
+        let _ = std::fs::remove_file(&paths.next);
+        let file = identity::open_or_create(&paths.data, settings.mode, given)?;
+        identity::check_local(&file, given, settings.allow_remote)?;
+        let mut len = file.metadata().map_err(io)?.len();
         let epoch = if len == 0 {
-            // A new data file at the path: tell the processes still on an
-            // older one (see `lock.rs`).
-            file.write_all_at(&format::new_header(0, format::new_salt()), 0)
-                .map_err(io)?;
+            // A new cache at the path: it starts empty, after any segment
+            // left there, which is below its base and so removed below.
+            let after = paths
+                .sealed_ids()
+                .map_err(io)?
+                .last()
+                .map_or(1, |id| id + 1);
+            let header = format::new_header(NewHeader {
+                generation: 0,
+                salt: format::new_salt(),
+                id: after,
+                seed: format::random_u64(),
+                base: after,
+                max_bytes: 0,
+                cursor: 0,
+            });
+            file.write_all_at(&header, 0).map_err(io)?;
             file.sync_all().map_err(io)?;
             len = HEADER_SIZE;
+            // Tell the processes still on an older file (see `lock.rs`).
             lock.bump_epoch()
         } else {
             lock.epoch()
@@ -112,193 +160,573 @@ impl State {
         let mut header = vec![0u8; HEADER_SIZE as usize];
         file.read_exact_at(&mut header, 0).map_err(io)?;
         let info = format::check_header(&header).map_err(|p| format_error(p.to_string()))?;
+        let meta = file.metadata().map_err(io)?;
         let map = map_file(&file, len, settings.growth).map_err(io)?;
-        let mut state = State {
+        let active = Segment {
             file: Arc::new(file),
             map: Arc::new(map),
             ident: ident(&meta),
-            epoch,
-            lock_page: lock.page(),
-            generation: info.generation,
+            id: info.id,
             salt: info.salt,
-            index: Index::default(),
-            indexed: HEADER_SIZE,
+            end: 0,
         };
         if info.version == format::VERSION_1 {
             // Written by layercache 0.1: rewrite it in this format, in place
             // of the old file (processes still running 0.1 follow the
             // superseded flag, and refuse the new file by its version).
-            super::v1::convert(&state, len, paths, lock)?;
+            super::v1::convert(&active, len, info.generation, paths, lock)?;
             return State::load(paths, settings, lock);
         }
-        let mut committed = state.committed();
-        if committed < HEADER_SIZE || committed > len || !committed.is_multiple_of(format::ALIGN) {
-            // The file was cut short from outside, or the header's length was
-            // damaged: keep every whole record that is there.
-            committed = state.valid_end(len);
+        // A seal that died between giving the active segment its sealed
+        // name and renaming the new one onto the path left that second name.
+        let own_name = paths.segment(info.id);
+        if std::fs::symlink_metadata(&own_name).is_ok_and(|m| ident(&m) == active.ident) {
+            std::fs::remove_file(&own_name).map_err(io)?;
         }
-        if state.scan(committed) == ScanEnd::InsideRecord {
-            // The committed length points into a record: it is damaged (a
-            // writer only ever advances it to a record's end). Keep every
-            // whole record in the file instead of cutting one in half.
-            committed = state.valid_end(len);
-            state.reindex();
-            state.scan(committed);
+        identity::check_links(&active.file.metadata().map_err(io)?, given)?;
+        let base = active.base().load(Ordering::Acquire);
+        let mut state = State {
+            slots: Vec::new(),
+            active: 0,
+            sealed: Vec::new(),
+            sealed_bytes: 0,
+            epoch,
+            lock_page: lock.page(),
+            generation: info.generation,
+            seed: info.seed,
+            index: Index::new(info.seed),
+        };
+        for id in paths.sealed_ids().map_err(io)? {
+            if id < base {
+                // Dropped, but its unlink never happened.
+                let _ = std::fs::remove_file(paths.segment(id));
+            } else if id < info.id {
+                state.add_sealed(paths, id)?;
+            }
         }
-        if len > committed {
-            // A write that never returned: cut it off so the file holds only
-            // committed records. Nobody reads past the committed length.
-            state.file.set_len(committed).map_err(io)?;
-        }
-        state.committed_atomic().store(committed, Ordering::Release);
-        // Under the exclusive lock no compaction is under way, so a flag on
-        // the file at the path is from a compaction that died before its
-        // rename: this file is still the live one.
+        state.active = state.add_slot(active);
+        state.open_active(len, paths)?;
+        // Under the exclusive lock no compaction or seal is under way, so a
+        // flag on the file at the path is from one that died before its
+        // rename: this file is still the active one.
         if state.superseded() {
-            state.superseded_flag().store(0, Ordering::Release);
+            state.active().superseded_flag().store(0, Ordering::Release);
         }
         Ok(state)
     }
 
-    #[inline]
-    pub(super) fn atomic_u64(&self, at: usize) -> &AtomicU64 {
-        // SAFETY: `at` is one of the header's 8-byte-aligned u64 fields
-        // (H_COMMITTED), inside the first page, which every mapping covers
-        // (files are at least HEADER_SIZE long, and mappings start at offset
-        // 0 and are page aligned, so the address is aligned for AtomicU64).
-        // Other processes store to this field while we hold the reference;
-        // that is sound because every access to it, in every process, is
-        // atomic through a shared mapping of the same page (no `&[u8]` ever
-        // covers the header: see `Log`), and the only non-atomic write to a
-        // header, `pwrite` of a fresh header, happens before any process maps
-        // the file. The reference does not outlive `self.map`.
-        unsafe { &*(self.map.as_ptr().add(at) as *const AtomicU64) }
+    /// Checks and indexes the active segment, `len` bytes long, repairing
+    /// its committed length and cutting a torn tail. Under the lock.
+    fn open_active(&mut self, len: u64, paths: &Paths) -> Result<()> {
+        let mut committed = self.committed();
+        if committed < HEADER_SIZE || committed > len || !committed.is_multiple_of(format::ALIGN) {
+            // The file was cut short from outside, or the header's length was
+            // damaged: keep every whole record that is there.
+            committed = self.active().valid_end(len);
+        }
+        if self.scan(committed) == ScanEnd::InsideRecord {
+            // The committed length points into a record: it is damaged (a
+            // writer only ever advances it to a record's end). Keep every
+            // whole record in the file instead of cutting one in half.
+            committed = self.active().valid_end(len);
+            self.reindex();
+            self.scan(committed);
+        }
+        if len > committed {
+            // A write that never returned: cut it off so the file holds only
+            // committed records. Nobody reads past the committed length.
+            self.active()
+                .file
+                .set_len(committed)
+                .map_err(|e| Error::io(&paths.given, e))?;
+        }
+        self.active()
+            .committed_atomic()
+            .store(committed, Ordering::Release);
+        Ok(())
+    }
+
+    /// Maps the sealed segment `id` and indexes it, after every segment
+    /// already indexed. A file that is missing, unreadable or not a segment
+    /// of this cache is left out: its records read as missing.
+    fn add_sealed(&mut self, paths: &Paths, id: u64) -> Result<()> {
+        let Some(seg) = open_sealed(paths, id, self.seed) else {
+            return Ok(());
+        };
+        let end = seg.end;
+        let slot = self.add_slot(seg);
+        self.index_records(slot, HEADER_SIZE, end);
+        self.sealed.push(slot);
+        self.sealed_bytes += end - HEADER_SIZE;
+        Ok(())
+    }
+
+    fn add_slot(&mut self, seg: Segment) -> usize {
+        let slot = Slot {
+            seg,
+            end: HEADER_SIZE,
+        };
+        match self.slots.iter().position(Option::is_none) {
+            Some(free) => {
+                self.slots[free] = Some(slot);
+                free
+            }
+            None => {
+                self.slots.push(Some(slot));
+                self.slots.len() - 1
+            }
+        }
     }
 
     #[inline]
-    pub(super) fn committed_atomic(&self) -> &AtomicU64 {
-        self.atomic_u64(format::H_COMMITTED)
+    fn slot(&self, slot: usize) -> &Slot {
+        self.slots[slot]
+            .as_ref()
+            .expect("a state's slots in use are filled")
     }
 
+    #[inline]
+    fn slot_mut(&mut self, slot: usize) -> &mut Slot {
+        self.slots[slot]
+            .as_mut()
+            .expect("a state's slots in use are filled")
+    }
+
+    /// The active segment.
+    #[inline]
+    pub(super) fn active(&self) -> &Segment {
+        &self.slot(self.active).seg
+    }
+
+    /// The active segment's slot, to remap it.
+    pub(super) fn active_slot_mut(&mut self) -> &mut Slot {
+        let active = self.active;
+        self.slot_mut(active)
+    }
+
+    /// The sealed segments, oldest first.
+    pub(super) fn sealed(&self) -> impl Iterator<Item = &Segment> {
+        self.sealed.iter().map(|&slot| &self.slot(slot).seg)
+    }
+
+    /// Every mapped segment of the cache, oldest first, with the offset up
+    /// to which it is indexed.
+    pub(super) fn segments(&self) -> impl Iterator<Item = (&Segment, u64)> {
+        self.sealed
+            .iter()
+            .chain(std::iter::once(&self.active))
+            .map(|&slot| {
+                let slot = self.slot(slot);
+                (&slot.seg, slot.end)
+            })
+    }
+
+    /// The indexed records, for the index's lookups.
+    #[inline]
+    pub(super) fn logs(&self) -> Slots<'_> {
+        Slots(&self.slots)
+    }
+
+    /// The active segment's committed length.
     #[inline]
     pub(super) fn committed(&self) -> u64 {
-        self.committed_atomic().load(Ordering::Acquire)
+        self.active().committed()
     }
 
+    /// Records of the active segment below this offset are in the index.
     #[inline]
-    pub(super) fn superseded_flag(&self) -> &AtomicU32 {
-        // SAFETY: as in `atomic_u64`: H_SUPERSEDED is a 4-byte-aligned u32 in
-        // the first page, only ever accessed atomically.
-        unsafe { &*(self.map.as_ptr().add(format::H_SUPERSEDED) as *const AtomicU32) }
+    pub(super) fn indexed(&self) -> u64 {
+        self.slot(self.active).end
     }
 
     #[inline]
     pub(super) fn superseded(&self) -> bool {
-        self.superseded_flag().load(Ordering::Acquire) != 0
+        self.active().superseded()
     }
 
-    /// The end of the last whole, valid record at or below `limit`.
-    pub(super) fn valid_end(&self, limit: u64) -> u64 {
-        let mut end = HEADER_SIZE;
-        walk(
-            Log::of(&self.map, limit, self.salt),
-            HEADER_SIZE,
-            |at, record| {
-                if let Walked::Record(header, _) = record {
-                    end = at + header.total_len();
-                }
-            },
-        );
-        end
+    /// The oldest sealed segment: its slot, the segment and its length.
+    pub(super) fn oldest(&self) -> Option<(usize, &Segment, u64)> {
+        let &slot = self.sealed.first()?;
+        let filled = self.slot(slot);
+        Some((slot, &filled.seg, filled.end))
     }
 
-    /// Indexes the records in `self.indexed..to`, and says whether `to`
-    /// fell inside a record.
+    /// Where records of `len` bytes go: the active segment's committed end,
+    /// after sealing it if they would take it past the segment size (a
+    /// segment holding no record takes them whatever their size). The
+    /// error of a seal that failed is returned beside the place: the
+    /// records then go to the segment that is there, and seals pause as
+    /// cleaning does after a failure. Under the lock.
+    pub(super) fn place(
+        &mut self,
+        paths: &Paths,
+        settings: &Settings,
+        lock: &mut Exclusive<'_>,
+        len: u64,
+    ) -> (format::Place, Option<Error>) {
+        let at = self.committed();
+        let max = self.active().max_bytes().load(Ordering::Acquire);
+        let size = if max > 0 {
+            // Small enough that the budget drops an eighth at a time.
+            settings.segment_bytes.min(max / 8).max(2 * HEADER_SIZE)
+        } else {
+            settings.segment_bytes
+        };
+        let failed = if at > HEADER_SIZE && at.saturating_add(len) > size && !lock.paused() {
+            let failed = self.seal(paths, settings, lock).err();
+            lock.after_upkeep(failed.is_none());
+            failed
+        } else {
+            None
+        };
+        let place = format::Place {
+            salt: self.active().salt,
+            at: self.committed(),
+        };
+        (place, failed)
+    }
+
+    /// Bytes of records in every segment, live or not.
+    pub(super) fn record_bytes(&self) -> u64 {
+        self.sealed_bytes + self.indexed() - HEADER_SIZE
+    }
+
+    /// Bytes of indexed records that no live entry points at.
+    pub(super) fn garbage(&self) -> u64 {
+        self.record_bytes() - self.index.live_bytes()
+    }
+
+    /// Bytes the cache's segment files take: records and headers.
+    pub(super) fn file_bytes(&self) -> u64 {
+        self.record_bytes() + HEADER_SIZE * (self.sealed.len() as u64 + 1)
+    }
+
+    /// Indexes the records of the active segment in `indexed()..to`, and
+    /// says whether `to` fell inside a record.
     pub(super) fn scan(&mut self, to: u64) -> ScanEnd {
-        if to <= self.indexed {
+        let from = self.indexed();
+        if to <= from {
             return ScanEnd::Clean;
         }
-        let index = &mut self.index;
-        let file = Log::of(&self.map, to, self.salt);
+        self.index_records(self.active, from, to)
+    }
+
+    /// Indexes the records of the segment in `slot` in `from..to`, which
+    /// follow every record indexed so far in log order, and marks them
+    /// indexed.
+    fn index_records(&mut self, slot: usize, from: u64, to: u64) -> ScanEnd {
+        self.slot_mut(slot).end = to;
+        let Self { slots, index, .. } = self;
+        let logs = Slots(slots);
+        let log = logs.log(slot).expect("the slot was just filled");
         let mut end = ScanEnd::Clean;
-        walk(file, self.indexed, |at, record| match record {
-            Walked::Record(header, key) => match header.kind {
-                Kind::Put => {
-                    let loc = Loc {
-                        record: at,
-                        hash: 0, // set by the index
-                        key_len: header.key_len,
-                        value_len: header.value_len,
-                        key_crc: header.key_crc,
-                        value_crc: header.value_crc,
-                    };
-                    index.insert(file, key, loc);
+        walk(log, from, |at, record| {
+            let here = index::pos(slot, at);
+            match record {
+                Walked::Record(header, key) => match header.kind {
+                    Kind::Put => {
+                        let loc = Loc {
+                            pos: here,
+                            hash: 0, // set by the index
+                            key_len: header.key_len,
+                            value_len: header.value_len,
+                            key_crc: header.key_crc,
+                            value_crc: header.value_crc,
+                        };
+                        index.insert(&logs, key, loc);
+                    }
+                    Kind::Tombstone => {
+                        index.remove(&logs, key);
+                    }
+                },
+                Walked::DamagedKey { key_crc } => {
+                    // A record for an unknown key whose checksum is
+                    // `key_crc`: an older value of that key must not be
+                    // served in its place, so forget every such key (every
+                    // indexed record is older than this one).
+                    index.retain(|loc| loc.key_crc != key_crc);
                 }
-                Kind::Tombstone => {
-                    index.remove(file, key);
+                Walked::Damaged(Damaged::Header) => {
+                    // A record we cannot read at all may have overwritten or
+                    // removed any key. Its key bytes most likely survive
+                    // where a key starts: forget every older key found
+                    // there, so that an older value is never served in place
+                    // of the lost one (a key that merely shares a prefix is
+                    // forgotten too: it reads as missing, which is safe).
+                    let would_be_key = log.from(at + RECORD_HEADER_SIZE as u64);
+                    index.retain(|loc| {
+                        !loc.key(&logs)
+                            .is_some_and(|key| would_be_key.starts_with(key))
+                    });
                 }
-            },
-            Walked::DamagedKey { key_crc } => {
-                // A record for an unknown key whose checksum is `key_crc`: an
-                // older value of that key must not be served in its place,
-                // so forget every such key written before it.
-                index.retain(|loc| !(loc.record < at && loc.key_crc == key_crc));
+                Walked::Damaged(Damaged::PastEnd) => end = ScanEnd::InsideRecord,
             }
-            Walked::Damaged(Damaged::Header) => {
-                // A record we cannot read at all may have overwritten or
-                // removed any key. Its key bytes most likely survive where a
-                // key starts: forget every older key found there, so that an
-                // older value is never served in place of the lost one (a
-                // key that merely shares a prefix is forgotten too: it reads
-                // as missing, which is safe).
-                let here = file.from(at + RECORD_HEADER_SIZE as u64);
-                index.retain(|loc| !(loc.record < at && here.starts_with(loc.key(file))));
-            }
-            Walked::Damaged(Damaged::PastEnd) => end = ScanEnd::InsideRecord,
         });
-        self.indexed = to;
         end
     }
 
-    /// Forgets the index, so that the next scan indexes every committed
-    /// record again.
+    /// Forgets the index, and indexes every committed record again.
     pub(super) fn reindex(&mut self) {
-        self.index = Index::default();
-        self.indexed = HEADER_SIZE;
+        self.index = Index::new(self.seed);
+        for slot in self.sealed.clone() {
+            let end = self.slot(slot).end;
+            self.index_records(slot, HEADER_SIZE, end);
+        }
+        self.slot_mut(self.active).end = HEADER_SIZE;
     }
 
-    /// The indexed records.
-    #[inline]
-    pub(super) fn file(&self) -> Log<'_> {
-        Log::of(&self.map, self.indexed, self.salt)
-    }
-
-    /// Whether another process has put a new data file at the path since
-    /// this one was loaded (one atomic load; see `lock.rs`).
+    /// Whether another process has put a new data file at the path, sealed
+    /// the active segment or dropped one since this state last matched the
+    /// files (one atomic load; see `lock.rs`).
     #[inline]
     pub(super) fn epoch_moved(&self) -> bool {
         self.lock_page.epoch() != self.epoch
     }
 
-    /// Whether the file is still the one at the data path: not superseded
-    /// by a compaction, nor removed or replaced from outside (a `stat` of
-    /// the path).
-    pub(super) fn is_current(&self, paths: &Paths) -> bool {
-        !self.superseded()
-            && std::fs::metadata(&paths.data).is_ok_and(|meta| ident(&meta) == self.ident)
+    /// Brings the state in line with the files, under the lock: follows
+    /// seals made by other processes (their new segments are indexed, and
+    /// nothing already indexed is read again), dropped segments (their
+    /// entries are forgotten and their maps released), and otherwise a
+    /// file replaced at the path (loaded afresh).
+    pub(super) fn refresh(
+        &mut self,
+        paths: &Paths,
+        settings: &Settings,
+        lock: &Exclusive<'_>,
+    ) -> Result<()> {
+        let current =
+            std::fs::metadata(&paths.data).is_ok_and(|m| ident(&m) == self.active().ident);
+        if current && !self.superseded() {
+            let base = self.active().base().load(Ordering::Acquire);
+            self.drop_below(base);
+        } else if !(self.follow_seals(paths, settings)?) {
+            *self = State::load(paths, settings, lock)?;
+            return Ok(());
+        }
+        self.epoch = lock.epoch();
+        self.lock_page = lock.page();
+        Ok(())
     }
 
-    /// Bytes of indexed records that no live entry points at.
-    pub(super) fn garbage(&self) -> u64 {
-        self.indexed - HEADER_SIZE - self.index.live_bytes()
+    /// Follows the seals of other processes: the active segment this state
+    /// has is sealed now, and the file at the path is a later segment of
+    /// the same cache. Says `false` when that is not so (a compaction, or a
+    /// file replaced from outside), for the caller to load afresh.
+    fn follow_seals(&mut self, paths: &Paths, settings: &Settings) -> Result<bool> {
+        let io = |e| Error::io(&paths.given, e);
+        let old = self.active();
+        let sealed_name = paths.segment(old.id);
+        if !std::fs::symlink_metadata(&sealed_name).is_ok_and(|m| ident(&m) == old.ident) {
+            return Ok(false);
+        }
+        let Ok(file) = identity::open_existing(&paths.data) else {
+            return Ok(false);
+        };
+        let meta = file.metadata().map_err(io)?;
+        let mut header = vec![0u8; HEADER_SIZE as usize];
+        file.read_exact_at(&mut header, 0).map_err(io)?;
+        let Ok(info) = format::check_header(&header) else {
+            return Ok(false);
+        };
+        if info.version != format::VERSION
+            || info.seed != self.seed
+            || info.generation != self.generation
+            || info.id <= old.id
+        {
+            return Ok(false);
+        }
+        // The old active segment is sealed: index it to its final length.
+        let end = self.committed();
+        if end < self.indexed() {
+            return Ok(false);
+        }
+        self.scan(end);
+        let old = self.active;
+        self.slot_mut(old).seg.end = end;
+        self.sealed.push(old);
+        self.sealed_bytes += end - HEADER_SIZE;
+        let old_id = self.active().id;
+        for id in old_id + 1..info.id {
+            self.add_sealed(paths, id)?;
+        }
+        let len = meta.len();
+        let map = map_file(&file, len, settings.growth).map_err(io)?;
+        let active = Segment {
+            file: Arc::new(file),
+            map: Arc::new(map),
+            ident: ident(&meta),
+            id: info.id,
+            salt: info.salt,
+            end: 0,
+        };
+        self.active = self.add_slot(active);
+        let committed = self.committed();
+        if committed < HEADER_SIZE || committed > len || self.scan(committed) != ScanEnd::Clean {
+            // Damaged: every process follows the path's file by loading it.
+            return Ok(false);
+        }
+        let base = self.active().base().load(Ordering::Acquire);
+        self.drop_below(base);
+        Ok(true)
+    }
+
+    /// Forgets the sealed segments whose id is below `base`: their entries
+    /// leave the index, and their maps are released.
+    pub(super) fn drop_below(&mut self, base: u64) {
+        let dropped: Vec<usize> = self
+            .sealed
+            .iter()
+            .copied()
+            .take_while(|&slot| self.slot(slot).seg.id < base)
+            .collect();
+        if dropped.is_empty() {
+            return;
+        }
+        self.sealed.drain(..dropped.len());
+        self.index
+            .retain(|loc| !dropped.contains(&index::slot_of(loc.pos)));
+        for slot in dropped {
+            let gone = self.slots[slot].take().expect("a sealed slot is filled");
+            self.sealed_bytes -= gone.end - HEADER_SIZE;
+        }
+    }
+
+    /// Seals the active segment and puts a new, empty one at the path.
+    /// Under the lock, with the state caught up. Other processes follow on
+    /// their next call (the superseded flag and the epoch).
+    pub(super) fn seal(
+        &mut self,
+        paths: &Paths,
+        settings: &Settings,
+        lock: &Exclusive<'_>,
+    ) -> Result<()> {
+        let io = |e| Error::io(&paths.given, e);
+        let old = self.active();
+        let id = old.id + 1;
+        let salt = format::new_salt();
+        let next = identity::create_replacing(&paths.next).map_err(io)?;
+        let made = (|| {
+            identity::inherit(&next, &old.file.metadata()?)?;
+            let header = format::new_header(NewHeader {
+                generation: self.generation,
+                salt,
+                id,
+                seed: self.seed,
+                base: old.base().load(Ordering::Acquire),
+                max_bytes: old.max_bytes().load(Ordering::Acquire),
+                cursor: old.cursor().load(Ordering::Acquire),
+            });
+            next.write_all_at(&header, 0)?;
+            if settings.durable {
+                next.sync_all()?;
+                old.file.sync_data()?;
+            }
+            // The old active segment takes its sealed name first: at every
+            // moment the path names a whole segment, and every record is in
+            // a segment the next load finds.
+            let sealed_name = paths.segment(old.id);
+            let _ = std::fs::remove_file(&sealed_name);
+            std::fs::hard_link(&paths.data, &sealed_name)?;
+            old.superseded_flag().store(1, Ordering::Release);
+            if let Err(e) = std::fs::rename(&paths.next, &paths.data) {
+                old.superseded_flag().store(0, Ordering::Release);
+                let _ = std::fs::remove_file(&sealed_name);
+                return Err(e);
+            }
+            Ok(())
+        })();
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(&paths.next);
+            return Err(io(e));
+        }
+        lock.bump_epoch();
+        if settings.durable {
+            identity::sync_parent(&paths.data);
+        }
+        let meta = next.metadata().map_err(io)?;
+        let map = map_file(&next, HEADER_SIZE, settings.growth).map_err(io)?;
+        let end = self.indexed();
+        let old = self.active;
+        self.slot_mut(old).seg.end = end;
+        self.sealed.push(old);
+        self.sealed_bytes += end - HEADER_SIZE;
+        self.active = self.add_slot(Segment {
+            file: Arc::new(next),
+            map: Arc::new(map),
+            ident: ident(&meta),
+            id,
+            salt,
+            end: 0,
+        });
+        self.epoch = lock.epoch();
+        Ok(())
+    }
+
+    /// Drops the oldest sealed segment from the cache: the base moves past
+    /// it, other processes are told, and its file is unlinked (processes
+    /// still mapping it keep reading valid pages until they follow).
+    pub(super) fn drop_oldest(&mut self, paths: &Paths, lock: &Exclusive<'_>) {
+        let Some(&slot) = self.sealed.first() else {
+            return;
+        };
+        let id = self.slot(slot).seg.id;
+        let active = self.active();
+        active.base().store(id + 1, Ordering::Release);
+        active.cursor().store(0, Ordering::Release);
+        lock.bump_epoch();
+        self.epoch = lock.epoch();
+        let _ = std::fs::remove_file(paths.segment(id));
+        self.drop_below(id + 1);
     }
 }
 
-/// Maps `file` shared, read-write, covering at least `len` bytes plus room
-/// to grow. Pages past the end of the file are never touched.
-pub(super) fn map_file(file: &File, len: u64, growth: u64) -> std::io::Result<MmapRaw> {
-    let reach = len.saturating_add(growth).div_ceil(growth) * growth;
-    let reach =
-        usize::try_from(reach).map_err(|_| std::io::Error::other("file too large to map"))?;
-    MmapOptions::new().len(reach).map_raw(file)
+impl Segment {
+    /// The end of the last whole, valid record at or below `limit`.
+    pub(super) fn valid_end(&self, limit: u64) -> u64 {
+        let mut end = HEADER_SIZE;
+        walk(self.log(limit), HEADER_SIZE, |at, record| {
+            if let Walked::Record(header, _) = record {
+                end = at + header.total_len();
+            }
+        });
+        end
+    }
+}
+
+/// Opens and maps the sealed segment `id` of the cache whose hash seed is
+/// `seed`; `None` when it is missing, unreadable or not such a segment.
+fn open_sealed(paths: &Paths, id: u64, seed: u64) -> Option<Segment> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(paths.segment(id))
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    let len = meta.len();
+    let mut header = vec![0u8; HEADER_SIZE as usize];
+    file.read_exact_at(&mut header, 0).ok()?;
+    let info = format::check_header(&header).ok()?;
+    if info.version != format::VERSION || info.id != id || info.seed != seed {
+        return None;
+    }
+    let map = memmap2::MmapOptions::new()
+        .len(usize::try_from(len).ok()?)
+        .map_raw_read_only(&file)
+        .ok()?;
+    let mut seg = Segment {
+        file: Arc::new(file),
+        map: Arc::new(map),
+        ident: ident(&meta),
+        id,
+        salt: info.salt,
+        end: 0,
+    };
+    let committed = seg.committed();
+    seg.end =
+        if committed < HEADER_SIZE || committed > len || !committed.is_multiple_of(format::ALIGN) {
+            seg.valid_end(len)
+        } else {
+            committed
+        };
+    Some(seg)
 }

@@ -16,12 +16,12 @@
 use std::collections::HashMap;
 
 use super::compact;
-use super::format::{self, Deadlines, HEADER_SIZE, crc, u32_at};
+use super::format::{self, Deadlines, HEADER_SIZE, NewHeader, crc, u32_at};
 use super::identity::Paths;
 use super::lock::Exclusive;
 use super::log::Log;
-use super::state::State;
-use crate::error::Result;
+use super::segment::Segment;
+use crate::error::{Error, Result};
 
 const RECORD_MAGIC: [u8; 4] = *b"LCR1";
 const RECORD_HEADER_SIZE: usize = 32;
@@ -114,16 +114,23 @@ fn live_entries<'a>(log: Log<'a>) -> HashMap<&'a [u8], Live> {
     live
 }
 
-/// Rewrites the version-1 file `old` (loaded, `len` bytes long) as a
-/// version-2 file at the data path. The caller holds the exclusive lock.
-pub(super) fn convert(old: &State, len: u64, paths: &Paths, lock: &Exclusive<'_>) -> Result<()> {
+/// Rewrites the version-1 file `old` (mapped, `len` bytes long, of
+/// `generation`) as a version-2 file at the data path. The caller holds the
+/// exclusive lock.
+pub(super) fn convert(
+    old: &Segment,
+    len: u64,
+    generation: u64,
+    paths: &Paths,
+    lock: &Exclusive<'_>,
+) -> Result<()> {
     let committed = old.committed();
     let end = if committed < HEADER_SIZE || committed > len {
         len
     } else {
         committed
     };
-    let log = Log::of(&old.map, end, 0);
+    let log = old.log(end);
     let live = live_entries(log);
     let mut records: Vec<(&[u8], &Live)> = live.iter().map(|(k, v)| (*k, v)).collect();
     records.sort_unstable_by_key(|(_, live)| live.record);
@@ -132,6 +139,25 @@ pub(super) fn convert(old: &State, len: u64, paths: &Paths, lock: &Exclusive<'_>
         let value = log.get(value_at, live.value_len)?;
         (crc(value) == live.value_crc).then_some((key, value, Deadlines::NONE))
     });
-    compact::write_file(paths, old, records)?;
+    let like = old
+        .file
+        .metadata()
+        .map_err(|e| Error::io(&paths.given, e))?;
+    // After any segment file already beside it (there should be none).
+    let id = paths
+        .sealed_ids()
+        .map_err(|e| Error::io(&paths.given, e))?
+        .last()
+        .map_or(1, |id| id + 1);
+    let header = NewHeader {
+        generation: generation + 1,
+        salt: format::new_salt(),
+        id,
+        seed: format::random_u64(),
+        base: id,
+        max_bytes: 0,
+        cursor: 0,
+    };
+    compact::write_file(paths, &like, header, records)?;
     compact::install(paths, lock, old)
 }

@@ -27,47 +27,55 @@ pub struct Verification {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Damage {
-    /// Byte offset of the damaged record in the file.
+    /// The segment file: the cache's path (its real path) for the active
+    /// segment, `<path>.<id>.seg` for a sealed one.
+    pub file: std::path::PathBuf,
+    /// Byte offset of the damaged record in that file.
     pub offset: u64,
     /// What is wrong there.
     pub problem: &'static str,
 }
 
 impl<K> FileCache<K> {
-    /// Reads every committed record and checks its checksums; reports where
-    /// the file is damaged. Damaged records read as missing; the next
+    /// Reads every committed record of every segment and checks its
+    /// checksums; reports where the files are damaged. Damaged records read as missing; the next
     /// compaction drops them.
     pub fn verify(&self) -> Result<Verification> {
         let state = self.fresh()?;
-        let bytes = state.file();
         let mut report = Verification {
             records: 0,
             live: state.index.len() as u64,
             damage: Vec::new(),
         };
-        walk(bytes, HEADER_SIZE, |at, walked| match walked {
-            Walked::Record(header, _) => {
-                report.records += 1;
-                let value = bytes.get(at + header.value_offset(), header.value_len as usize);
-                if value.is_none_or(|value| crc(value) != header.value_crc) {
-                    report.damage.push(Damage {
-                        offset: at,
-                        problem: "value fails its checksum",
-                    });
-                }
-            }
-            Walked::DamagedKey { .. } => {
-                report.records += 1;
+        for (seg, end) in state.segments() {
+            let bytes = seg.log(end);
+            let file = if seg.id == state.active().id {
+                self.shared()?.paths.data.clone()
+            } else {
+                self.shared()?.paths.segment(seg.id)
+            };
+            let mut damage = |offset, problem| {
                 report.damage.push(Damage {
-                    offset: at,
-                    problem: "key fails its checksum",
-                });
-            }
-            Walked::Damaged(damaged) => report.damage.push(Damage {
-                offset: at,
-                problem: damaged.problem(),
-            }),
-        });
+                    offset,
+                    problem,
+                    file: file.clone(),
+                })
+            };
+            walk(bytes, HEADER_SIZE, |at, walked| match walked {
+                Walked::Record(header, _) => {
+                    report.records += 1;
+                    let value = bytes.get(at + header.value_offset(), header.value_len as usize);
+                    if value.is_none_or(|value| crc(value) != header.value_crc) {
+                        damage(at, "value fails its checksum");
+                    }
+                }
+                Walked::DamagedKey { .. } => {
+                    report.records += 1;
+                    damage(at, "key fails its checksum");
+                }
+                Walked::Damaged(damaged) => damage(at, damaged.problem()),
+            });
+        }
         Ok(report)
     }
 }
