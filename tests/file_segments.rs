@@ -427,3 +427,55 @@ fn cleaning_drops_expired_entries() {
         );
     }
 }
+
+/// The files of this cache this process still maps though no name in the
+/// directory is theirs any more (dropped segments), from `/proc/self/maps`
+/// (a mapping shows the name the file had when it was mapped, so the
+/// inodes are compared).
+fn unlinked_mappings(path: &Path) -> usize {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let present: std::collections::BTreeSet<u64> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().ino())
+        .collect();
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains(&name))
+        .filter_map(|line| line.split_whitespace().nth(4)?.parse::<u64>().ok())
+        .filter(|ino| !present.contains(ino))
+        .count()
+}
+
+/// Entries of segments the budget dropped are gone from every read at
+/// once (`get`, `keys`, `len`), and the dropped segments' maps (and so
+/// their disk blocks) are released after at most 64 calls, the index
+/// forgetting their entries a shard at a time.
+#[test]
+fn evicted_entries_vanish_at_once_and_their_segments_are_unmapped() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("evicted.lc");
+    let budget = 256 * 1024;
+    let writer = FileCache::builder(&path).max_bytes(budget).open().unwrap();
+    for n in 0..1000u64 {
+        writer.set(format!("key{n}"), value(n, 0)).unwrap();
+    }
+    for n in 1000..6000u64 {
+        writer.set(format!("key{n}"), value(n, 0)).unwrap();
+        if n % 37 == 0 {
+            let keys = writer.keys().unwrap().len();
+            let len = writer.len().unwrap();
+            assert_eq!(keys, len, "after key{n}: keys() and len() agree");
+        }
+    }
+    let readable = (0..6000u64)
+        .filter(|n| writer.get(&format!("key{n}")).unwrap().is_some())
+        .count();
+    assert_eq!(readable, writer.len().unwrap());
+    for _ in 0..70 {
+        writer.get(&"key5999".to_string()).unwrap();
+    }
+    if std::path::Path::new("/proc/self/maps").exists() {
+        assert_eq!(unlinked_mappings(&path), 0, "dropped segments still mapped");
+    }
+}

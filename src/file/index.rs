@@ -58,8 +58,13 @@ pub fn offset_of(pos: u64) -> u64 {
 
 /// The indexed records of every mapped segment, by slot.
 pub trait Logs<'a> {
-    /// The indexed records of the segment in `slot`, if it is mapped.
+    /// The indexed records of the segment in `slot`, if it is mapped and
+    /// still part of the cache: what reads see.
     fn log(&self, slot: usize) -> Option<Log<'a>>;
+    /// The indexed records of the segment in `slot`, if it is mapped, even
+    /// if it was dropped from the cache: what the index matches keys
+    /// against while it forgets the segment's entries.
+    fn mapped(&self, slot: usize) -> Option<Log<'a>>;
 }
 
 /// Where a live value is.
@@ -81,11 +86,19 @@ impl Loc {
         Some((logs.log(slot_of(self.pos))?, offset_of(self.pos)))
     }
 
-    /// The key's bytes, if the segment is still mapped.
+    /// The key's bytes, if the segment is still part of the cache.
     #[inline]
     pub fn key<'a>(&self, logs: &impl Logs<'a>) -> Option<&'a [u8]> {
         let (log, at) = self.record(logs)?;
         log.get(at + RECORD_HEADER_SIZE as u64, self.key_len as usize)
+    }
+
+    /// The key's bytes, if the segment is mapped (dropped or not).
+    #[inline]
+    fn mapped_key<'a>(&self, logs: &impl Logs<'a>) -> Option<&'a [u8]> {
+        let log = logs.mapped(slot_of(self.pos))?;
+        let at = offset_of(self.pos) + RECORD_HEADER_SIZE as u64;
+        log.get(at, self.key_len as usize)
     }
 
     /// The key's bytes if they still match their checksum: damage after
@@ -209,6 +222,8 @@ pub struct Index {
     hasher: FixedState,
     /// Entries in all shards.
     len: usize,
+    /// Entries pointing into each segment slot.
+    in_slot: Vec<usize>,
     /// Bytes of the records the index points at.
     live_bytes: u64,
 }
@@ -220,6 +235,7 @@ impl Index {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             hasher: FixedState::with_seed(seed),
             len: 0,
+            in_slot: Vec::new(),
             live_bytes: 0,
         }
     }
@@ -231,6 +247,26 @@ impl Index {
     pub fn live_bytes(&self) -> u64 {
         self.live_bytes
     }
+
+    /// How many entries point into the segment in `slot`.
+    pub fn in_slot(&self, slot: usize) -> usize {
+        self.in_slot.get(slot).copied().unwrap_or(0)
+    }
+
+    fn count(&mut self, loc: &Loc, up: bool) {
+        let slot = slot_of(loc.pos);
+        if slot >= self.in_slot.len() {
+            self.in_slot.resize(slot + 1, 0);
+        }
+        if up {
+            self.in_slot[slot] += 1;
+        } else {
+            self.in_slot[slot] -= 1;
+        }
+    }
+
+    /// The number of shards, for [`retain_shard`](Self::retain_shard).
+    pub const SHARDS: usize = SHARDS;
 
     pub fn iter(&self) -> impl Iterator<Item = &Loc> {
         self.shards.iter().flat_map(Shard::iter)
@@ -248,11 +284,15 @@ impl Index {
         &mut self.shards[(hash >> 48) as usize % SHARDS]
     }
 
+    /// The entry for `key`. It may point into a segment dropped from the
+    /// cache whose entries are still being forgotten: reads check that
+    /// (through [`Loc::key`] and the like, which see no such segment).
     #[inline]
     pub fn get<'a>(&self, logs: &impl Logs<'a>, key: &[u8]) -> Option<&Loc> {
         let hash = self.hasher.hash_one(key);
-        self.shard(hash)
-            .find(hash, |loc| loc.hash == hash && loc.key(logs) == Some(key))
+        self.shard(hash).find(hash, |loc| {
+            loc.hash == hash && loc.mapped_key(logs) == Some(key)
+        })
     }
 
     /// Points `key` at `loc`; returns the previous position.
@@ -260,8 +300,10 @@ impl Index {
         let hash = self.hasher.hash_one(key);
         loc.hash = hash;
         self.live_bytes += loc.record_len();
+        self.count(&loc, true);
         let shard = self.shard_mut(hash);
-        let old = match shard.find_mut(hash, |l| l.hash == hash && l.key(logs) == Some(key)) {
+        let old = match shard.find_mut(hash, |l| l.hash == hash && l.mapped_key(logs) == Some(key))
+        {
             Some(slot) => Some(std::mem::replace(slot, loc)),
             None => {
                 // Growing rehashes from the stored hashes: no file reads.
@@ -270,7 +312,10 @@ impl Index {
             }
         };
         match &old {
-            Some(old) => self.live_bytes -= old.record_len(),
+            Some(old) => {
+                self.live_bytes -= old.record_len();
+                self.count(old, false);
+            }
             None => self.len += 1,
         }
         old
@@ -280,27 +325,41 @@ impl Index {
         let hash = self.hasher.hash_one(key);
         let removed = self
             .shard_mut(hash)
-            .remove(hash, |l| l.hash == hash && l.key(logs) == Some(key));
+            .remove(hash, |l| l.hash == hash && l.mapped_key(logs) == Some(key));
         if let Some(old) = &removed {
             self.live_bytes -= old.record_len();
             self.len -= 1;
+            self.count(old, false);
         }
         removed
     }
 
     /// Keeps only the entries for which `keep` is true.
     pub fn retain(&mut self, mut keep: impl FnMut(&Loc) -> bool) {
-        let (live_bytes, len) = (&mut self.live_bytes, &mut self.len);
-        for shard in self.shards.iter_mut() {
-            shard.retain(|loc| {
-                let kept = keep(loc);
-                if !kept {
-                    *live_bytes -= loc.record_len();
-                    *len -= 1;
-                }
-                kept
-            });
+        for shard in 0..SHARDS {
+            self.retain_shard(shard, &mut keep);
         }
+    }
+
+    /// Keeps only the entries of shard `shard` for which `keep` is true:
+    /// a bounded part of [`retain`](Self::retain), to spread its cost.
+    pub fn retain_shard(&mut self, shard: usize, mut keep: impl FnMut(&Loc) -> bool) {
+        let Self {
+            shards,
+            len,
+            live_bytes,
+            in_slot,
+            ..
+        } = self;
+        shards[shard].retain(|loc| {
+            let kept = keep(loc);
+            if !kept {
+                *live_bytes -= loc.record_len();
+                *len -= 1;
+                in_slot[slot_of(loc.pos)] -= 1;
+            }
+            kept
+        });
     }
 }
 

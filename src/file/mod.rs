@@ -266,7 +266,7 @@ impl<K> FileCache<K> {
 
     /// The number of live entries, as of the last write seen.
     pub fn len(&self) -> Result<usize> {
-        Ok(self.fresh()?.index.len())
+        Ok(self.fresh()?.len())
     }
 
     /// Whether there are no live entries.
@@ -315,7 +315,7 @@ impl<K> FileCache<K> {
         let moved = {
             let state = shared.read();
             let moved = state.superseded() || state.epoch_moved();
-            if !moved && state.committed() == state.indexed() {
+            if !moved && state.committed() == state.indexed() && !state.sweeping() {
                 return Ok(state);
             }
             moved
@@ -681,7 +681,7 @@ impl<K> fmt::Debug for FileCache<K> {
         // own, and must not lock its parent's.
         match self.shared.opened_here() {
             Some(shared) => {
-                let entries = shared.read().index.len();
+                let entries = shared.read().len();
                 write!(f, "File({:?}, {entries} entries)", self.path)
             }
             None => write!(f, "File({:?})", self.path),

@@ -431,6 +431,9 @@ impl Shared {
             })?;
             state.refresh(&self.paths, &self.settings, lock)?;
             lock.next_full_check = Instant::now() + FULL_CHECK_EVERY;
+            self.catch_up(state)?;
+            state.drop_dropped();
+            return Ok(());
         }
         self.catch_up(state)
     }
@@ -457,6 +460,7 @@ impl Shared {
             );
         }
         state.scan(committed);
+        state.sweep();
         Ok(())
     }
 

@@ -71,6 +71,9 @@ pub(super) struct Slot {
     pub(super) seg: Segment,
     /// Records below this offset are in the index.
     pub(super) end: u64,
+    /// Dropped from the cache: reads no longer see it, and it is unmapped
+    /// once the index has forgotten its entries.
+    dropped: bool,
 }
 
 /// The slots of a state, as the index reads them.
@@ -80,6 +83,12 @@ pub(super) struct Slots<'a>(&'a [Option<Slot>]);
 impl<'a> Logs<'a> for Slots<'a> {
     #[inline]
     fn log(&self, slot: usize) -> Option<Log<'a>> {
+        let slot = self.0.get(slot)?.as_ref().filter(|slot| !slot.dropped)?;
+        Some(slot.seg.log(slot.end))
+    }
+
+    #[inline]
+    fn mapped(&self, slot: usize) -> Option<Log<'a>> {
         let slot = self.0.get(slot)?.as_ref()?;
         Some(slot.seg.log(slot.end))
     }
@@ -92,6 +101,11 @@ pub(super) struct State {
     active: usize,
     /// The sealed segments' slots, oldest (lowest id) first.
     sealed: Vec<usize>,
+    /// Slots of segments dropped from the cache whose entries the index
+    /// still has: one shard of the index forgets them at each
+    /// [`sweep`](Self::sweep), from `sweep_next` on.
+    dropping: Vec<usize>,
+    sweep_next: usize,
     /// Bytes of the sealed segments' records (headers not counted).
     sealed_bytes: u64,
     /// The lock file's data epoch when this state last matched the files,
@@ -189,6 +203,8 @@ impl State {
             slots: Vec::new(),
             active: 0,
             sealed: Vec::new(),
+            dropping: Vec::new(),
+            sweep_next: 0,
             sealed_bytes: 0,
             epoch,
             lock_page: lock.page(),
@@ -265,6 +281,7 @@ impl State {
         let slot = Slot {
             seg,
             end: HEADER_SIZE,
+            dropped: false,
         };
         match self.slots.iter().position(Option::is_none) {
             Some(free) => {
@@ -393,7 +410,9 @@ impl State {
 
     /// Bytes of indexed records that no live entry points at.
     pub(super) fn garbage(&self) -> u64 {
-        self.record_bytes() - self.index.live_bytes()
+        // Entries of dropped segments not yet forgotten count as live
+        // bytes that are no longer records: hence saturating.
+        self.record_bytes().saturating_sub(self.index.live_bytes())
     }
 
     /// Bytes the cache's segment files take: records and headers.
@@ -468,6 +487,9 @@ impl State {
     /// Forgets the index, and indexes every committed record again.
     pub(super) fn reindex(&mut self) {
         self.index = Index::new(self.seed);
+        for slot in std::mem::take(&mut self.dropping) {
+            self.slots[slot] = None;
+        }
         for slot in self.sealed.clone() {
             let end = self.slot(slot).end;
             self.index_records(slot, HEADER_SIZE, end);
@@ -497,8 +519,9 @@ impl State {
         let current =
             std::fs::metadata(&paths.data).is_ok_and(|m| ident(&m) == self.active().ident);
         if current && !self.superseded() {
-            let base = self.active().base().load(Ordering::Acquire);
-            self.drop_below(base);
+            // Segments dropped meanwhile are dropped from this view once
+            // the active segment is caught up (`drop_dropped`), so the
+            // copies cleaning made are indexed first.
         } else if !(self.follow_seals(paths, settings)?) {
             *self = State::load(paths, settings, lock)?;
             return Ok(());
@@ -565,30 +588,82 @@ impl State {
             // Damaged: every process follows the path's file by loading it.
             return Ok(false);
         }
-        let base = self.active().base().load(Ordering::Acquire);
-        self.drop_below(base);
         Ok(true)
     }
 
-    /// Forgets the sealed segments whose id is below `base`: their entries
-    /// leave the index, and their maps are released.
+    /// Drops from this view the sealed segments another process dropped
+    /// (below the active segment's base). Call it once caught up.
+    pub(super) fn drop_dropped(&mut self) {
+        let base = self.active().base().load(Ordering::Acquire);
+        self.drop_below(base);
+    }
+
+    /// Drops the sealed segments whose id is below `base` from this view:
+    /// reads no longer see them at once, and their maps are released once
+    /// the index has forgotten their entries (at once when none points
+    /// there, as after cleaning copied them; otherwise over the next
+    /// [`sweep`](Self::sweep)s).
     pub(super) fn drop_below(&mut self, base: u64) {
-        let dropped: Vec<usize> = self
-            .sealed
-            .iter()
-            .copied()
-            .take_while(|&slot| self.slot(slot).seg.id < base)
-            .collect();
-        if dropped.is_empty() {
+        while let Some(&slot) = self.sealed.first()
+            && self.slot(slot).seg.id < base
+        {
+            self.sealed.remove(0);
+            let filled = self.slot_mut(slot);
+            filled.dropped = true;
+            let end = filled.end;
+            self.sealed_bytes -= end - HEADER_SIZE;
+            self.dropping.push(slot);
+        }
+        self.release_dropped();
+    }
+
+    /// Unmaps the dropped segments no index entry points into.
+    fn release_dropped(&mut self) {
+        let Self {
+            dropping,
+            slots,
+            index,
+            ..
+        } = self;
+        dropping.retain(|&slot| {
+            let in_use = index.in_slot(slot) > 0;
+            if !in_use {
+                slots[slot] = None;
+            }
+            in_use
+        });
+    }
+
+    /// One bounded step of forgetting the entries of dropped segments: one
+    /// shard of the index (1/64 of it). Costs nothing when none is left.
+    pub(super) fn sweep(&mut self) {
+        if self.dropping.is_empty() {
             return;
         }
-        self.sealed.drain(..dropped.len());
+        let shard = self.sweep_next;
+        self.sweep_next = (shard + 1) % Index::SHARDS;
+        let dropping = &self.dropping;
         self.index
-            .retain(|loc| !dropped.contains(&index::slot_of(loc.pos)));
-        for slot in dropped {
-            let gone = self.slots[slot].take().expect("a sealed slot is filled");
-            self.sealed_bytes -= gone.end - HEADER_SIZE;
-        }
+            .retain_shard(shard, |loc| !dropping.contains(&index::slot_of(loc.pos)));
+        self.release_dropped();
+    }
+
+    /// Whether dropped segments are still mapped, waiting for
+    /// [`sweep`](Self::sweep).
+    #[inline]
+    pub(super) fn sweeping(&self) -> bool {
+        !self.dropping.is_empty()
+    }
+
+    /// Entries in the cache: the index's, less those of dropped segments
+    /// it has not forgotten yet.
+    pub(super) fn len(&self) -> usize {
+        self.index.len()
+            - self
+                .dropping
+                .iter()
+                .map(|&slot| self.index.in_slot(slot))
+                .sum::<usize>()
     }
 
     /// Seals the active segment and puts a new, empty one at the path.

@@ -44,7 +44,7 @@ impl<K> FileCache<K> {
         let state = self.fresh()?;
         let mut report = Verification {
             records: 0,
-            live: state.index.len() as u64,
+            live: state.len() as u64,
             damage: Vec::new(),
         };
         for (seg, end) in state.segments() {
