@@ -1,20 +1,28 @@
-//! Grows a cache file to many entries and reports what each write cost and
-//! what opening the result costs: the measurement behind the FileCache
-//! figures in docs/benchmarks.md ("a file growing to 1M entries").
+//! Grows a cache file to many entries, overwrites them while another
+//! process reads, and reports what each write and each read cost and what
+//! opening the result costs: the measurement behind the FileCache figures
+//! in docs/benchmarks.md ("a file growing to 1M entries").
 //!
 //! ```sh
-//! cargo run --release --example file_growth -- /tmp/growth.lc 1000000
+//! cargo run --release --example file_growth -- /tmp/growth.lc 1000000 2000000
 //! ```
 //!
 //! Keys are shaped like the ftrack session's (40 bytes), written in a
-//! scrambled order; values are 300 bytes; default options. Every set is
-//! timed; the report gives the median, the 99.9th percentile, the slowest
-//! set and where it happened, and how many sets took over 1 ms. Then a new
-//! process (this program again) opens the file, so that the open builds its
-//! index from the file as any other process would, and reports the time.
+//! scrambled order; values are 300 bytes; default options. Three phases:
+//!
+//! 1. **Fill**: one set per key. Every set is timed.
+//! 2. **Overwrite**: sets of keys drawn at random, enough that cleaning
+//!    runs (it starts once half the records are dead) and drops sealed
+//!    segments, while a second process (this program again) reads random
+//!    keys throughout and times every get. The report gives the sets'
+//!    tail, the count of sets over 1 ms, the reader's tail overall and in
+//!    the 20 ms after each segment drop beside the 20 ms before it.
+//! 3. **Open**: a new process opens the cache, as any other process
+//!    would, and reports the time.
 
+use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use layercache::{Cache, FileCache};
 
@@ -24,53 +32,258 @@ fn key(n: u64) -> String {
     format!("('Task', ['{scrambled:026x}'])")
 }
 
+/// xorshift64*: a fixed, fast sequence of random numbers.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// Nanoseconds since the Unix epoch: a clock both processes share.
+fn wall_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+struct Tail {
+    count: usize,
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+    over_1ms: usize,
+}
+
+fn tail(mut nanos: Vec<u64>) -> Tail {
+    if nanos.is_empty() {
+        return Tail {
+            count: 0,
+            p50: 0,
+            p99: 0,
+            p999: 0,
+            max: 0,
+            over_1ms: 0,
+        };
+    }
+    nanos.sort_unstable();
+    let q = |q: f64| nanos[((nanos.len() - 1) as f64 * q) as usize];
+    Tail {
+        count: nanos.len(),
+        p50: q(0.5),
+        p99: q(0.99),
+        p999: q(0.999),
+        max: *nanos.last().unwrap(),
+        over_1ms: nanos.iter().filter(|&&t| t > 1_000_000).count(),
+    }
+}
+
+fn show(what: &str, t: &Tail) {
+    println!(
+        "{what}: {} samples, p50 {} ns, p99 {} ns, p99.9 {} ns, max {:.2} ms, {} over 1 ms",
+        t.count,
+        t.p50,
+        t.p99,
+        t.p999,
+        t.max as f64 / 1e6,
+        t.over_1ms
+    );
+}
+
+/// The reader process: random gets until `stop` exists; writes (wall
+/// time, latency) pairs to `out`.
+fn read(path: &str, entries: u64, stop: &Path, out: &Path) -> layercache::Result<()> {
+    let cache = FileCache::open(path)?;
+    let mut rng = Rng(0x5EED_1234);
+    let mut samples: Vec<(u64, u64)> = Vec::with_capacity(1 << 24);
+    std::fs::write(format!("{}.ready", out.display()), b"").expect("ready file");
+    let mut n = 0u64;
+    loop {
+        if n.is_multiple_of(1024) && stop.exists() {
+            break;
+        }
+        n += 1;
+        let key = key(rng.next() % entries);
+        let at = wall_nanos();
+        let start = Instant::now();
+        let got = cache.get(&key)?;
+        let took = start.elapsed().as_nanos() as u64;
+        assert!(got.is_some(), "every key is there");
+        samples.push((at, took));
+    }
+    let bytes: Vec<u8> = samples
+        .iter()
+        .flat_map(|(at, took)| at.to_le_bytes().into_iter().chain(took.to_le_bytes()))
+        .collect();
+    std::fs::write(out, bytes).expect("write the samples");
+    Ok(())
+}
+
 fn main() -> layercache::Result<()> {
     let mut args = std::env::args().skip(1);
     let path = args
         .next()
         .unwrap_or_else(|| "/tmp/file_growth.lc".to_string());
     let entries: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(100_000);
-
-    if args.next().as_deref() == Some("open") {
-        let start = Instant::now();
-        let cache = FileCache::open(&path)?;
-        let len = cache.len()?;
-        println!(
-            "open: {len} entries in {:.1} ms",
-            start.elapsed().as_secs_f64() * 1e3
-        );
-        return Ok(());
+    let third = args.next();
+    match third.as_deref() {
+        Some("open") => {
+            let start = Instant::now();
+            let cache = FileCache::open(&path)?;
+            let len = cache.len()?;
+            println!(
+                "open: {len} entries in {:.1} ms",
+                start.elapsed().as_secs_f64() * 1e3
+            );
+            return Ok(());
+        }
+        Some("read") => {
+            let stop = args.next().expect("the stop file");
+            let out = args.next().expect("the samples file");
+            return read(&path, entries, Path::new(&stop), Path::new(&out));
+        }
+        _ => {}
     }
+    let overwrites: u64 = third.and_then(|n| n.parse().ok()).unwrap_or(entries * 2);
 
-    let _ = std::fs::remove_file(&path);
-    let _ = std::fs::remove_file(format!("{path}.lock"));
+    let dir = Path::new(&path).parent().unwrap_or(Path::new("."));
+    let name = Path::new(&path)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    for entry in std::fs::read_dir(dir).expect("the directory").flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     let cache = FileCache::open(&path)?;
     let value = vec![7u8; 300];
-    let mut nanos = Vec::with_capacity(entries as usize);
+
+    // 1. Fill.
+    let mut fill = Vec::with_capacity(entries as usize);
+    let mut slowest = (0, 0);
     for n in 0..entries {
         let key = key(n);
         let start = Instant::now();
         cache.set(key, value.clone())?;
-        nanos.push(start.elapsed().as_nanos() as u64);
+        let took = start.elapsed().as_nanos() as u64;
+        if took > slowest.1 {
+            slowest = (n, took);
+        }
+        fill.push(took);
     }
-    let over_1ms = nanos.iter().filter(|&&t| t > 1_000_000).count();
-    let (slowest_at, slowest) = nanos
-        .iter()
-        .copied()
-        .enumerate()
-        .max_by_key(|&(_, t)| t)
-        .unwrap_or_default();
-    nanos.sort_unstable();
-    let quantile = |q: f64| nanos[((nanos.len() - 1) as f64 * q) as usize];
+    show("fill: sets", &tail(fill));
+    println!("fill: slowest set #{}; {:?}", slowest.0, cache.stats());
+
+    // 2. Overwrite, with a reader in another process.
+    let exe = std::env::current_exe().expect("this program's path");
+    let stop = format!("{path}.stop");
+    let out = format!("{path}.samples");
+    let _ = std::fs::remove_file(&stop);
+    let _ = std::fs::remove_file(format!("{out}.ready"));
+    let alone = std::env::var_os("FILE_GROWTH_NO_READER").is_some();
+    let mut reader = Command::new(&exe)
+        .args([&path, &entries.to_string(), "read", &stop, &out])
+        .spawn()
+        .expect("start the reader");
+    if alone {
+        std::fs::write(&stop, b"").expect("stop file");
+    }
+    while !Path::new(&format!("{out}.ready")).exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut rng = Rng(0xC0FF_EE00);
+    let mut sets = Vec::with_capacity(overwrites as usize);
+    let mut drops_at = Vec::new();
+    let mut drops = cache.stats().drops;
+    let mut seals = cache.stats().seals;
+    let mut slowest = (0, 0);
+    let mut slow = Vec::new();
+    for n in 0..overwrites {
+        let key = key(rng.next() % entries);
+        let start = Instant::now();
+        cache.set(key, value.clone()).expect("set");
+        let took = start.elapsed().as_nanos() as u64;
+        if took > slowest.1 {
+            slowest = (n, took);
+        }
+        sets.push(took);
+        let stats = cache.stats();
+        let (dropped, sealed) = (stats.drops != drops, stats.seals != seals);
+        if dropped {
+            drops_at.push(wall_nanos());
+        }
+        if took > 1_000_000 {
+            slow.push(format!(
+                "#{n} {:.2} ms{}{}",
+                took as f64 / 1e6,
+                if dropped { " (dropped a segment)" } else { "" },
+                if sealed { " (sealed)" } else { "" }
+            ));
+        }
+        (drops, seals) = (stats.drops, stats.seals);
+    }
+    println!("overwrite: sets over 1 ms: {}", slow.join(", "));
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&stop, b"").expect("stop file");
+    assert!(
+        reader.wait().expect("the reader").success(),
+        "the reader failed"
+    );
+    show("overwrite: sets", &tail(sets));
     println!(
-        "{entries} sets: p50 {} ns, p99.9 {} ns, slowest {:.1} ms (set #{slowest_at}), {over_1ms} over 1 ms",
-        quantile(0.5),
-        quantile(0.999),
-        slowest as f64 / 1e6,
+        "overwrite: slowest set #{}; {} segments dropped; {:?}",
+        slowest.0,
+        drops_at.len(),
+        cache.stats()
+    );
+    let bytes = std::fs::read(&out).expect("the samples");
+    let samples: Vec<(u64, u64)> = bytes
+        .chunks_exact(16)
+        .map(|c| {
+            (
+                u64::from_le_bytes(c[..8].try_into().unwrap()),
+                u64::from_le_bytes(c[8..].try_into().unwrap()),
+            )
+        })
+        .collect();
+    let window = 20_000_000;
+    let near = |before: bool| -> Vec<u64> {
+        samples
+            .iter()
+            .filter(|(at, _)| {
+                drops_at.iter().any(|&d| {
+                    if before {
+                        *at + window >= d && *at < d
+                    } else {
+                        *at >= d && *at < d + window
+                    }
+                })
+            })
+            .map(|&(_, took)| took)
+            .collect()
+    };
+    show("reader: gets", &tail(samples.iter().map(|s| s.1).collect()));
+    show("reader: gets in the 20 ms before a drop", &tail(near(true)));
+    show("reader: gets in the 20 ms after a drop", &tail(near(false)));
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(format!("{out}.ready"));
+    let _ = std::fs::remove_file(&stop);
+    println!(
+        "files: {} bytes, {} garbage",
+        cache.file_bytes()?,
+        cache.garbage_bytes()?
     );
     drop(cache);
 
-    let exe = std::env::current_exe().expect("this program's path");
+    // 3. Open, in a new process.
     let status = Command::new(exe)
         .args([&path, &entries.to_string(), "open"])
         .status()

@@ -263,6 +263,13 @@ fn the_byte_budget_holds_and_evicts_the_oldest_first_in_every_process() {
         "exactly the newest entries stay"
     );
     assert!(oldest_kept > 3000, "about 2,000 fit: {oldest_kept}");
+    let stats = cache.stats();
+    assert!(stats.seals > 0 && stats.drops > 0, "{stats:?}");
+    assert_eq!(
+        stats.evictions, oldest_kept,
+        "every older entry was evicted once"
+    );
+    assert_eq!(stats.copied, 0, "no garbage, so no cleaning");
     // Another handle, without the option, applies the same budget.
     drop(cache);
     let other = FileCache::open(&path).unwrap();
@@ -337,6 +344,9 @@ fn cleaning_keeps_garbage_bounded_and_loses_nothing() {
         cache.generation().unwrap() == 0,
         "no write rewrote the cache"
     );
+    let stats = cache.stats();
+    assert!(stats.drops > 10 && stats.copied > 0, "{stats:?}");
+    assert_eq!(stats.evictions, 0, "cleaning evicts nothing: {stats:?}");
     assert_eq!(state_of(&cache), model);
     assert_eq!(state_of(&reader), model);
     assert_eq!(dump_in_child(&path), model);
@@ -450,7 +460,8 @@ fn unlinked_mappings(path: &Path) -> usize {
 /// Entries of segments the budget dropped are gone from every read at
 /// once (`get`, `keys`, `len`), and the dropped segments' maps (and so
 /// their disk blocks) are released after at most 64 calls, the index
-/// forgetting their entries a shard at a time.
+/// forgetting their entries a shard at a time (the unmap itself runs in
+/// the background).
 #[test]
 fn evicted_entries_vanish_at_once_and_their_segments_are_unmapped() {
     let dir = TempDir::new().unwrap();
@@ -476,6 +487,11 @@ fn evicted_entries_vanish_at_once_and_their_segments_are_unmapped() {
         writer.get(&"key5999".to_string()).unwrap();
     }
     if std::path::Path::new("/proc/self/maps").exists() {
+        // The unmapping itself runs on a background thread of its own.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while unlinked_mappings(&path) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert_eq!(unlinked_mappings(&path), 0, "dropped segments still mapped");
     }
 }

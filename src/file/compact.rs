@@ -171,7 +171,7 @@ pub(super) fn after_write(
     let max = state.active().max_bytes().load(Ordering::Acquire);
     if max > 0 {
         while state.file_bytes() > max && state.oldest().is_some() {
-            state.drop_oldest(&shared.paths, lock);
+            state.drop_oldest(&shared.paths, &shared.settings, lock);
         }
     }
     let garbage = state.garbage();
@@ -254,6 +254,10 @@ fn clean_step(
         (at, end)
     };
     if !copies.is_empty() {
+        let counters = &shared.settings.counters;
+        counters
+            .copied
+            .fetch_add(copies.len() as u64, Ordering::Relaxed);
         let len = copies
             .iter()
             .map(|&(key, value, _)| format::record_len(key, value))
@@ -278,7 +282,7 @@ fn clean_step(
         super::append(shared, options.durability, lock, state)?;
     }
     if at >= end {
-        state.drop_oldest(paths, lock);
+        state.drop_oldest(paths, &shared.settings, lock);
     } else {
         state.active().cursor().store(at, Ordering::Release);
     }

@@ -195,6 +195,16 @@ pub struct FileStats {
     /// [`FileCacheBuilder::on_compaction_error`]); the writes they followed
     /// succeeded.
     pub compaction_failures: u64,
+    /// Active segments this process sealed.
+    pub seals: u64,
+    /// Sealed segments this process dropped: cleaned through, or over the
+    /// byte budget.
+    pub drops: u64,
+    /// Entries this process's drops evicted (live entries of segments
+    /// dropped over the byte budget).
+    pub evictions: u64,
+    /// Live records this process's cleaning copied to the active segment.
+    pub copied: u64,
 }
 
 fn lock_poisoned<T>(result: std::result::Result<T, PoisonError<T>>) -> T {
@@ -299,6 +309,10 @@ impl<K> FileCache<K> {
             .map(|shared| FileStats {
                 syncs: shared.syncs.load(Ordering::Relaxed),
                 compaction_failures: shared.compaction_failures.load(Ordering::Relaxed),
+                seals: shared.settings.counters.seals.load(Ordering::Relaxed),
+                drops: shared.settings.counters.drops.load(Ordering::Relaxed),
+                evictions: shared.settings.counters.evictions.load(Ordering::Relaxed),
+                copied: shared.settings.counters.copied.load(Ordering::Relaxed),
             })
             .unwrap_or_default()
     }

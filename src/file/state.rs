@@ -27,7 +27,7 @@
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::format::{self, HEADER_SIZE, Kind, NewHeader, RECORD_HEADER_SIZE};
 use super::identity::{self, Paths, ident};
@@ -37,10 +37,20 @@ use super::log::{Damaged, Log, ScanEnd, Walked, walk};
 use super::options::{Durability, Options};
 use super::segment::{Segment, map_file};
 use crate::error::{Error, Result};
+use memmap2::UncheckedAdvice;
+
+/// Counts of what this process did to one cache (see `FileStats`).
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) seals: AtomicU64,
+    pub(super) drops: AtomicU64,
+    pub(super) evictions: AtomicU64,
+    pub(super) copied: AtomicU64,
+}
 
 /// What one process's state of a file was opened with, for every load of
 /// it (the first handle's options: see `FileCacheBuilder::growth`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Settings {
     /// The map's reach past the active segment's end.
     pub(super) growth: u64,
@@ -52,6 +62,8 @@ pub(super) struct Settings {
     pub(super) segment_bytes: u64,
     /// Whether seals are made durable (`fsync`) before they are published.
     pub(super) durable: bool,
+    /// What this process did, for its `FileStats`.
+    pub(super) counters: Arc<Counters>,
 }
 
 impl Settings {
@@ -62,6 +74,7 @@ impl Settings {
             allow_remote: options.allow_network_fs,
             segment_bytes: options.segment_bytes,
             durable: options.durability != Durability::Buffered,
+            counters: Arc::default(),
         }
     }
 }
@@ -627,8 +640,8 @@ impl State {
         } = self;
         dropping.retain(|&slot| {
             let in_use = index.in_slot(slot) > 0;
-            if !in_use {
-                slots[slot] = None;
+            if !in_use && let Some(gone) = slots[slot].take() {
+                in_background(None, Some(gone.seg));
             }
             in_use
         });
@@ -715,6 +728,7 @@ impl State {
             return Err(io(e));
         }
         lock.bump_epoch();
+        settings.counters.seals.fetch_add(1, Ordering::Relaxed);
         if settings.durable {
             identity::sync_parent(&paths.data);
         }
@@ -740,18 +754,98 @@ impl State {
     /// Drops the oldest sealed segment from the cache: the base moves past
     /// it, other processes are told, and its file is unlinked (processes
     /// still mapping it keep reading valid pages until they follow).
-    pub(super) fn drop_oldest(&mut self, paths: &Paths, lock: &Exclusive<'_>) {
+    pub(super) fn drop_oldest(&mut self, paths: &Paths, settings: &Settings, lock: &Exclusive<'_>) {
         let Some(&slot) = self.sealed.first() else {
             return;
         };
         let id = self.slot(slot).seg.id;
+        let counters = &settings.counters;
+        counters.drops.fetch_add(1, Ordering::Relaxed);
+        let evicted = self.index.in_slot(slot) as u64;
+        counters.evictions.fetch_add(evicted, Ordering::Relaxed);
         let active = self.active();
         active.base().store(id + 1, Ordering::Release);
         active.cursor().store(0, Ordering::Release);
         lock.bump_epoch();
         self.epoch = lock.epoch();
-        let _ = std::fs::remove_file(paths.segment(id));
+        // The segment is no longer part of the cache (a load would remove
+        // it, being below the base): its unlink, like the unmap, is left to
+        // the background.
+        let file = paths.segment(id);
         self.drop_below(id + 1);
+        match self.dropping.iter().position(|&s| s == slot) {
+            // Still mapped here: unlinked now, unmapped once swept.
+            Some(_) => {
+                let _ = std::fs::remove_file(file);
+            }
+            None => in_background(Some(file), None),
+        }
+    }
+}
+
+/// Unlinks `file` and unmaps `segment` on a thread of their own. Both can
+/// take milliseconds when they free a large segment's pages and blocks (the
+/// last unmap of an unlinked file frees them), and the caller holds locks
+/// that writers in every process, or this process's readers, wait on. When
+/// no thread can be started, they are done here.
+fn in_background(file: Option<std::path::PathBuf>, segment: Option<Segment>) {
+    let unlink_here = file.clone();
+    let spawned = std::thread::Builder::new()
+        .name("layercache-release".into())
+        .spawn(move || {
+            lowest_priority();
+            if let Some(file) = &file {
+                let _ = std::fs::remove_file(file);
+            }
+            if let Some(segment) = segment {
+                release_gradually(segment);
+            }
+        });
+    // When no thread can be started, the closure, and the segment with it,
+    // is dropped here; the unlink is done here too.
+    if spawned.is_err()
+        && let Some(file) = unlink_here
+    {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// Gives the calling thread the lowest scheduling priority (nice 19; on
+/// Linux, `setpriority` with `PRIO_PROCESS` and 0 applies to the calling
+/// thread alone), so that releasing a segment takes no CPU time from the
+/// threads that serve requests when the cores are busy.
+fn lowest_priority() {
+    // SAFETY: setpriority takes three integers and touches no memory of
+    // ours; its failure (not permitted, say) is harmless and ignored.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+    }
+}
+
+/// Unmaps `segment` a megabyte at a time. One `munmap` of a large,
+/// populated mapping holds the process's memory map lock for writing while
+/// it tears the page tables down (milliseconds for 64 MiB), and every page
+/// fault of every thread waits on it; dropping the pages a megabyte at a
+/// time (`MADV_DONTNEED` takes the lock for reading) leaves the final
+/// `munmap` nothing to tear down.
+fn release_gradually(segment: Segment) {
+    const STEP: usize = 1 << 20;
+    if let Ok(map) = Arc::try_unwrap(segment.map) {
+        let mut at = 0;
+        while at < map.len() {
+            let len = STEP.min(map.len() - at);
+            // SAFETY: `map` is the last handle on this mapping (`try_unwrap`
+            // succeeded, and no slice or reference into it outlives the
+            // state's locks, which the caller released the segment from), so
+            // nothing reads through it again: dropping its pages cannot
+            // change bytes anyone still reads. It is a shared file mapping,
+            // so a page dropped here would read again from the file, never
+            // as zeros; it is unmapped just after. The range lies within the
+            // mapping.
+            let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, at, len) };
+            at += len;
+            std::thread::yield_now();
+        }
     }
 }
 
