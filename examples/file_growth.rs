@@ -136,9 +136,13 @@ fn main() -> layercache::Result<()> {
             let start = Instant::now();
             let cache = FileCache::open(&path)?;
             let len = cache.len()?;
+            let took = start.elapsed();
+            let stats = cache.stats();
             println!(
-                "open: {len} entries in {:.1} ms",
-                start.elapsed().as_secs_f64() * 1e3
+                "open: {len} entries in {:.1} ms ({} segments from hints, {} scanned)",
+                took.as_secs_f64() * 1e3,
+                stats.hinted,
+                stats.scanned
             );
             return Ok(());
         }
@@ -283,7 +287,28 @@ fn main() -> layercache::Result<()> {
     );
     drop(cache);
 
-    // 3. Open, in a new process.
+    // 3. Open, in a new process, once the hints of the sealed segments
+    // (written in the background) are there.
+    let count = |suffix: &str| {
+        std::fs::read_dir(dir)
+            .expect("the directory")
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(&name) && n.ends_with(suffix)
+            })
+            .count()
+    };
+    let waited = Instant::now();
+    while count(".hint") < count(".seg") && waited.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "hints: {} of {} sealed segments, after {:.0} ms",
+        count(".hint"),
+        count(".seg"),
+        waited.elapsed().as_secs_f64() * 1e3
+    );
     let status = Command::new(exe)
         .args([&path, &entries.to_string(), "open"])
         .status()

@@ -495,3 +495,187 @@ fn evicted_entries_vanish_at_once_and_their_segments_are_unmapped() {
         assert_eq!(unlinked_mappings(&path), 0, "dropped segments still mapped");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Hint files.
+
+/// Reports `stats <hinted> <scanned>` for a fresh open of the cache at
+/// `LAYERCACHE_ARG_PATH` (segments of 8 KiB), then every entry as
+/// `entry <key>=<hex value>`.
+#[test]
+fn child_open_and_dump() {
+    if !is_child("child_open_and_dump") {
+        return;
+    }
+    let cache = open(Path::new(&arg("PATH")));
+    let stats = cache.stats();
+    report(format!("stats {} {}", stats.hinted, stats.scanned));
+    for (key, value) in state_of(&cache) {
+        let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+        report(format!("entry {key}={hex}"));
+    }
+}
+
+/// A fresh process's (hinted, scanned) counts and the cache it read.
+fn open_in_child(path: &Path) -> ((u64, u64), BTreeMap<String, Vec<u8>>) {
+    let mut child = Running::spawn(
+        "open",
+        child_command(
+            "child_open_and_dump",
+            &[("PATH", path.display().to_string())],
+        ),
+    );
+    let finished = child.finish();
+    finished.assert_success();
+    let stats = finished
+        .reports_of("stats")
+        .next()
+        .expect("stats")
+        .to_string();
+    let mut counts = stats.split(' ').map(|n| n.parse::<u64>().unwrap());
+    let counts = (counts.next().unwrap(), counts.next().unwrap());
+    let entries = finished
+        .reports_of("entry")
+        .map(|line| {
+            let (key, hex) = line.split_once('=').expect("key=value");
+            let value = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            (key.to_string(), value)
+        })
+        .collect();
+    (counts, entries)
+}
+
+/// The hint files beside `path`, by id.
+fn hints(path: &Path) -> BTreeMap<u64, PathBuf> {
+    let name = path.file_name().unwrap().to_str().unwrap().to_string();
+    std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.unwrap();
+            let file = entry.file_name().into_string().ok()?;
+            let id = file
+                .strip_prefix(&format!("{name}."))?
+                .strip_suffix(".hint")?
+                .parse()
+                .ok()?;
+            Some((id, entry.path()))
+        })
+        .collect()
+}
+
+/// Waits until every sealed segment beside `path` has its hint (they are
+/// written in the background).
+fn wait_for_hints(path: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let sealed: Vec<u64> = sealed(path).keys().copied().collect();
+        let hinted: Vec<u64> = hints(path).keys().copied().collect();
+        if sealed == hinted {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hints {hinted:?} for segments {sealed:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Sealing writes a hint per segment; a fresh process indexes every
+/// sealed segment from its hint, reading none of them, and gets exactly
+/// what was written.
+#[test]
+fn a_fresh_process_opens_from_the_hints() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("hinted.lc");
+    let model = write_rounds(&open(&path), 300, 4);
+    wait_for_hints(&path);
+    let segments = sealed(&path).len() as u64;
+    assert!(segments > 10);
+    let ((hinted, scanned), entries) = open_in_child(&path);
+    assert_eq!((hinted, scanned), (segments, 0));
+    assert_eq!(entries, model);
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Damaged, truncated, stale and forged hints: a fresh process still reads
+/// every entry exactly (it scans the segment instead), and a hint forged
+/// to pass every checksum, whose entries point keys at other records,
+/// gives misses, never another key's value.
+#[test]
+fn bad_hints_cost_a_scan_never_wrong_data() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("bad.lc");
+    let model = write_rounds(&open(&path), 300, 4);
+    wait_for_hints(&path);
+    let all = hints(&path);
+    let (first, second) = {
+        let mut ids = all.keys();
+        (*ids.next().unwrap(), *ids.next().unwrap())
+    };
+    let original = std::fs::read(&all[&first]).unwrap();
+    let damaged: Vec<(&str, Vec<u8>)> = vec![
+        ("a flipped header byte", {
+            let mut b = original.clone();
+            b[20] ^= 1;
+            b
+        }),
+        ("a flipped entry byte", {
+            let mut b = original.clone();
+            b[64 + 9] ^= 1;
+            b
+        }),
+        ("cut short", original[..original.len() - 7].to_vec()),
+        ("empty", Vec::new()),
+        (
+            "another segment's hint",
+            std::fs::read(&all[&second]).unwrap(),
+        ),
+    ];
+    for (what, bytes) in damaged {
+        std::fs::write(&all[&first], &bytes).unwrap();
+        let ((_, scanned), entries) = open_in_child(&path);
+        assert!(scanned >= 1, "{what}: the segment was scanned");
+        assert_eq!(entries, model, "{what}");
+    }
+    // Forged: the places of the second and third records swapped (the
+    // first and the last are among those checked against the segment),
+    // checksums made right.
+    let mut forged = original.clone();
+    let (a, b) = (64 + 32, 64 + 64);
+    let first_offset: [u8; 8] = forged[a..a + 8].try_into().unwrap();
+    let second_offset: [u8; 8] = forged[b..b + 8].try_into().unwrap();
+    forged[a..a + 8].copy_from_slice(&second_offset);
+    forged[b..b + 8].copy_from_slice(&first_offset);
+    let body_crc = crc32(&forged[64..]);
+    forged[44..48].copy_from_slice(&body_crc.to_le_bytes());
+    let header_crc = crc32(&forged[..60]);
+    forged[60..64].copy_from_slice(&header_crc.to_le_bytes());
+    std::fs::write(&all[&first], &forged).unwrap();
+    let ((_, scanned), entries) = open_in_child(&path);
+    assert_eq!(scanned, 0, "the forged hint was used");
+    for (key, value) in &entries {
+        assert_eq!(model.get(key), Some(value), "{key}: another key's value");
+    }
+    assert!(
+        entries.len() + 2 >= model.len(),
+        "at most the two lied about go missing"
+    );
+}

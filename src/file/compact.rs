@@ -83,6 +83,7 @@ pub(super) fn rewrite(
     for seg in state.sealed() {
         // Below the new base: the next load removes any left behind.
         let _ = std::fs::remove_file(paths.segment(seg.id));
+        let _ = std::fs::remove_file(paths.hint(seg.id));
     }
     *state = State::load(paths, &shared.settings, lock)?;
     Ok(())

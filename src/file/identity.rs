@@ -119,9 +119,27 @@ impl Paths {
         sibling(&self.data, &format!(".{id}.seg"))
     }
 
+    /// The name of the hint file of sealed segment `id`:
+    /// `<real path>.<id>.hint`.
+    pub(super) fn hint(&self, id: u64) -> PathBuf {
+        sibling(&self.data, &format!(".{id}.hint"))
+    }
+
     /// The ids of the sealed segments in the data file's directory, in
     /// ascending order.
     pub(super) fn sealed_ids(&self) -> std::io::Result<Vec<u64>> {
+        self.ids_of(b".seg")
+    }
+
+    /// The ids of the hint files in the data file's directory, in
+    /// ascending order.
+    pub(super) fn hint_ids(&self) -> std::io::Result<Vec<u64>> {
+        self.ids_of(b".hint")
+    }
+
+    /// The ids `<id>` of the files named `<real path>.<id><suffix>` beside
+    /// the data file, in ascending order.
+    fn ids_of(&self, suffix: &[u8]) -> std::io::Result<Vec<u64>> {
         let name = self.data.file_name().unwrap_or_default().as_encoded_bytes();
         let dir = match self.data.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -135,7 +153,7 @@ impl Paths {
                 .as_encoded_bytes()
                 .strip_prefix(name)
                 .and_then(|rest| rest.strip_prefix(b"."))
-                .and_then(|rest| rest.strip_suffix(b".seg"))
+                .and_then(|rest| rest.strip_suffix(suffix))
                 .and_then(|digits| std::str::from_utf8(digits).ok())
                 .filter(|digits| digits.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|digits| digits.parse::<u64>().ok());

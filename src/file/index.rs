@@ -134,6 +134,22 @@ impl Loc {
 /// Shards of the index: a shard grows on its own.
 const SHARDS: usize = 64;
 
+/// The shard for `hash`: bits 48..56, clear of the bits a table uses for
+/// its buckets (the lowest) and for its control bytes (the top 7).
+#[inline]
+fn shard_of(hash: u64) -> usize {
+    (hash >> 48) as usize % SHARDS
+}
+
+/// A record read from a hint file, for [`Index::load`].
+#[derive(Debug, Clone, Copy)]
+pub enum Hinted {
+    /// A put, its `hash` set.
+    Put(Loc),
+    /// A tombstone: the key's hash.
+    Remove(u64),
+}
+
 /// Entries moved from a shard's old table to its new one at each insert
 /// of a new key while the shard grows.
 const MOVE_PER_INSERT: usize = 16;
@@ -150,6 +166,10 @@ const MOVE_PER_INSERT: usize = 16;
 struct Shard {
     table: HashTable<Loc>,
     moving: HashTable<Loc>,
+    /// The next bucket of `moving` to move: buckets below it are empty
+    /// (removals leave other entries in their buckets), so each move
+    /// resumes where the last stopped instead of scanning from the start.
+    cursor: usize,
 }
 
 impl Shard {
@@ -194,11 +214,18 @@ impl Shard {
         if self.table.len() == self.table.capacity() && self.moving.is_empty() {
             let capacity = (self.table.capacity() * 2).max(16);
             self.moving = std::mem::replace(&mut self.table, HashTable::with_capacity(capacity));
+            self.cursor = 0;
         }
         self.table.insert_unique(loc.hash, loc, |l| l.hash);
         if !self.moving.is_empty() {
-            for loc in self.moving.extract_if(|_| true).take(MOVE_PER_INSERT) {
-                self.table.insert_unique(loc.hash, loc, |l| l.hash);
+            let mut moved = 0;
+            while moved < MOVE_PER_INSERT && self.cursor < self.moving.num_buckets() {
+                if let Ok(entry) = self.moving.get_bucket_entry(self.cursor) {
+                    let (loc, _) = entry.remove();
+                    self.table.insert_unique(loc.hash, loc, |l| l.hash);
+                    moved += 1;
+                }
+                self.cursor += 1;
             }
             self.release_moving();
         }
@@ -272,16 +299,14 @@ impl Index {
         self.shards.iter().flat_map(Shard::iter)
     }
 
-    /// The shard for `hash`: bits 48..56, clear of the bits a table uses
-    /// for its buckets (the lowest) and for its control bytes (the top 7).
     #[inline]
     fn shard(&self, hash: u64) -> &Shard {
-        &self.shards[(hash >> 48) as usize % SHARDS]
+        &self.shards[shard_of(hash)]
     }
 
     #[inline]
     fn shard_mut(&mut self, hash: u64) -> &mut Shard {
-        &mut self.shards[(hash >> 48) as usize % SHARDS]
+        &mut self.shards[shard_of(hash)]
     }
 
     /// The entry for `key`. It may point into a segment dropped from the
@@ -332,6 +357,73 @@ impl Index {
             self.count(old, false);
         }
         removed
+    }
+
+    /// Room for `additional` more entries, spread over the shards, so that
+    /// loading them moves nothing.
+    pub fn reserve(&mut self, additional: usize) {
+        let per_shard = additional.div_ceil(SHARDS);
+        for shard in self.shards.iter_mut() {
+            shard.table.reserve(per_shard, |l| l.hash);
+        }
+    }
+
+    /// Indexes records read from hint files, in log order, whose hashes
+    /// are already known: a put replaces the entry with the same hash, a
+    /// tombstone forgets it, without reading either key. Only for loading:
+    /// two keys whose 64-bit hashes collide then keep only the newer (the
+    /// other reads as missing, as a lookup checks the key), which never
+    /// serves wrong bytes.
+    ///
+    pub fn load(&mut self, records: impl IntoIterator<Item = Hinted>) {
+        for record in records {
+            match record {
+                Hinted::Put(loc) => self.load_put(loc),
+                Hinted::Remove(hash) => self.load_remove(shard_of(hash), hash),
+            }
+        }
+    }
+
+    fn load_put(&mut self, loc: Loc) {
+        let hash = loc.hash;
+        self.count(&loc, true);
+        self.live_bytes += loc.record_len();
+        let shard = &mut self.shards[shard_of(hash)];
+        let old = if shard.moving.is_empty() && shard.table.len() < shard.table.capacity() {
+            // One probe: the usual case, a table reserved for the load.
+            match shard.table.entry(hash, |l| l.hash == hash, |l| l.hash) {
+                hashbrown::hash_table::Entry::Occupied(mut slot) => {
+                    Some(std::mem::replace(slot.get_mut(), loc))
+                }
+                hashbrown::hash_table::Entry::Vacant(slot) => {
+                    slot.insert(loc);
+                    None
+                }
+            }
+        } else {
+            match shard.find_mut(hash, |l| l.hash == hash) {
+                Some(slot) => Some(std::mem::replace(slot, loc)),
+                None => {
+                    shard.insert_new(loc);
+                    None
+                }
+            }
+        };
+        match &old {
+            Some(old) => {
+                self.live_bytes -= old.record_len();
+                self.count(old, false);
+            }
+            None => self.len += 1,
+        }
+    }
+
+    fn load_remove(&mut self, shard: usize, hash: u64) {
+        if let Some(old) = self.shards[shard].remove(hash, |l| l.hash == hash) {
+            self.live_bytes -= old.record_len();
+            self.len -= 1;
+            self.count(&old, false);
+        }
     }
 
     /// Keeps only the entries for which `keep` is true.

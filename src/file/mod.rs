@@ -39,6 +39,7 @@
 
 mod compact;
 mod format;
+mod hint;
 mod identity;
 mod index;
 mod lock;
@@ -205,6 +206,11 @@ pub struct FileStats {
     pub evictions: u64,
     /// Live records this process's cleaning copied to the active segment.
     pub copied: u64,
+    /// Sealed segments this process indexed from their hint files.
+    pub hinted: u64,
+    /// Sealed segments this process indexed by reading them (no valid
+    /// hint: none written yet, or stale or damaged).
+    pub scanned: u64,
 }
 
 fn lock_poisoned<T>(result: std::result::Result<T, PoisonError<T>>) -> T {
@@ -313,6 +319,8 @@ impl<K> FileCache<K> {
                 drops: shared.settings.counters.drops.load(Ordering::Relaxed),
                 evictions: shared.settings.counters.evictions.load(Ordering::Relaxed),
                 copied: shared.settings.counters.copied.load(Ordering::Relaxed),
+                hinted: shared.settings.counters.hinted.load(Ordering::Relaxed),
+                scanned: shared.settings.counters.scanned.load(Ordering::Relaxed),
             })
             .unwrap_or_default()
     }

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::format::{self, HEADER_SIZE, Kind, NewHeader, RECORD_HEADER_SIZE};
+use super::hint;
 use super::identity::{self, Paths, ident};
 use super::index::{self, Index, Loc, Logs};
 use super::lock::{Exclusive, LockPage};
@@ -46,6 +47,8 @@ pub(super) struct Counters {
     pub(super) drops: AtomicU64,
     pub(super) evictions: AtomicU64,
     pub(super) copied: AtomicU64,
+    pub(super) hinted: AtomicU64,
+    pub(super) scanned: AtomicU64,
 }
 
 /// What one process's state of a file was opened with, for every load of
@@ -130,6 +133,8 @@ pub(super) struct State {
     pub(super) generation: u64,
     /// The index's hash seed, the same in every segment of the cache.
     seed: u64,
+    /// What this process did, for its `FileStats`.
+    counters: Arc<Counters>,
     pub(super) index: Index,
 }
 
@@ -223,15 +228,45 @@ impl State {
             lock_page: lock.page(),
             generation: info.generation,
             seed: info.seed,
+            counters: settings.counters.clone(),
             index: Index::new(info.seed),
         };
+        let mut sealed = Vec::new();
         for id in paths.sealed_ids().map_err(io)? {
             if id < base {
                 // Dropped, but its unlink never happened.
                 let _ = std::fs::remove_file(paths.segment(id));
-            } else if id < info.id {
-                state.add_sealed(paths, id)?;
+            } else if id < info.id
+                && let Some(opened) = state.open_sealed_hinted(paths, id)
+            {
+                sealed.push(opened);
             }
+        }
+        for id in paths.hint_ids().map_err(io)? {
+            if id < base || id >= info.id {
+                let _ = std::fs::remove_file(paths.hint(id));
+            }
+        }
+        // Room for every put the hints hold, so loading them moves nothing.
+        let hinted: usize = sealed
+            .iter()
+            .filter_map(|(_, hinted)| hinted.as_ref())
+            .map(hint::Hint::puts)
+            .sum();
+        // And for the active segment's records, at the hinted segments'
+        // average record size.
+        let hinted_bytes: u64 = sealed
+            .iter()
+            .filter(|(_, hinted)| hinted.is_some())
+            .map(|(seg, _)| seg.end - HEADER_SIZE)
+            .sum();
+        let active_records = match hinted_bytes / (hinted.max(1) as u64) {
+            0 => 0,
+            average => (len.saturating_sub(HEADER_SIZE) / average) as usize,
+        };
+        state.index.reserve(hinted + active_records);
+        for (seg, hinted) in sealed {
+            state.index_sealed(paths, seg, hinted);
         }
         state.active = state.add_slot(active);
         state.open_active(len, paths)?;
@@ -276,18 +311,87 @@ impl State {
     }
 
     /// Maps the sealed segment `id` and indexes it, after every segment
-    /// already indexed. A file that is missing, unreadable or not a segment
-    /// of this cache is left out: its records read as missing.
+    /// already indexed: from its hint file when there is a valid one,
+    /// otherwise by scanning it (and then a hint is written in the
+    /// background for the next process that opens the cache). A file that
+    /// is missing, unreadable or not a segment of this cache is left out:
+    /// its records read as missing.
     fn add_sealed(&mut self, paths: &Paths, id: u64) -> Result<()> {
-        let Some(seg) = open_sealed(paths, id, self.seed) else {
+        let Some((seg, hinted)) = self.open_sealed_hinted(paths, id) else {
             return Ok(());
         };
+        self.index_sealed(paths, seg, hinted);
+        Ok(())
+    }
+
+    /// Opens the sealed segment `id` and reads its hint, if it has a valid
+    /// one.
+    fn open_sealed_hinted(&self, paths: &Paths, id: u64) -> Option<(Segment, Option<hint::Hint>)> {
+        let seg = open_sealed(paths, id, self.seed)?;
+        let describes = hint::Describes {
+            id,
+            end: seg.end,
+            seed: self.seed,
+            salt: seg.salt,
+        };
+        let hinted = hint::Hint::read(&paths.hint(id), describes)
+            .filter(|hint| hint.matches(seg.log(seg.end), self.seed));
+        Some((seg, hinted))
+    }
+
+    /// Indexes the sealed segment `seg`, after every segment already
+    /// indexed, from `hinted` or by a scan.
+    fn index_sealed(&mut self, paths: &Paths, seg: Segment, hinted: Option<hint::Hint>) {
         let end = seg.end;
         let slot = self.add_slot(seg);
-        self.index_records(slot, HEADER_SIZE, end);
+        let counter = match hinted {
+            Some(_) => &self.counters.hinted,
+            None => &self.counters.scanned,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match hinted {
+            Some(hint) => {
+                self.slot_mut(slot).end = end;
+                self.index
+                    .load(hint.entries().map(|e| hinted_record(slot, e)));
+            }
+            None => {
+                self.index_records(slot, HEADER_SIZE, end);
+                self.write_hint_later(paths, slot);
+            }
+        }
         self.sealed.push(slot);
         self.sealed_bytes += end - HEADER_SIZE;
-        Ok(())
+    }
+
+    /// Writes the hint of the sealed segment in `slot` on a background
+    /// thread (it reads the whole segment); a failure leaves no hint, and
+    /// the next open scans the segment.
+    fn write_hint_later(&self, paths: &Paths, slot: usize) {
+        let filled = self.slot(slot);
+        let seg = &filled.seg;
+        let map = seg.map.clone();
+        let describes = hint::Describes {
+            id: seg.id,
+            end: filled.end,
+            seed: self.seed,
+            salt: seg.salt,
+        };
+        let path = paths.hint(seg.id);
+        let segment = paths.segment(seg.id);
+        let _ = std::thread::Builder::new()
+            .name("layercache-hint".into())
+            .spawn(move || {
+                lowest_priority();
+                let log = Log::of(&map, describes.end, describes.salt);
+                if let Some(entries) = hint::entries_of(log, describes.seed)
+                    && hint::write(&path, describes, &entries).is_ok()
+                    && !segment.exists()
+                {
+                    // Dropped while the hint was written.
+                    let _ = std::fs::remove_file(&path);
+                }
+            });
     }
 
     fn add_slot(&mut self, seg: Segment) -> usize {
@@ -739,6 +843,7 @@ impl State {
         self.slot_mut(old).seg.end = end;
         self.sealed.push(old);
         self.sealed_bytes += end - HEADER_SIZE;
+        self.write_hint_later(paths, old);
         self.active = self.add_slot(Segment {
             file: Arc::new(next),
             map: Arc::new(map),
@@ -772,6 +877,7 @@ impl State {
         // it, being below the base): its unlink, like the unmap, is left to
         // the background.
         let file = paths.segment(id);
+        let _ = std::fs::remove_file(paths.hint(id));
         self.drop_below(id + 1);
         match self.dropping.iter().position(|&s| s == slot) {
             // Still mapped here: unlinked now, unmapped once swept.
@@ -846,6 +952,21 @@ fn release_gradually(segment: Segment) {
             at += len;
             std::thread::yield_now();
         }
+    }
+}
+
+/// A hint's entry for a record of the segment in `slot`, for the index.
+fn hinted_record(slot: usize, entry: hint::Entry) -> index::Hinted {
+    match entry.kind {
+        Kind::Put => index::Hinted::Put(Loc {
+            pos: index::pos(slot, entry.offset),
+            hash: entry.hash,
+            key_len: entry.key_len,
+            value_len: entry.value_len,
+            key_crc: entry.key_crc,
+            value_crc: entry.value_crc,
+        }),
+        Kind::Tombstone => index::Hinted::Remove(entry.hash),
     }
 }
 
