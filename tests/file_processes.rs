@@ -626,6 +626,22 @@ const STEADY_WRITERS: u64 = 2;
 const STEADY_KEYS: u64 = 30;
 const STEADY_COMPACTIONS: u64 = 10;
 
+/// Opens the steady test's cache: automatic upkeep off, or (`segments`)
+/// with 8 KiB segments and cleaning as soon as a third of the records are
+/// dead, so that every writer seals and cleans while the others read,
+/// write and compact.
+fn open_steady(path: &Path, segments: bool) -> FileCache {
+    if segments {
+        FileCache::builder(path)
+            .segment_size(8192)
+            .compact_when(0.3, 0)
+            .open()
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+    } else {
+        open_manual(path)
+    }
+}
+
 fn steady_value(key: &str, version: u64, pad: usize) -> String {
     format!("{key}:{version}:{}", ".".repeat(pad))
 }
@@ -657,7 +673,7 @@ fn child_steady_writer() {
     }
     let id = arg_u64("ID");
     let stop = PathBuf::from(arg("STOP"));
-    let cache = open_manual(Path::new(&arg("PATH")));
+    let cache = open_steady(Path::new(&arg("PATH")), arg_u64("SEGMENTS") == 1);
     let mut rng = Rng::new(0x57EAD + id);
     let mut mine: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     report("ready");
@@ -687,6 +703,8 @@ fn child_steady_writer() {
             "{key}"
         );
     }
+    let stats = cache.stats();
+    report(format!("upkeep {} {}", stats.seals, stats.drops));
     report(format!("done {n}"));
 }
 
@@ -696,7 +714,7 @@ fn child_steady_reader() {
         return;
     }
     let stop = PathBuf::from(arg("STOP"));
-    let cache = open_manual(Path::new(&arg("PATH")));
+    let cache = open_steady(Path::new(&arg("PATH")), arg_u64("SEGMENTS") == 1);
     let keys: Vec<String> = (0..STEADY_WRITERS)
         .flat_map(|w| (0..STEADY_KEYS).map(move |k| format!("w{w}-{k:02}")))
         .collect();
@@ -746,14 +764,27 @@ fn child_steady_reader() {
 
 #[test]
 fn compaction_while_other_processes_read_and_write() {
+    steady(false);
+}
+
+/// The same with 8 KiB segments: every writer also seals segments and
+/// cleans them (copying live records, dropping segments) while the others
+/// read, write and compact.
+#[test]
+fn seals_cleaning_and_compaction_while_other_processes_read_and_write() {
+    steady(true);
+}
+
+fn steady(segments: bool) {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("steady.lc");
     let (start, stop) = (dir.path().join("start"), dir.path().join("stop"));
-    let cache = open_manual(&path);
+    let cache = open_steady(&path, segments);
     let common = [
         ("PATH", path.display().to_string()),
         ("START", start.display().to_string()),
         ("STOP", stop.display().to_string()),
+        ("SEGMENTS", u64::from(segments).to_string()),
     ];
     let mut writers: Vec<Running> = (0..STEADY_WRITERS)
         .map(|id| {
@@ -786,9 +817,19 @@ fn compaction_while_other_processes_read_and_write() {
     std::fs::write(&stop, b"stop").unwrap();
 
     let mut expected: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let (mut seals, mut drops) = (0, 0);
     for (id, writer) in writers.iter_mut().enumerate() {
         let finished = writer.finish();
         finished.assert_success();
+        let upkeep: Vec<u64> = finished
+            .reports_of("upkeep")
+            .next()
+            .expect("upkeep")
+            .split(' ')
+            .map(|n| n.parse().unwrap())
+            .collect();
+        seals += upkeep[0];
+        drops += upkeep[1];
         assert!(
             after[id] > before[id],
             "writer {id} wrote while the compactions ran ({} then {})",
@@ -815,6 +856,12 @@ fn compaction_while_other_processes_read_and_write() {
             [count.to_string()],
             "{}",
             finished.diagnostics()
+        );
+    }
+    if segments {
+        assert!(
+            seals > 10 && drops > 0,
+            "the writers sealed {seals} segments and dropped {drops}"
         );
     }
     let finished = reader.finish();

@@ -23,6 +23,7 @@ use std::io::{BufWriter, Write as _};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 
+use super::crash;
 use super::format::{
     self, Deadlines, HEADER_SIZE, Kind, NewHeader, Place, RECORD_HEADER_SIZE, crc,
 };
@@ -79,7 +80,9 @@ pub(super) fn rewrite(
         cursor: 0,
     };
     write_file(paths, &like, header, live)?;
+    crash::point("compact:written");
     install(paths, lock, active)?;
+    crash::point("compact:installed");
     for seg in state.sealed() {
         // Below the new base: the next load removes any left behind.
         let _ = std::fs::remove_file(paths.segment(seg.id));
@@ -139,6 +142,7 @@ pub(super) fn install(paths: &Paths, lock: &Exclusive<'_>, old: &Segment) -> Res
     // die before the rename, the next load finds the flag on the file still
     // at the path and clears it.
     old.superseded_flag().store(1, Ordering::Release);
+    crash::point("compact:flagged");
     if let Err(e) = std::fs::rename(&paths.compact, &paths.data) {
         old.superseded_flag().store(0, Ordering::Release);
         let _ = std::fs::remove_file(&paths.compact);
@@ -281,6 +285,7 @@ fn clean_step(
             format::encode_record(Kind::Put, key, value, deadlines, place, &mut writer.buf);
         }
         super::append(shared, options.durability, lock, state)?;
+        crash::point("clean:copied");
     }
     if at >= end {
         state.drop_oldest(paths, &shared.settings, lock);

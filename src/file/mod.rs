@@ -38,6 +38,7 @@
 //! `docs/file-format.md`.
 
 mod compact;
+mod crash;
 mod format;
 mod hint;
 mod identity;

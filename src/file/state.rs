@@ -29,6 +29,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::crash;
 use super::format::{self, HEADER_SIZE, Kind, NewHeader, RECORD_HEADER_SIZE};
 use super::hint;
 use super::identity::{self, Paths, ident};
@@ -813,13 +814,16 @@ impl State {
                 next.sync_all()?;
                 old.file.sync_data()?;
             }
+            crash::point("seal:next-written");
             // The old active segment takes its sealed name first: at every
             // moment the path names a whole segment, and every record is in
             // a segment the next load finds.
             let sealed_name = paths.segment(old.id);
             let _ = std::fs::remove_file(&sealed_name);
             std::fs::hard_link(&paths.data, &sealed_name)?;
+            crash::point("seal:linked");
             old.superseded_flag().store(1, Ordering::Release);
+            crash::point("seal:flagged");
             if let Err(e) = std::fs::rename(&paths.next, &paths.data) {
                 old.superseded_flag().store(0, Ordering::Release);
                 let _ = std::fs::remove_file(&sealed_name);
@@ -831,6 +835,7 @@ impl State {
             let _ = std::fs::remove_file(&paths.next);
             return Err(io(e));
         }
+        crash::point("seal:renamed");
         lock.bump_epoch();
         settings.counters.seals.fetch_add(1, Ordering::Relaxed);
         if settings.durable {
@@ -870,6 +875,7 @@ impl State {
         counters.evictions.fetch_add(evicted, Ordering::Relaxed);
         let active = self.active();
         active.base().store(id + 1, Ordering::Release);
+        crash::point("drop:based");
         active.cursor().store(0, Ordering::Release);
         lock.bump_epoch();
         self.epoch = lock.epoch();
