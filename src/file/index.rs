@@ -27,7 +27,6 @@
 use std::hash::BuildHasher;
 
 use foldhash::fast::FixedState;
-use hashbrown::HashTable;
 
 use super::format::{self, RECORD_HEADER_SIZE};
 use super::log::Log;
@@ -67,8 +66,10 @@ pub trait Logs<'a> {
     fn mapped(&self, slot: usize) -> Option<Log<'a>>;
 }
 
-/// Where a live value is.
+/// Where a live value is. 32 bytes, aligned so that two fill a cache line
+/// and none straddles two (see [`Table`]).
 #[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
 pub struct Loc {
     /// The record's position: segment slot and file offset.
     pub pos: u64,
@@ -81,6 +82,16 @@ pub struct Loc {
 }
 
 impl Loc {
+    /// A table slot with no entry.
+    const EMPTY: Loc = Loc {
+        pos: EMPTY,
+        hash: 0,
+        key_len: 0,
+        value_len: 0,
+        key_crc: 0,
+        value_crc: 0,
+    };
+
     #[inline]
     fn record<'a>(&self, logs: &impl Logs<'a>) -> Option<(Log<'a>, u64)> {
         Some((logs.log(slot_of(self.pos))?, offset_of(self.pos)))
@@ -154,91 +165,282 @@ pub enum Hinted {
 /// of a new key while the shard grows.
 const MOVE_PER_INSERT: usize = 16;
 
+/// `Loc::pos` of a slot that holds no entry and never held one since the
+/// table was made (a probe stops there).
+const EMPTY: u64 = u64::MAX;
+/// `Loc::pos` of a slot of a shard's old table whose entry was removed
+/// while the table was being moved (a probe goes on past it).
+const GONE: u64 = u64::MAX - 1;
+
+/// An open-addressing table of [`Loc`]s with linear probing, sized in
+/// powers of two and at most 7/8 full.
+///
+/// Each slot holds the whole entry, its hash included, and two slots fill
+/// a cache line (`Loc` is 32-byte aligned): a lookup reads the line of the
+/// key's home slot and, rarely, the next, where a table with a separate
+/// array of control bytes (hashbrown's) reads one line of each, so one
+/// cache miss instead of two at a million entries. Removal shifts the
+/// entries that follow back (no tombstones), except in a table being moved
+/// (see [`Shard`]).
+struct Table {
+    slots: Box<[Loc]>,
+    len: usize,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Self {
+            slots: Box::new([]),
+            len: 0,
+        }
+    }
+}
+
+impl Table {
+    fn with_slots(slots: usize) -> Table {
+        Table {
+            slots: vec![Loc::EMPTY; slots].into_boxed_slice(),
+            len: 0,
+        }
+    }
+
+    /// Entries the table takes before it is full.
+    #[inline]
+    fn capacity(&self) -> usize {
+        self.slots.len() / 8 * 7
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.slots.len().wrapping_sub(1)
+    }
+
+    #[inline]
+    fn home(&self, hash: u64) -> usize {
+        // The low bits: the shard took bits 48..56.
+        hash as usize & self.mask()
+    }
+
+    /// The slot of the entry `eq` picks among those with `hash`, probing
+    /// from its home slot to the first empty one, and skipping slots below
+    /// `from` (those a move took already).
+    #[inline]
+    fn find_index(&self, hash: u64, from: usize, eq: impl Fn(&Loc) -> bool) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.mask();
+        let mut at = self.home(hash);
+        loop {
+            let slot = &self.slots[at];
+            if slot.pos == EMPTY {
+                return None;
+            }
+            if slot.hash == hash && slot.pos != GONE && at >= from && eq(slot) {
+                return Some(at);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Puts `loc` in the first free slot from its home. The table has room.
+    fn insert_unique(&mut self, loc: Loc) {
+        debug_assert!(self.len < self.capacity());
+        let mask = self.mask();
+        let mut at = self.home(loc.hash);
+        while self.slots[at].pos != EMPTY {
+            at = (at + 1) & mask;
+        }
+        self.slots[at] = loc;
+        self.len += 1;
+    }
+
+    /// Removes the entry in slot `at`, shifting back the entries after it
+    /// that may move closer to their home (so no probe ever has to step
+    /// over a hole).
+    fn remove_at(&mut self, mut at: usize) -> Loc {
+        let removed = self.slots[at];
+        let mask = self.mask();
+        let mut next = at;
+        loop {
+            next = (next + 1) & mask;
+            if self.slots[next].pos == EMPTY {
+                break;
+            }
+            let home = self.home(self.slots[next].hash);
+            // The entry at `next` stays if its home lies cyclically in
+            // (at, next]: moving it to `at` would put it before its home.
+            let stays = if at <= next {
+                at < home && home <= next
+            } else {
+                at < home || home <= next
+            };
+            if !stays {
+                self.slots[at] = self.slots[next];
+                at = next;
+            }
+        }
+        self.slots[at] = Loc::EMPTY;
+        self.len -= 1;
+        removed
+    }
+
+    fn iter(&self, from: usize) -> impl Iterator<Item = &Loc> {
+        self.slots
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .filter(|loc| loc.pos < GONE)
+    }
+}
+
 /// One shard: its table and, while it grows, the table it replaces.
 ///
 /// A full table is not resized in place (that moves every entry, inside
 /// the write that found it full). It becomes `moving`, a table of twice
-/// its capacity takes its place, and each insert of a new key moves
-/// [`MOVE_PER_INSERT`] entries across; the new table has room for the old
-/// entries and every insert made until they have all moved, so it never
-/// resizes in place either. An entry is in exactly one of the two tables.
+/// its size takes its place, and each insert of a new key copies
+/// [`MOVE_PER_INSERT`] of the old table's entries across, slot by slot from
+/// `cursor`; the new table has room for the old entries and every insert
+/// made until they have all moved, so it never resizes in place either.
+///
+/// The old table is frozen meanwhile: nothing is inserted into it, and an
+/// entry removed from it becomes [`GONE`] rather than shifting others back,
+/// so every slot below `cursor` has been copied and every entry at or above
+/// it has not. A lookup tries the new table, then the old one from the
+/// key's home slot, skipping slots below `cursor`. An entry is live in
+/// exactly one of the two tables.
 #[derive(Default)]
 struct Shard {
-    table: HashTable<Loc>,
-    moving: HashTable<Loc>,
-    /// The next bucket of `moving` to move: buckets below it are empty
-    /// (removals leave other entries in their buckets), so each move
-    /// resumes where the last stopped instead of scanning from the start.
+    table: Table,
+    moving: Table,
     cursor: usize,
 }
 
 impl Shard {
     #[inline]
+    fn moving(&self) -> bool {
+        self.moving.len > 0
+    }
+
+    #[inline]
     fn find(&self, hash: u64, eq: impl Fn(&Loc) -> bool) -> Option<&Loc> {
-        match self.table.find(hash, &eq) {
-            Some(loc) => Some(loc),
-            None if !self.moving.is_empty() => self.moving.find(hash, eq),
-            None => None,
+        if let Some(at) = self.table.find_index(hash, 0, &eq) {
+            return Some(&self.table.slots[at]);
         }
+        if !self.moving() {
+            return None;
+        }
+        let at = self.moving.find_index(hash, self.cursor, eq)?;
+        Some(&self.moving.slots[at])
     }
 
     fn find_mut(&mut self, hash: u64, eq: impl Fn(&Loc) -> bool) -> Option<&mut Loc> {
-        if let Some(loc) = self.table.find_mut(hash, &eq) {
-            return Some(loc);
+        if let Some(at) = self.table.find_index(hash, 0, &eq) {
+            return Some(&mut self.table.slots[at]);
         }
-        self.moving.find_mut(hash, eq)
+        if !self.moving() {
+            return None;
+        }
+        let at = self.moving.find_index(hash, self.cursor, eq)?;
+        Some(&mut self.moving.slots[at])
     }
 
     fn remove(&mut self, hash: u64, eq: impl Fn(&Loc) -> bool) -> Option<Loc> {
-        if let Ok(entry) = self.table.find_entry(hash, &eq) {
-            return Some(entry.remove().0);
+        if let Some(at) = self.table.find_index(hash, 0, &eq) {
+            return Some(self.table.remove_at(at));
         }
-        let removed = self
-            .moving
-            .find_entry(hash, eq)
-            .ok()
-            .map(|entry| entry.remove().0);
+        if !self.moving() {
+            return None;
+        }
+        let at = self.moving.find_index(hash, self.cursor, eq)?;
+        Some(self.take_moving(at))
+    }
+
+    /// Removes the old table's entry in slot `at` (at or above `cursor`).
+    fn take_moving(&mut self, at: usize) -> Loc {
+        let removed = self.moving.slots[at];
+        self.moving.slots[at].pos = GONE;
+        self.moving.len -= 1;
         self.release_moving();
         removed
     }
 
     /// Frees the old table once nothing is left in it.
     fn release_moving(&mut self) {
-        if self.moving.is_empty() && self.moving.capacity() > 0 {
-            self.moving = HashTable::new();
+        if self.moving.len == 0 && !self.moving.slots.is_empty() {
+            self.moving = Table::default();
+            self.cursor = 0;
+        }
+    }
+
+    /// Makes room for `additional` more entries now, if nothing is moving
+    /// (for loading, before any lookup depends on the layout).
+    fn reserve(&mut self, additional: usize) {
+        let wanted = self.table.len + additional;
+        if self.moving() || wanted <= self.table.capacity() {
+            return;
+        }
+        let slots = (wanted * 8 / 7 + 1).next_power_of_two().max(16);
+        let old = std::mem::replace(&mut self.table, Table::with_slots(slots));
+        for loc in old.iter(0) {
+            self.table.insert_unique(*loc);
         }
     }
 
     /// Inserts `loc`, whose key is in neither table.
     fn insert_new(&mut self, loc: Loc) {
-        if self.table.len() == self.table.capacity() && self.moving.is_empty() {
-            let capacity = (self.table.capacity() * 2).max(16);
-            self.moving = std::mem::replace(&mut self.table, HashTable::with_capacity(capacity));
+        if self.table.len >= self.table.capacity() && !self.moving() {
+            let slots = (self.table.slots.len() * 2).max(16);
+            self.moving = std::mem::replace(&mut self.table, Table::with_slots(slots));
             self.cursor = 0;
+            if self.moving.len == 0 {
+                self.moving = Table::default();
+            }
         }
-        self.table.insert_unique(loc.hash, loc, |l| l.hash);
-        if !self.moving.is_empty() {
+        self.table.insert_unique(loc);
+        if self.moving() {
             let mut moved = 0;
-            while moved < MOVE_PER_INSERT && self.cursor < self.moving.num_buckets() {
-                if let Ok(entry) = self.moving.get_bucket_entry(self.cursor) {
-                    let (loc, _) = entry.remove();
-                    self.table.insert_unique(loc.hash, loc, |l| l.hash);
+            while moved < MOVE_PER_INSERT && self.cursor < self.moving.slots.len() {
+                let loc = self.moving.slots[self.cursor];
+                self.cursor += 1;
+                if loc.pos < GONE {
+                    self.table.insert_unique(loc);
+                    self.moving.len -= 1;
                     moved += 1;
                 }
-                self.cursor += 1;
             }
             self.release_moving();
         }
     }
 
     fn iter(&self) -> impl Iterator<Item = &Loc> {
-        self.table.iter().chain(self.moving.iter())
+        let from = if self.moving() { self.cursor } else { 0 };
+        self.table.iter(0).chain(self.moving.iter(from))
     }
 
     fn retain(&mut self, mut keep: impl FnMut(&Loc) -> bool) {
-        self.table.retain(|loc| keep(loc));
-        self.moving.retain(|loc| keep(loc));
-        self.release_moving();
+        let mut at = 0;
+        while at < self.table.slots.len() {
+            let loc = self.table.slots[at];
+            if loc.pos < GONE && !keep(&loc) {
+                // The shift may bring an unvisited entry into `at`, or one
+                // visited already from the table's start (seen again, and
+                // kept again: `keep` is asked twice at most).
+                self.table.remove_at(at);
+            } else {
+                at += 1;
+            }
+        }
+        if self.moving() {
+            for at in self.cursor..self.moving.slots.len() {
+                let loc = self.moving.slots[at];
+                if loc.pos < GONE && !keep(&loc) {
+                    self.moving.slots[at].pos = GONE;
+                    self.moving.len -= 1;
+                }
+            }
+            self.release_moving();
+        }
     }
 }
 
@@ -364,7 +566,7 @@ impl Index {
     pub fn reserve(&mut self, additional: usize) {
         let per_shard = additional.div_ceil(SHARDS);
         for shard in self.shards.iter_mut() {
-            shard.table.reserve(per_shard, |l| l.hash);
+            shard.reserve(per_shard);
         }
     }
 
@@ -389,24 +591,11 @@ impl Index {
         self.count(&loc, true);
         self.live_bytes += loc.record_len();
         let shard = &mut self.shards[shard_of(hash)];
-        let old = if shard.moving.is_empty() && shard.table.len() < shard.table.capacity() {
-            // One probe: the usual case, a table reserved for the load.
-            match shard.table.entry(hash, |l| l.hash == hash, |l| l.hash) {
-                hashbrown::hash_table::Entry::Occupied(mut slot) => {
-                    Some(std::mem::replace(slot.get_mut(), loc))
-                }
-                hashbrown::hash_table::Entry::Vacant(slot) => {
-                    slot.insert(loc);
-                    None
-                }
-            }
-        } else {
-            match shard.find_mut(hash, |l| l.hash == hash) {
-                Some(slot) => Some(std::mem::replace(slot, loc)),
-                None => {
-                    shard.insert_new(loc);
-                    None
-                }
+        let old = match shard.find_mut(hash, |l| l.hash == hash) {
+            Some(slot) => Some(std::mem::replace(slot, loc)),
+            None => {
+                shard.insert_new(loc);
+                None
             }
         };
         match &old {
@@ -482,7 +671,7 @@ mod tests {
             let new = loc(n);
             assert!(shard.find_mut(new.hash, |l| l.pos == n).is_none());
             let capacity = shard.table.capacity();
-            let moving = !shard.moving.is_empty();
+            let moving = shard.moving();
             shard.insert_new(new);
             live.insert(n);
             if moving {
@@ -514,5 +703,60 @@ mod tests {
             shard.iter().count(),
             live.iter().filter(|n| *n % 2 == 0).count()
         );
+        for m in live.iter().filter(|n| *n % 2 == 0) {
+            let l = loc(*m);
+            assert!(shard.find(l.hash, |x| x.pos == *m).is_some(), "{m}");
+        }
+    }
+
+    /// Removal from one long cluster (every key's home the same slot, or
+    /// one of two neighbours, wrapping around the table's end): every other
+    /// entry is still found, in any order of removals, and retain keeps
+    /// exactly what it should, while a move is under way or not.
+    #[test]
+    fn removal_shifts_back_without_losing_an_entry() {
+        // 230 entries: the table grew at 224, and most of the old one is
+        // still to move.
+        for (homes, count) in [(1u64, 300u64), (2, 300), (3, 230), (1, 230)] {
+            let mut shard = Shard::default();
+            let entry = |n: u64| Loc {
+                // Home slot (low bits) one of `homes` slots near the end of
+                // a 512-slot table, so clusters wrap around.
+                hash: (n << 32) | (509 + n % homes),
+                ..loc(n)
+            };
+            let mut live = std::collections::BTreeSet::new();
+            for n in 0..count {
+                shard.insert_new(entry(n));
+                live.insert(n);
+            }
+            assert_eq!(shard.moving(), count == 230, "{count}");
+            let mut state = 0x1234_5678u64;
+            for round in 0..250 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let gone = state % count;
+                let e = entry(gone);
+                let removed = shard.remove(e.hash, |x| x.pos == gone);
+                assert_eq!(removed.is_some(), live.remove(&gone), "round {round}");
+                for &m in &live {
+                    let e = entry(m);
+                    assert!(
+                        shard.find(e.hash, |x| x.pos == m).is_some(),
+                        "{homes} homes: {m} lost after removing {gone}"
+                    );
+                }
+            }
+            shard.retain(|l| l.pos % 3 != 0);
+            live.retain(|n| n % 3 != 0);
+            let mut seen: Vec<u64> = shard.iter().map(|l| l.pos).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, live.iter().copied().collect::<Vec<_>>());
+            for &m in &live {
+                let e = entry(m);
+                assert!(shard.find(e.hash, |x| x.pos == m).is_some(), "{m}");
+            }
+        }
     }
 }
