@@ -138,7 +138,8 @@ pub(super) fn write(path: &Path, describes: Describes, entries: &[Entry]) -> std
 
 /// A hint file's entries, checked against the segment it describes.
 pub(super) struct Hint {
-    body: Vec<u8>,
+    /// The whole file, header included.
+    map: memmap2::Mmap,
 }
 
 impl Hint {
@@ -146,8 +147,23 @@ impl Hint {
     /// passes its checksums and places every record inside the segment;
     /// `None` otherwise (no file, a stale or damaged one).
     pub(super) fn read(path: &Path, describes: Describes) -> Option<Hint> {
-        let mut bytes = std::fs::read(path).ok()?;
-        let header = bytes.get(..HINT_HEADER)?;
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .ok()?;
+        if file.metadata().ok()?.len() < HINT_HEADER as u64 {
+            return None;
+        }
+        // SAFETY: a hint file is written whole under a temporary name and
+        // then renamed into place; no cooperating process writes to it or
+        // truncates it afterwards (a newer hint replaces the name, not the
+        // file), so the mapped bytes do not change while the map lives, and
+        // the map covers exactly the file's length, checked above to hold
+        // the header. A process that truncates a hint by hand breaks this as
+        // it would for a segment (docs/file-format.md, "Assumptions").
+        let map = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+        let header = &map[..HINT_HEADER];
         if header[..8] != MAGIC
             || crc(&header[..60]) != u32_at(header, 60)
             || u64_at(header, 8) != describes.id
@@ -158,34 +174,28 @@ impl Hint {
             return None;
         }
         let count = usize::try_from(u64_at(header, 32)).ok()?;
-        let body_crc = u32_at(header, 44);
-        let body = &bytes[HINT_HEADER..];
-        if body.len() != count.checked_mul(ENTRY)? || crc(body) != body_crc {
+        let body = &map[HINT_HEADER..];
+        if body.len() != count.checked_mul(ENTRY)? || crc(body) != u32_at(header, 44) {
             return None;
         }
-        bytes.drain(..HINT_HEADER);
-        let hint = Hint { body: bytes };
-        let inside = hint.entries().all(|entry| {
-            // Every record lies within the segment, after the header.
-            let len = format::record_len(entry.key_len as usize, entry.value_len as usize);
-            entry.offset >= HEADER_SIZE
-                && entry.offset.is_multiple_of(format::ALIGN)
-                && entry
-                    .offset
-                    .checked_add(len)
-                    .is_some_and(|end| end <= describes.end)
-        });
-        inside.then_some(hint)
+        // Entries are not checked one by one: an entry that points outside
+        // the segment, or at the wrong record, reads as missing, as every
+        // read is bounds-checked and compares the key.
+        Some(Hint { map })
     }
 
-    /// How many puts the hint holds.
-    pub(super) fn puts(&self) -> usize {
-        self.entries().filter(|e| e.kind == Kind::Put).count()
+    fn body(&self) -> &[u8] {
+        &self.map[HINT_HEADER..]
+    }
+
+    /// How many records the hint describes.
+    pub(super) fn len(&self) -> usize {
+        self.body().len() / ENTRY
     }
 
     /// The entries, in file order.
     pub(super) fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
-        self.body.chunks_exact(ENTRY).map(|e| {
+        self.body().chunks_exact(ENTRY).map(|e| {
             let offset = u64_at(e, 0);
             Entry {
                 offset: offset & !TOMBSTONE,
@@ -209,7 +219,7 @@ impl Hint {
     /// fails.
     pub(super) fn matches(&self, log: Log<'_>, seed: u64) -> bool {
         let hasher = FixedState::with_seed(seed);
-        let count = self.body.len() / ENTRY;
+        let count = self.body().len() / ENTRY;
         self.entries()
             .enumerate()
             .filter(|(n, _)| n % 4096 == 0 || *n + 1 == count)

@@ -166,14 +166,16 @@ pub enum Hinted {
 const MOVE_PER_INSERT: usize = 16;
 
 /// `Loc::pos` of a slot that holds no entry and never held one since the
-/// table was made (a probe stops there).
-const EMPTY: u64 = u64::MAX;
+/// table was made (a probe stops there). No record is at position 0 (the
+/// header is), and a table of zeros is one the allocator can give without
+/// writing it.
+const EMPTY: u64 = 0;
 /// `Loc::pos` of a slot of a shard's old table whose entry was removed
 /// while the table was being moved (a probe goes on past it).
 const GONE: u64 = u64::MAX - 1;
 
-/// An open-addressing table of [`Loc`]s with linear probing, sized in
-/// powers of two and at most 7/8 full.
+/// An open-addressing table of [`Loc`]s with linear probing, at most 3/4
+/// full.
 ///
 /// Each slot holds the whole entry, its hash included, and two slots fill
 /// a cache line (`Loc` is 32-byte aligned): a lookup reads the line of the
@@ -198,27 +200,50 @@ impl Default for Table {
 
 impl Table {
     fn with_slots(slots: usize) -> Table {
-        Table {
-            slots: vec![Loc::EMPTY; slots].into_boxed_slice(),
-            len: 0,
+        if slots == 0 {
+            return Table::default();
+        }
+        let layout = std::alloc::Layout::array::<Loc>(slots).expect("a table that fits in memory");
+        // SAFETY: the layout has a nonzero size (slots > 0, and a Loc is 32
+        // bytes). Zeroed memory is a valid `[Loc]`: every field of `Loc` is
+        // an integer, for which zero is a valid value (an all-zero `Loc` is
+        // `Loc::EMPTY`). The pointer comes from the global allocator with
+        // the layout of a `[Loc]` of `slots` elements, which is what a
+        // `Box<[Loc]>` of that length frees it with. Zeroed memory comes
+        // from the allocator's zeroed pages where it can, so a large table
+        // costs no writes until it is filled.
+        let slots = unsafe {
+            let ptr = std::alloc::alloc_zeroed(layout).cast::<Loc>();
+            if ptr.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, slots))
+        };
+        Table { slots, len: 0 }
+    }
+
+    /// Entries the table takes before it is full: three quarters of its
+    /// slots (linear probing slows fast past that).
+    #[inline]
+    fn capacity(&self) -> usize {
+        self.slots.len() / 4 * 3
+    }
+
+    /// The slot after `at`, wrapping at the end.
+    #[inline]
+    fn next(&self, at: usize) -> usize {
+        if at + 1 == self.slots.len() {
+            0
+        } else {
+            at + 1
         }
     }
 
-    /// Entries the table takes before it is full.
-    #[inline]
-    fn capacity(&self) -> usize {
-        self.slots.len() / 8 * 7
-    }
-
-    #[inline]
-    fn mask(&self) -> usize {
-        self.slots.len().wrapping_sub(1)
-    }
-
+    /// The key's home slot: the hash scaled to the table's size (any size,
+    /// so a table is sized to its entries rather than to a power of two).
     #[inline]
     fn home(&self, hash: u64) -> usize {
-        // The low bits: the shard took bits 48..56.
-        hash as usize & self.mask()
+        ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
     }
 
     /// The slot of the entry `eq` picks among those with `hash`, probing
@@ -229,7 +254,6 @@ impl Table {
         if self.slots.is_empty() {
             return None;
         }
-        let mask = self.mask();
         let mut at = self.home(hash);
         loop {
             let slot = &self.slots[at];
@@ -239,17 +263,16 @@ impl Table {
             if slot.hash == hash && slot.pos != GONE && at >= from && eq(slot) {
                 return Some(at);
             }
-            at = (at + 1) & mask;
+            at = self.next(at);
         }
     }
 
     /// Puts `loc` in the first free slot from its home. The table has room.
     fn insert_unique(&mut self, loc: Loc) {
         debug_assert!(self.len < self.capacity());
-        let mask = self.mask();
         let mut at = self.home(loc.hash);
         while self.slots[at].pos != EMPTY {
-            at = (at + 1) & mask;
+            at = self.next(at);
         }
         self.slots[at] = loc;
         self.len += 1;
@@ -260,10 +283,9 @@ impl Table {
     /// over a hole).
     fn remove_at(&mut self, mut at: usize) -> Loc {
         let removed = self.slots[at];
-        let mask = self.mask();
         let mut next = at;
         loop {
-            next = (next + 1) & mask;
+            next = self.next(next);
             if self.slots[next].pos == EMPTY {
                 break;
             }
@@ -290,7 +312,7 @@ impl Table {
             .get(from..)
             .unwrap_or_default()
             .iter()
-            .filter(|loc| loc.pos < GONE)
+            .filter(|loc| loc.pos != EMPTY && loc.pos != GONE)
     }
 }
 
@@ -373,6 +395,24 @@ impl Shard {
         }
     }
 
+    /// Asks the CPU to start fetching the cache line of the home slot of
+    /// `hash` in the current table (a hint: it reads nothing and cannot
+    /// fault).
+    #[inline]
+    fn prefetch(&self, hash: u64) {
+        #[cfg(target_arch = "x86_64")]
+        if !self.table.slots.is_empty() {
+            let slot: *const Loc = &self.table.slots[self.table.home(hash)];
+            // SAFETY: a prefetch reads no memory and cannot fault, whatever
+            // the address; this one is inside the table anyway.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(slot.cast());
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = hash;
+    }
+
     /// Makes room for `additional` more entries now, if nothing is moving
     /// (for loading, before any lookup depends on the layout).
     fn reserve(&mut self, additional: usize) {
@@ -380,7 +420,8 @@ impl Shard {
         if self.moving() || wanted <= self.table.capacity() {
             return;
         }
-        let slots = (wanted * 8 / 7 + 1).next_power_of_two().max(16);
+        // 70% full once loaded.
+        let slots = (wanted * 10 / 7 + 1).max(16);
         let old = std::mem::replace(&mut self.table, Table::with_slots(slots));
         for loc in old.iter(0) {
             self.table.insert_unique(*loc);
@@ -403,7 +444,7 @@ impl Shard {
             while moved < MOVE_PER_INSERT && self.cursor < self.moving.slots.len() {
                 let loc = self.moving.slots[self.cursor];
                 self.cursor += 1;
-                if loc.pos < GONE {
+                if loc.pos != EMPTY && loc.pos != GONE {
                     self.table.insert_unique(loc);
                     self.moving.len -= 1;
                     moved += 1;
@@ -422,7 +463,7 @@ impl Shard {
         let mut at = 0;
         while at < self.table.slots.len() {
             let loc = self.table.slots[at];
-            if loc.pos < GONE && !keep(&loc) {
+            if loc.pos != EMPTY && loc.pos != GONE && !keep(&loc) {
                 // The shift may bring an unvisited entry into `at`, or one
                 // visited already from the table's start (seen again, and
                 // kept again: `keep` is asked twice at most).
@@ -434,7 +475,7 @@ impl Shard {
         if self.moving() {
             for at in self.cursor..self.moving.slots.len() {
                 let loc = self.moving.slots[at];
-                if loc.pos < GONE && !keep(&loc) {
+                if loc.pos != EMPTY && loc.pos != GONE && !keep(&loc) {
                     self.moving.slots[at].pos = GONE;
                     self.moving.len -= 1;
                 }
@@ -442,6 +483,96 @@ impl Shard {
             self.release_moving();
         }
     }
+}
+
+/// What [`Index::load`] changed in some shards: to add to the index's
+/// counts.
+#[derive(Default)]
+struct Tally {
+    len: isize,
+    live_bytes: i64,
+    in_slot: Vec<isize>,
+}
+
+impl Tally {
+    fn count(&mut self, loc: &Loc, up: bool) {
+        let slot = slot_of(loc.pos);
+        if slot >= self.in_slot.len() {
+            self.in_slot.resize(slot + 1, 0);
+        }
+        let bytes = loc.record_len() as i64;
+        if up {
+            self.in_slot[slot] += 1;
+            self.live_bytes += bytes;
+        } else {
+            self.in_slot[slot] -= 1;
+            self.live_bytes -= bytes;
+        }
+    }
+}
+
+/// Makes room for `room` more entries in each of `shards` (the shards from
+/// `first` on), then applies the records of `records` whose shard is one
+/// of them, in order; see [`Index::load`].
+///
+/// Loading is a stream of independent writes to random places in a large
+/// table, each a cache miss: the slot of each record is fetched
+/// [`AHEAD`] records before it is written, so that many misses are under
+/// way at once instead of one after another.
+fn load_into(
+    shards: &mut [Shard],
+    first: usize,
+    room: usize,
+    records: impl Iterator<Item = Hinted>,
+) -> Tally {
+    const AHEAD: usize = 8;
+    for shard in shards.iter_mut() {
+        shard.reserve(room);
+    }
+    let mut tally = Tally::default();
+    let range = first..first + shards.len();
+    let hash_of = |record: &Hinted| match record {
+        Hinted::Put(loc) => loc.hash,
+        Hinted::Remove(hash) => *hash,
+    };
+    let mut ahead: std::collections::VecDeque<Hinted> =
+        std::collections::VecDeque::with_capacity(AHEAD + 1);
+    let mut records = records.filter(|record| range.contains(&shard_of(hash_of(record))));
+    loop {
+        while ahead.len() < AHEAD {
+            let Some(record) = records.next() else { break };
+            let hash = hash_of(&record);
+            shards[shard_of(hash) - first].prefetch(hash);
+            ahead.push_back(record);
+        }
+        let Some(record) = ahead.pop_front() else {
+            break;
+        };
+        let hash = hash_of(&record);
+        let shard = &mut shards[shard_of(hash) - first];
+        match record {
+            Hinted::Put(loc) => {
+                tally.count(&loc, true);
+                match shard.find_mut(hash, |l| l.hash == hash) {
+                    Some(slot) => {
+                        let old = std::mem::replace(slot, loc);
+                        tally.count(&old, false);
+                    }
+                    None => {
+                        shard.insert_new(loc);
+                        tally.len += 1;
+                    }
+                }
+            }
+            Hinted::Remove(hash) => {
+                if let Some(old) = shard.remove(hash, |l| l.hash == hash) {
+                    tally.count(&old, false);
+                    tally.len -= 1;
+                }
+            }
+        }
+    }
+    tally
 }
 
 pub struct Index {
@@ -455,6 +586,8 @@ pub struct Index {
     in_slot: Vec<usize>,
     /// Bytes of the records the index points at.
     live_bytes: u64,
+    /// Room to make in each shard before the next load or insert.
+    reserve_per_shard: usize,
 }
 
 impl Index {
@@ -466,6 +599,7 @@ impl Index {
             len: 0,
             in_slot: Vec::new(),
             live_bytes: 0,
+            reserve_per_shard: 0,
         }
     }
 
@@ -524,6 +658,9 @@ impl Index {
 
     /// Points `key` at `loc`; returns the previous position.
     pub fn insert<'a>(&mut self, logs: &impl Logs<'a>, key: &[u8], mut loc: Loc) -> Option<Loc> {
+        if self.reserve_per_shard > 0 {
+            self.make_room();
+        }
         let hash = self.hasher.hash_one(key);
         loc.hash = hash;
         self.live_bytes += loc.record_len();
@@ -562,9 +699,17 @@ impl Index {
     }
 
     /// Room for `additional` more entries, spread over the shards, so that
-    /// loading them moves nothing.
+    /// loading them moves nothing. Made by the next [`load`](Self::load),
+    /// on its threads (allocating a large table means zeroing it), or by
+    /// the next insert.
     pub fn reserve(&mut self, additional: usize) {
-        let per_shard = additional.div_ceil(SHARDS);
+        self.reserve_per_shard = additional.div_ceil(SHARDS);
+    }
+
+    /// Makes the room [`reserve`](Self::reserve) asked for, in every shard.
+    #[cold]
+    fn make_room(&mut self) {
+        let per_shard = std::mem::take(&mut self.reserve_per_shard);
         for shard in self.shards.iter_mut() {
             shard.reserve(per_shard);
         }
@@ -577,41 +722,57 @@ impl Index {
     /// other reads as missing, as a lookup checks the key), which never
     /// serves wrong bytes.
     ///
-    pub fn load(&mut self, records: impl IntoIterator<Item = Hinted>) {
-        for record in records {
-            match record {
-                Hinted::Put(loc) => self.load_put(loc),
-                Hinted::Remove(hash) => self.load_remove(shard_of(hash), hash),
-            }
-        }
-    }
-
-    fn load_put(&mut self, loc: Loc) {
-        let hash = loc.hash;
-        self.count(&loc, true);
-        self.live_bytes += loc.record_len();
-        let shard = &mut self.shards[shard_of(hash)];
-        let old = match shard.find_mut(hash, |l| l.hash == hash) {
-            Some(slot) => Some(std::mem::replace(slot, loc)),
-            None => {
-                shard.insert_new(loc);
-                None
-            }
+    /// `records` gives the same records at every call. With many of them,
+    /// two threads load them, each into half of the shards (each reading
+    /// every record and keeping its own): shards share nothing, and the
+    /// load is mostly waiting on memory.
+    pub fn load<I>(&mut self, count: usize, records: impl Fn() -> I + Sync)
+    where
+        I: Iterator<Item = Hinted>,
+    {
+        const PARALLEL_FROM: usize = 1 << 16;
+        let room = std::mem::take(&mut self.reserve_per_shard);
+        let tallies = if count >= PARALLEL_FROM {
+            let (low, high) = self.shards.split_at_mut(SHARDS / 2);
+            // The other thread takes the high half from here; if it cannot
+            // be started, the half is still here for this thread.
+            let high = std::sync::Mutex::new(Some(high));
+            let take = || high.lock().ok().and_then(|mut half| half.take());
+            std::thread::scope(|scope| {
+                let other = std::thread::Builder::new()
+                    .name("layercache-load".into())
+                    .spawn_scoped(scope, || {
+                        take().map(|half| load_into(half, SHARDS / 2, room, records()))
+                    });
+                let mut tallies = vec![load_into(low, 0, room, records())];
+                let theirs = match other {
+                    Ok(other) => other
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    Err(_) => None,
+                };
+                match theirs {
+                    Some(tally) => tallies.push(tally),
+                    None => {
+                        if let Some(half) = take() {
+                            tallies.push(load_into(half, SHARDS / 2, room, records()));
+                        }
+                    }
+                }
+                tallies
+            })
+        } else {
+            vec![load_into(&mut self.shards, 0, room, records())]
         };
-        match &old {
-            Some(old) => {
-                self.live_bytes -= old.record_len();
-                self.count(old, false);
+        for tally in tallies {
+            self.len = self.len.wrapping_add_signed(tally.len);
+            self.live_bytes = self.live_bytes.wrapping_add_signed(tally.live_bytes);
+            if self.in_slot.len() < tally.in_slot.len() {
+                self.in_slot.resize(tally.in_slot.len(), 0);
             }
-            None => self.len += 1,
-        }
-    }
-
-    fn load_remove(&mut self, shard: usize, hash: u64) {
-        if let Some(old) = self.shards[shard].remove(hash, |l| l.hash == hash) {
-            self.live_bytes -= old.record_len();
-            self.len -= 1;
-            self.count(&old, false);
+            for (count, delta) in self.in_slot.iter_mut().zip(tally.in_slot) {
+                *count = count.wrapping_add_signed(delta);
+            }
         }
     }
 
@@ -667,7 +828,8 @@ mod tests {
     fn a_growing_shard_keeps_every_entry_exactly_once() {
         let mut shard = Shard::default();
         let mut live = std::collections::BTreeSet::new();
-        for n in 0..20_000u64 {
+        // Positions from 1: 0 marks an empty slot.
+        for n in 1..20_000u64 {
             let new = loc(n);
             assert!(shard.find_mut(new.hash, |l| l.pos == n).is_none());
             let capacity = shard.table.capacity();
@@ -715,28 +877,29 @@ mod tests {
     /// exactly what it should, while a move is under way or not.
     #[test]
     fn removal_shifts_back_without_losing_an_entry() {
-        // 230 entries: the table grew at 224, and most of the old one is
-        // still to move.
-        for (homes, count) in [(1u64, 300u64), (2, 300), (3, 230), (1, 230)] {
+        // 196 entries: the table grew at 192 (3/4 of 256 slots), and most of
+        // the old one is still to move.
+        for (homes, count) in [(1u64, 300u64), (2, 300), (3, 196), (1, 196)] {
             let mut shard = Shard::default();
             let entry = |n: u64| Loc {
-                // Home slot (low bits) one of `homes` slots near the end of
-                // a 512-slot table, so clusters wrap around.
-                hash: (n << 32) | (509 + n % homes),
+                // The home slot scales the hash to the table: hashes this
+                // close to the top make it the last slot (or one of the last
+                // `homes`), whatever the size, so clusters wrap around.
+                hash: ((0xFFFF_FFFF - n % homes) << 32) | n,
                 ..loc(n)
             };
             let mut live = std::collections::BTreeSet::new();
-            for n in 0..count {
+            for n in 1..=count {
                 shard.insert_new(entry(n));
                 live.insert(n);
             }
-            assert_eq!(shard.moving(), count == 230, "{count}");
+            assert_eq!(shard.moving(), count == 196, "{count}");
             let mut state = 0x1234_5678u64;
             for round in 0..250 {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
-                let gone = state % count;
+                let gone = 1 + state % count;
                 let e = entry(gone);
                 let removed = shard.remove(e.hash, |x| x.pos == gone);
                 assert_eq!(removed.is_some(), live.remove(&gone), "round {round}");

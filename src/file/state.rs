@@ -252,7 +252,7 @@ impl State {
         let hinted: usize = sealed
             .iter()
             .filter_map(|(_, hinted)| hinted.as_ref())
-            .map(hint::Hint::puts)
+            .map(hint::Hint::len)
             .sum();
         // And for the active segment's records, at the hinted segments'
         // average record size.
@@ -266,9 +266,22 @@ impl State {
             average => (len.saturating_sub(HEADER_SIZE) / average) as usize,
         };
         state.index.reserve(hinted + active_records);
+        // Runs of hinted segments are loaded together (see `Index::load`);
+        // a segment with no valid hint is scanned, in its place in the log.
+        let mut run: Vec<(usize, hint::Hint)> = Vec::new();
         for (seg, hinted) in sealed {
-            state.index_sealed(paths, seg, hinted);
+            match hinted {
+                Some(hint) => {
+                    let slot = state.add_hinted(seg);
+                    run.push((slot, hint));
+                }
+                None => {
+                    state.load_run(std::mem::take(&mut run));
+                    state.index_sealed(paths, seg, None);
+                }
+            }
         }
+        state.load_run(run);
         state.active = state.add_slot(active);
         state.open_active(len, paths)?;
         // Under the exclusive lock no compaction or seal is under way, so a
@@ -343,26 +356,40 @@ impl State {
     /// Indexes the sealed segment `seg`, after every segment already
     /// indexed, from `hinted` or by a scan.
     fn index_sealed(&mut self, paths: &Paths, seg: Segment, hinted: Option<hint::Hint>) {
+        if let Some(hint) = hinted {
+            let slot = self.add_hinted(seg);
+            self.load_run(vec![(slot, hint)]);
+            return;
+        }
+        self.counters.scanned.fetch_add(1, Ordering::Relaxed);
         let end = seg.end;
         let slot = self.add_slot(seg);
-        let counter = match hinted {
-            Some(_) => &self.counters.hinted,
-            None => &self.counters.scanned,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        match hinted {
-            Some(hint) => {
-                self.slot_mut(slot).end = end;
-                self.index
-                    .load(hint.entries().map(|e| hinted_record(slot, e)));
-            }
-            None => {
-                self.index_records(slot, HEADER_SIZE, end);
-                self.write_hint_later(paths, slot);
-            }
-        }
+        self.index_records(slot, HEADER_SIZE, end);
+        self.write_hint_later(paths, slot);
         self.sealed.push(slot);
         self.sealed_bytes += end - HEADER_SIZE;
+    }
+
+    /// Maps the sealed segment `seg`, after every segment already indexed,
+    /// for its records to be loaded from its hint ([`load_run`]).
+    fn add_hinted(&mut self, seg: Segment) -> usize {
+        self.counters.hinted.fetch_add(1, Ordering::Relaxed);
+        let end = seg.end;
+        let slot = self.add_slot(seg);
+        self.slot_mut(slot).end = end;
+        self.sealed.push(slot);
+        self.sealed_bytes += end - HEADER_SIZE;
+        slot
+    }
+
+    /// Indexes the records of a run of sealed segments, in order, from
+    /// their hints.
+    fn load_run(&mut self, run: Vec<(usize, hint::Hint)>) {
+        let count = run.iter().map(|(_, hint)| hint.len()).sum();
+        self.index.load(count, || {
+            run.iter()
+                .flat_map(|(slot, hint)| hint.entries().map(|e| hinted_record(*slot, e)))
+        });
     }
 
     /// Writes the hint of the sealed segment in `slot` on a background
