@@ -19,6 +19,10 @@
 //!    the 20 ms after each segment drop beside the 20 ms before it.
 //! 3. **Open**: a new process opens the cache, as any other process
 //!    would, and reports the time.
+//!
+//! `FILE_GROWTH_READER_PAUSE_US=<n>` makes the reader pause n µs after each
+//! get (by default it spins, keeping one of the machine's cores busy);
+//! `FILE_GROWTH_NO_READER=1` runs the overwrites with no reader.
 
 use std::path::Path;
 use std::process::Command;
@@ -102,10 +106,22 @@ fn read(path: &str, entries: u64, stop: &Path, out: &Path) -> layercache::Result
     let mut rng = Rng(0x5EED_1234);
     let mut samples: Vec<(u64, u64)> = Vec::with_capacity(1 << 24);
     std::fs::write(format!("{}.ready", out.display()), b"").expect("ready file");
+    // FILE_GROWTH_READER_PAUSE_US: a pause after each get, for a reader
+    // that does not keep a core busy (default: none, a spinning reader).
+    let pause = std::env::var("FILE_GROWTH_READER_PAUSE_US")
+        .ok()
+        .and_then(|us| us.parse().ok())
+        .map(Duration::from_micros);
     let mut n = 0u64;
     loop {
         if n.is_multiple_of(1024) && stop.exists() {
             break;
+        }
+        if let Some(pause) = pause {
+            std::thread::sleep(pause);
+            if stop.exists() {
+                break;
+            }
         }
         n += 1;
         let key = key(rng.next() % entries);
