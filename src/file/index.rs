@@ -27,6 +27,7 @@
 use std::hash::BuildHasher;
 
 use foldhash::fast::FixedState;
+use hashbrown::HashTable;
 
 use super::format::{self, RECORD_HEADER_SIZE};
 use super::log::Log;
@@ -66,10 +67,8 @@ pub trait Logs<'a> {
     fn mapped(&self, slot: usize) -> Option<Log<'a>>;
 }
 
-/// Where a live value is. 32 bytes, aligned so that two fill a cache line
-/// and none straddles two (see [`Table`]).
+/// Where a live value is.
 #[derive(Debug, Clone, Copy)]
-#[repr(C, align(32))]
 pub struct Loc {
     /// The record's position: segment slot and file offset.
     pub pos: u64,
@@ -82,16 +81,6 @@ pub struct Loc {
 }
 
 impl Loc {
-    /// A table slot with no entry.
-    const EMPTY: Loc = Loc {
-        pos: EMPTY,
-        hash: 0,
-        key_len: 0,
-        value_len: 0,
-        key_crc: 0,
-        value_crc: 0,
-    };
-
     #[inline]
     fn record<'a>(&self, logs: &impl Logs<'a>) -> Option<(Log<'a>, u64)> {
         Some((logs.log(slot_of(self.pos))?, offset_of(self.pos)))
@@ -165,323 +154,104 @@ pub enum Hinted {
 /// of a new key while the shard grows.
 const MOVE_PER_INSERT: usize = 16;
 
-/// `Loc::pos` of a slot that holds no entry and never held one since the
-/// table was made (a probe stops there). No record is at position 0 (the
-/// header is), and a table of zeros is one the allocator can give without
-/// writing it.
-const EMPTY: u64 = 0;
-/// `Loc::pos` of a slot of a shard's old table whose entry was removed
-/// while the table was being moved (a probe goes on past it).
-const GONE: u64 = u64::MAX - 1;
-
-/// An open-addressing table of [`Loc`]s with linear probing, at most 3/4
-/// full.
-///
-/// Each slot holds the whole entry, its hash included, and two slots fill
-/// a cache line (`Loc` is 32-byte aligned): a lookup reads the line of the
-/// key's home slot and, rarely, the next, where a table with a separate
-/// array of control bytes (hashbrown's) reads one line of each, so one
-/// cache miss instead of two at a million entries. Removal shifts the
-/// entries that follow back (no tombstones), except in a table being moved
-/// (see [`Shard`]).
-struct Table {
-    slots: Box<[Loc]>,
-    len: usize,
-}
-
-impl Default for Table {
-    fn default() -> Self {
-        Self {
-            slots: Box::new([]),
-            len: 0,
-        }
-    }
-}
-
-impl Table {
-    fn with_slots(slots: usize) -> Table {
-        if slots == 0 {
-            return Table::default();
-        }
-        let layout = std::alloc::Layout::array::<Loc>(slots).expect("a table that fits in memory");
-        // SAFETY: the layout has a nonzero size (slots > 0, and a Loc is 32
-        // bytes). Zeroed memory is a valid `[Loc]`: every field of `Loc` is
-        // an integer, for which zero is a valid value (an all-zero `Loc` is
-        // `Loc::EMPTY`). The pointer comes from the global allocator with
-        // the layout of a `[Loc]` of `slots` elements, which is what a
-        // `Box<[Loc]>` of that length frees it with. Zeroed memory comes
-        // from the allocator's zeroed pages where it can, so a large table
-        // costs no writes until it is filled.
-        let slots = unsafe {
-            let ptr = std::alloc::alloc_zeroed(layout).cast::<Loc>();
-            if ptr.is_null() {
-                std::alloc::handle_alloc_error(layout);
-            }
-            Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, slots))
-        };
-        Table { slots, len: 0 }
-    }
-
-    /// Entries the table takes before it is full: three quarters of its
-    /// slots (linear probing slows fast past that).
-    #[inline]
-    fn capacity(&self) -> usize {
-        self.slots.len() / 4 * 3
-    }
-
-    /// The slot after `at`, wrapping at the end.
-    #[inline]
-    fn next(&self, at: usize) -> usize {
-        if at + 1 == self.slots.len() {
-            0
-        } else {
-            at + 1
-        }
-    }
-
-    /// The key's home slot: the hash scaled to the table's size (any size,
-    /// so a table is sized to its entries rather than to a power of two).
-    #[inline]
-    fn home(&self, hash: u64) -> usize {
-        ((u128::from(hash) * self.slots.len() as u128) >> 64) as usize
-    }
-
-    /// The slot of the entry `eq` picks among those with `hash`, probing
-    /// from its home slot to the first empty one, and skipping slots below
-    /// `from` (those a move took already).
-    #[inline]
-    fn find_index(&self, hash: u64, from: usize, eq: impl Fn(&Loc) -> bool) -> Option<usize> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        let mut at = self.home(hash);
-        loop {
-            let slot = &self.slots[at];
-            if slot.pos == EMPTY {
-                return None;
-            }
-            if slot.hash == hash && slot.pos != GONE && at >= from && eq(slot) {
-                return Some(at);
-            }
-            at = self.next(at);
-        }
-    }
-
-    /// Puts `loc` in the first free slot from its home. The table has room.
-    fn insert_unique(&mut self, loc: Loc) {
-        debug_assert!(self.len < self.capacity());
-        let mut at = self.home(loc.hash);
-        while self.slots[at].pos != EMPTY {
-            at = self.next(at);
-        }
-        self.slots[at] = loc;
-        self.len += 1;
-    }
-
-    /// Removes the entry in slot `at`, shifting back the entries after it
-    /// that may move closer to their home (so no probe ever has to step
-    /// over a hole).
-    fn remove_at(&mut self, mut at: usize) -> Loc {
-        let removed = self.slots[at];
-        let mut next = at;
-        loop {
-            next = self.next(next);
-            if self.slots[next].pos == EMPTY {
-                break;
-            }
-            let home = self.home(self.slots[next].hash);
-            // The entry at `next` stays if its home lies cyclically in
-            // (at, next]: moving it to `at` would put it before its home.
-            let stays = if at <= next {
-                at < home && home <= next
-            } else {
-                at < home || home <= next
-            };
-            if !stays {
-                self.slots[at] = self.slots[next];
-                at = next;
-            }
-        }
-        self.slots[at] = Loc::EMPTY;
-        self.len -= 1;
-        removed
-    }
-
-    fn iter(&self, from: usize) -> impl Iterator<Item = &Loc> {
-        self.slots
-            .get(from..)
-            .unwrap_or_default()
-            .iter()
-            .filter(|loc| loc.pos != EMPTY && loc.pos != GONE)
-    }
-}
-
 /// One shard: its table and, while it grows, the table it replaces.
 ///
 /// A full table is not resized in place (that moves every entry, inside
 /// the write that found it full). It becomes `moving`, a table of twice
-/// its size takes its place, and each insert of a new key copies
-/// [`MOVE_PER_INSERT`] of the old table's entries across, slot by slot from
-/// `cursor`; the new table has room for the old entries and every insert
-/// made until they have all moved, so it never resizes in place either.
-///
-/// The old table is frozen meanwhile: nothing is inserted into it, and an
-/// entry removed from it becomes [`GONE`] rather than shifting others back,
-/// so every slot below `cursor` has been copied and every entry at or above
-/// it has not. A lookup tries the new table, then the old one from the
-/// key's home slot, skipping slots below `cursor`. An entry is live in
-/// exactly one of the two tables.
+/// its capacity takes its place, and each insert of a new key moves
+/// [`MOVE_PER_INSERT`] entries across; the new table has room for the old
+/// entries and every insert made until they have all moved, so it never
+/// resizes in place either. An entry is in exactly one of the two tables.
 #[derive(Default)]
 struct Shard {
-    table: Table,
-    moving: Table,
+    table: HashTable<Loc>,
+    moving: HashTable<Loc>,
+    /// The next bucket of `moving` to move: buckets below it are empty
+    /// (removals leave other entries in their buckets), so each move
+    /// resumes where the last stopped instead of scanning from the start.
     cursor: usize,
 }
 
 impl Shard {
     #[inline]
     fn moving(&self) -> bool {
-        self.moving.len > 0
+        !self.moving.is_empty()
+    }
+
+    /// Makes room for `additional` more entries now, if nothing is moving
+    /// (for loading, before any lookup depends on the layout).
+    fn reserve(&mut self, additional: usize) {
+        if !self.moving() {
+            self.table.reserve(additional, |l| l.hash);
+        }
     }
 
     #[inline]
     fn find(&self, hash: u64, eq: impl Fn(&Loc) -> bool) -> Option<&Loc> {
-        if let Some(at) = self.table.find_index(hash, 0, &eq) {
-            return Some(&self.table.slots[at]);
+        match self.table.find(hash, &eq) {
+            Some(loc) => Some(loc),
+            None if !self.moving.is_empty() => self.moving.find(hash, eq),
+            None => None,
         }
-        if !self.moving() {
-            return None;
-        }
-        let at = self.moving.find_index(hash, self.cursor, eq)?;
-        Some(&self.moving.slots[at])
     }
 
     fn find_mut(&mut self, hash: u64, eq: impl Fn(&Loc) -> bool) -> Option<&mut Loc> {
-        if let Some(at) = self.table.find_index(hash, 0, &eq) {
-            return Some(&mut self.table.slots[at]);
+        if let Some(loc) = self.table.find_mut(hash, &eq) {
+            return Some(loc);
         }
-        if !self.moving() {
-            return None;
-        }
-        let at = self.moving.find_index(hash, self.cursor, eq)?;
-        Some(&mut self.moving.slots[at])
+        self.moving.find_mut(hash, eq)
     }
 
     fn remove(&mut self, hash: u64, eq: impl Fn(&Loc) -> bool) -> Option<Loc> {
-        if let Some(at) = self.table.find_index(hash, 0, &eq) {
-            return Some(self.table.remove_at(at));
+        if let Ok(entry) = self.table.find_entry(hash, &eq) {
+            return Some(entry.remove().0);
         }
-        if !self.moving() {
-            return None;
-        }
-        let at = self.moving.find_index(hash, self.cursor, eq)?;
-        Some(self.take_moving(at))
-    }
-
-    /// Removes the old table's entry in slot `at` (at or above `cursor`).
-    fn take_moving(&mut self, at: usize) -> Loc {
-        let removed = self.moving.slots[at];
-        self.moving.slots[at].pos = GONE;
-        self.moving.len -= 1;
+        let removed = self
+            .moving
+            .find_entry(hash, eq)
+            .ok()
+            .map(|entry| entry.remove().0);
         self.release_moving();
         removed
     }
 
     /// Frees the old table once nothing is left in it.
     fn release_moving(&mut self) {
-        if self.moving.len == 0 && !self.moving.slots.is_empty() {
-            self.moving = Table::default();
-            self.cursor = 0;
-        }
-    }
-
-    /// Asks the CPU to start fetching the cache line of the home slot of
-    /// `hash` in the current table (a hint: it reads nothing and cannot
-    /// fault).
-    #[inline]
-    fn prefetch(&self, hash: u64) {
-        #[cfg(target_arch = "x86_64")]
-        if !self.table.slots.is_empty() {
-            let slot: *const Loc = &self.table.slots[self.table.home(hash)];
-            // SAFETY: a prefetch reads no memory and cannot fault, whatever
-            // the address; this one is inside the table anyway.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(slot.cast());
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = hash;
-    }
-
-    /// Makes room for `additional` more entries now, if nothing is moving
-    /// (for loading, before any lookup depends on the layout).
-    fn reserve(&mut self, additional: usize) {
-        let wanted = self.table.len + additional;
-        if self.moving() || wanted <= self.table.capacity() {
-            return;
-        }
-        // 70% full once loaded.
-        let slots = (wanted * 10 / 7 + 1).max(16);
-        let old = std::mem::replace(&mut self.table, Table::with_slots(slots));
-        for loc in old.iter(0) {
-            self.table.insert_unique(*loc);
+        if self.moving.is_empty() && self.moving.capacity() > 0 {
+            self.moving = HashTable::new();
         }
     }
 
     /// Inserts `loc`, whose key is in neither table.
     fn insert_new(&mut self, loc: Loc) {
-        if self.table.len >= self.table.capacity() && !self.moving() {
-            let slots = (self.table.slots.len() * 2).max(16);
-            self.moving = std::mem::replace(&mut self.table, Table::with_slots(slots));
+        if self.table.len() == self.table.capacity() && self.moving.is_empty() {
+            let capacity = (self.table.capacity() * 2).max(16);
+            self.moving = std::mem::replace(&mut self.table, HashTable::with_capacity(capacity));
             self.cursor = 0;
-            if self.moving.len == 0 {
-                self.moving = Table::default();
-            }
         }
-        self.table.insert_unique(loc);
-        if self.moving() {
+        self.table.insert_unique(loc.hash, loc, |l| l.hash);
+        if !self.moving.is_empty() {
             let mut moved = 0;
-            while moved < MOVE_PER_INSERT && self.cursor < self.moving.slots.len() {
-                let loc = self.moving.slots[self.cursor];
-                self.cursor += 1;
-                if loc.pos != EMPTY && loc.pos != GONE {
-                    self.table.insert_unique(loc);
-                    self.moving.len -= 1;
+            while moved < MOVE_PER_INSERT && self.cursor < self.moving.num_buckets() {
+                if let Ok(entry) = self.moving.get_bucket_entry(self.cursor) {
+                    let (loc, _) = entry.remove();
+                    self.table.insert_unique(loc.hash, loc, |l| l.hash);
                     moved += 1;
                 }
+                self.cursor += 1;
             }
             self.release_moving();
         }
     }
 
     fn iter(&self) -> impl Iterator<Item = &Loc> {
-        let from = if self.moving() { self.cursor } else { 0 };
-        self.table.iter(0).chain(self.moving.iter(from))
+        self.table.iter().chain(self.moving.iter())
     }
 
     fn retain(&mut self, mut keep: impl FnMut(&Loc) -> bool) {
-        let mut at = 0;
-        while at < self.table.slots.len() {
-            let loc = self.table.slots[at];
-            if loc.pos != EMPTY && loc.pos != GONE && !keep(&loc) {
-                // The shift may bring an unvisited entry into `at`, or one
-                // visited already from the table's start (seen again, and
-                // kept again: `keep` is asked twice at most).
-                self.table.remove_at(at);
-            } else {
-                at += 1;
-            }
-        }
-        if self.moving() {
-            for at in self.cursor..self.moving.slots.len() {
-                let loc = self.moving.slots[at];
-                if loc.pos != EMPTY && loc.pos != GONE && !keep(&loc) {
-                    self.moving.slots[at].pos = GONE;
-                    self.moving.len -= 1;
-                }
-            }
-            self.release_moving();
-        }
+        self.table.retain(|loc| keep(loc));
+        self.moving.retain(|loc| keep(loc));
+        self.release_moving();
     }
 }
 
@@ -514,42 +284,27 @@ impl Tally {
 /// Makes room for `room` more entries in each of `shards` (the shards from
 /// `first` on), then applies the records of `records` whose shard is one
 /// of them, in order; see [`Index::load`].
-///
-/// Loading is a stream of independent writes to random places in a large
-/// table, each a cache miss: the slot of each record is fetched
-/// [`AHEAD`] records before it is written, so that many misses are under
-/// way at once instead of one after another.
 fn load_into(
     shards: &mut [Shard],
     first: usize,
     room: usize,
     records: impl Iterator<Item = Hinted>,
 ) -> Tally {
-    const AHEAD: usize = 8;
     for shard in shards.iter_mut() {
         shard.reserve(room);
     }
     let mut tally = Tally::default();
     let range = first..first + shards.len();
-    let hash_of = |record: &Hinted| match record {
-        Hinted::Put(loc) => loc.hash,
-        Hinted::Remove(hash) => *hash,
-    };
-    let mut ahead: std::collections::VecDeque<Hinted> =
-        std::collections::VecDeque::with_capacity(AHEAD + 1);
-    let mut records = records.filter(|record| range.contains(&shard_of(hash_of(record))));
-    loop {
-        while ahead.len() < AHEAD {
-            let Some(record) = records.next() else { break };
-            let hash = hash_of(&record);
-            shards[shard_of(hash) - first].prefetch(hash);
-            ahead.push_back(record);
-        }
-        let Some(record) = ahead.pop_front() else {
-            break;
+    for record in records {
+        let hash = match record {
+            Hinted::Put(loc) => loc.hash,
+            Hinted::Remove(hash) => hash,
         };
-        let hash = hash_of(&record);
-        let shard = &mut shards[shard_of(hash) - first];
+        let shard = shard_of(hash);
+        if !range.contains(&shard) {
+            continue;
+        }
+        let shard = &mut shards[shard - first];
         match record {
             Hinted::Put(loc) => {
                 tally.count(&loc, true);
@@ -871,20 +626,15 @@ mod tests {
         }
     }
 
-    /// Removal from one long cluster (every key's home the same slot, or
-    /// one of two neighbours, wrapping around the table's end): every other
-    /// entry is still found, in any order of removals, and retain keeps
-    /// exactly what it should, while a move is under way or not.
+    /// Removal among colliding hashes (one, two or three groups of keys
+    /// whose hashes differ only in the bits a table does not use first):
+    /// every other entry is still found, in any order of removals, and
+    /// retain keeps exactly what it should.
     #[test]
     fn removal_shifts_back_without_losing_an_entry() {
-        // 196 entries: the table grew at 192 (3/4 of 256 slots), and most of
-        // the old one is still to move.
-        for (homes, count) in [(1u64, 300u64), (2, 300), (3, 196), (1, 196)] {
+        for (homes, count) in [(1u64, 300u64), (2, 300), (3, 230), (1, 230)] {
             let mut shard = Shard::default();
             let entry = |n: u64| Loc {
-                // The home slot scales the hash to the table: hashes this
-                // close to the top make it the last slot (or one of the last
-                // `homes`), whatever the size, so clusters wrap around.
                 hash: ((0xFFFF_FFFF - n % homes) << 32) | n,
                 ..loc(n)
             };
@@ -893,7 +643,6 @@ mod tests {
                 shard.insert_new(entry(n));
                 live.insert(n);
             }
-            assert_eq!(shard.moving(), count == 196, "{count}");
             let mut state = 0x1234_5678u64;
             for round in 0..250 {
                 state ^= state << 13;
