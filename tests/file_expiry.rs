@@ -10,7 +10,7 @@ use std::time::Duration;
 use layercache::{Cache, CacheExt, Clock, Entry, FileCache, ManualClock, SystemClock, Timestamp};
 use tempfile::TempDir;
 
-use support::{Running, arg, child_command, is_child, report};
+use support::{Running, arg, child_command, crc32, is_child, report};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -170,21 +170,6 @@ fn compaction_drops_expired_entries() {
 
 // ---------------------------------------------------------------------------
 // Version 1 files (layercache 0.1).
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
 
 /// A version-1 record (`LCR1`, 32-byte header): kind 1 put, 2 tombstone.
 fn v1_record(kind: u8, key: &[u8], value: &[u8]) -> Vec<u8> {

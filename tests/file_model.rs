@@ -4,6 +4,8 @@
 //! compared with the model after every step; with the default segment size
 //! and with segments so small that most steps seal one.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -15,6 +17,8 @@ use std::time::Duration;
 use layercache::{Cache, CacheExt, Clock, FileCache, ManualClock, Timestamp};
 use proptest::prelude::*;
 use tempfile::TempDir;
+
+use support::crc32;
 
 const KEYS: u8 = 10;
 const H_COMMITTED: usize = 32;
@@ -93,22 +97,6 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::ReopenOther),
         2 => (tail(), any::<bool>()).prop_map(|(tail, reopen)| Op::CrashTail { tail, reopen }),
     ]
-}
-
-/// CRC-32 (ISO-HDLC, as zlib), bit by bit: enough for a few records.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// A put record as the format lays it out (`docs/file-format.md`), for a

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use layercache::{Cache, FileCache};
 use tempfile::TempDir;
 
-use support::{Rng, Running, arg, arg_u64, child_command, is_child, report, state_of};
+use support::{Rng, Running, arg, arg_u64, child_command, crc32, is_child, report, state_of};
 
 const SEGMENT: u64 = 8192;
 
@@ -23,8 +23,8 @@ fn open(path: &Path) -> FileCache {
         .expect("open")
 }
 
-/// The sealed segment files beside `path`, by id.
-fn sealed(path: &Path) -> BTreeMap<u64, PathBuf> {
+/// The files `<path>.<id><suffix>` beside `path`, by id.
+fn beside(path: &Path, suffix: &str) -> BTreeMap<u64, PathBuf> {
     let name = path.file_name().unwrap().to_str().unwrap().to_string();
     std::fs::read_dir(path.parent().unwrap())
         .unwrap()
@@ -33,12 +33,17 @@ fn sealed(path: &Path) -> BTreeMap<u64, PathBuf> {
             let file = entry.file_name().into_string().ok()?;
             let id = file
                 .strip_prefix(&format!("{name}."))?
-                .strip_suffix(".seg")?
+                .strip_suffix(suffix)?
                 .parse()
                 .ok()?;
             Some((id, entry.path()))
         })
         .collect()
+}
+
+/// The sealed segment files beside `path`, by id.
+fn sealed(path: &Path) -> BTreeMap<u64, PathBuf> {
+    beside(path, ".seg")
 }
 
 fn value(key: u64, round: u64) -> Vec<u8> {
@@ -355,41 +360,9 @@ fn cleaning_keeps_garbage_bounded_and_loses_nothing() {
     assert_eq!(report.live, model.len() as u64);
 }
 
-/// Reports every entry of the cache at `LAYERCACHE_ARG_PATH` as
-/// `entry <key>=<hex value>`.
-#[test]
-fn child_dump_segments() {
-    if !is_child("child_dump_segments") {
-        return;
-    }
-    let cache = FileCache::open(arg("PATH")).expect("open");
-    for (key, value) in state_of(&cache) {
-        let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
-        report(format!("entry {key}={hex}"));
-    }
-}
-
+/// What a fresh process reads from the cache at `path`.
 fn dump_in_child(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut child = Running::spawn(
-        "dump",
-        child_command(
-            "child_dump_segments",
-            &[("PATH", path.display().to_string())],
-        ),
-    );
-    let finished = child.finish();
-    finished.assert_success();
-    finished
-        .reports_of("entry")
-        .map(|line| {
-            let (key, hex) = line.split_once('=').expect("key=value");
-            let value = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-                .collect();
-            (key.to_string(), value)
-        })
-        .collect()
+    open_in_child(path).1
 }
 
 /// Cleaning drops what has expired: a handle whose clock is behind finds
@@ -550,20 +523,7 @@ fn open_in_child(path: &Path) -> ((u64, u64), BTreeMap<String, Vec<u8>>) {
 
 /// The hint files beside `path`, by id.
 fn hints(path: &Path) -> BTreeMap<u64, PathBuf> {
-    let name = path.file_name().unwrap().to_str().unwrap().to_string();
-    std::fs::read_dir(path.parent().unwrap())
-        .unwrap()
-        .filter_map(|entry| {
-            let entry = entry.unwrap();
-            let file = entry.file_name().into_string().ok()?;
-            let id = file
-                .strip_prefix(&format!("{name}."))?
-                .strip_suffix(".hint")?
-                .parse()
-                .ok()?;
-            Some((id, entry.path()))
-        })
-        .collect()
+    beside(path, ".hint")
 }
 
 /// Waits until every sealed segment beside `path` has its hint (they are
@@ -598,21 +558,6 @@ fn a_fresh_process_opens_from_the_hints() {
     let ((hinted, scanned), entries) = open_in_child(&path);
     assert_eq!((hinted, scanned), (segments, 0));
     assert_eq!(entries, model);
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// Damaged, truncated, stale and forged hints: a fresh process still reads

@@ -48,6 +48,25 @@ pub(super) struct Segment {
 }
 
 impl Segment {
+    /// The segment `id` in `file` (whose metadata is `meta`), with record
+    /// salt `salt`, mapped by `map`; `end` is 0 until the caller indexes it.
+    pub(super) fn new(
+        file: File,
+        map: MmapRaw,
+        meta: &std::fs::Metadata,
+        id: u64,
+        salt: u32,
+    ) -> Segment {
+        Segment {
+            file: Arc::new(file),
+            map: Arc::new(map),
+            ident: super::identity::ident(meta),
+            id,
+            salt,
+            end: 0,
+        }
+    }
+
     #[inline]
     fn atomic_u64(&self, at: usize) -> &AtomicU64 {
         debug_assert!(at.is_multiple_of(8) && at + 8 <= HEADER_SIZE as usize);

@@ -195,14 +195,7 @@ impl State {
         let info = format::check_header(&header).map_err(|p| format_error(p.to_string()))?;
         let meta = file.metadata().map_err(io)?;
         let map = map_file(&file, len, settings.growth).map_err(io)?;
-        let active = Segment {
-            file: Arc::new(file),
-            map: Arc::new(map),
-            ident: ident(&meta),
-            id: info.id,
-            salt: info.salt,
-            end: 0,
-        };
+        let active = Segment::new(file, map, &meta, info.id, info.salt);
         if info.version == format::VERSION_1 {
             // Written by layercache 0.1: rewrite it in this format, in place
             // of the old file (processes still running 0.1 follow the
@@ -719,15 +712,7 @@ impl State {
         }
         let len = meta.len();
         let map = map_file(&file, len, settings.growth).map_err(io)?;
-        let active = Segment {
-            file: Arc::new(file),
-            map: Arc::new(map),
-            ident: ident(&meta),
-            id: info.id,
-            salt: info.salt,
-            end: 0,
-        };
-        self.active = self.add_slot(active);
+        self.active = self.add_slot(Segment::new(file, map, &meta, info.id, info.salt));
         let committed = self.committed();
         if committed < HEADER_SIZE || committed > len || self.scan(committed) != ScanEnd::Clean {
             // Damaged: every process follows the path's file by loading it.
@@ -876,14 +861,7 @@ impl State {
         self.sealed.push(old);
         self.sealed_bytes += end - HEADER_SIZE;
         self.write_hint_later(paths, old);
-        self.active = self.add_slot(Segment {
-            file: Arc::new(next),
-            map: Arc::new(map),
-            ident: ident(&meta),
-            id,
-            salt,
-            end: 0,
-        });
+        self.active = self.add_slot(Segment::new(next, map, &meta, id, salt));
         self.epoch = lock.epoch();
         Ok(())
     }
@@ -1036,14 +1014,7 @@ fn open_sealed(paths: &Paths, id: u64, seed: u64) -> Option<Segment> {
         .len(usize::try_from(len).ok()?)
         .map_raw_read_only(&file)
         .ok()?;
-    let mut seg = Segment {
-        file: Arc::new(file),
-        map: Arc::new(map),
-        ident: ident(&meta),
-        id,
-        salt: info.salt,
-        end: 0,
-    };
+    let mut seg = Segment::new(file, map, &meta, id, info.salt);
     let committed = seg.committed();
     seg.end =
         if committed < HEADER_SIZE || committed > len || !committed.is_multiple_of(format::ALIGN) {

@@ -547,3 +547,20 @@ pub fn reap(pid: libc::pid_t, by: Instant) -> String {
         format!("signal {}", libc::WTERMSIG(status))
     }
 }
+
+/// CRC-32 (ISO-HDLC, as zlib), bit by bit: the checksum of the file
+/// format, for tests that forge records and hints by hand.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
