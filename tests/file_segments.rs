@@ -624,3 +624,38 @@ fn bad_hints_cost_a_scan_never_wrong_data() {
         "at most the two lied about go missing"
     );
 }
+
+/// Once the last handle on a cache closes, no background thread of this
+/// process writes a hint or unlinks a segment any more: the files there
+/// then are the files there later (the review found a hint written into a
+/// directory being deleted).
+#[test]
+fn nothing_changes_the_files_after_the_last_handle_closes() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("closed.lc");
+    {
+        let cache = FileCache::builder(&path)
+            .segment_size(8192)
+            .compact_when(0.5, 0)
+            .open()
+            .unwrap();
+        write_rounds(&cache, 300, 6);
+    }
+    let names = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let at_close = names();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(names(), at_close);
+    let hinted: Vec<u64> = hints(&path).keys().copied().collect();
+    let sealed_ids: Vec<u64> = sealed(&path).keys().copied().collect();
+    assert_eq!(
+        hinted, sealed_ids,
+        "every sealed segment has its hint by then"
+    );
+}

@@ -173,12 +173,7 @@ pub(super) fn after_write(
     options: &Options,
     written: u64,
 ) -> Option<Error> {
-    let max = state.active().max_bytes().load(Ordering::Acquire);
-    if max > 0 {
-        while state.file_bytes() > max && state.oldest().is_some() {
-            state.drop_oldest(&shared.paths, &shared.settings, lock);
-        }
-    }
+    keep_within_budget(shared, lock, state);
     let garbage = state.garbage();
     let under_way = state.active().cursor().load(Ordering::Acquire) != 0;
     if !under_way
@@ -194,7 +189,45 @@ pub(super) fn after_write(
     let budget = written.saturating_mul(CLEAN_PER_BYTE).max(CLEAN_MIN);
     let result = clean_step(shared, lock, state, options, budget);
     lock.after_upkeep(result.is_ok());
+    // The step's copies, or the seal it made, may have taken the files
+    // over the budget again.
+    keep_within_budget(shared, lock, state);
     result.err()
+}
+
+/// Drops the oldest sealed segments while the files exceed the budget.
+fn keep_within_budget(shared: &Shared, lock: &Exclusive<'_>, state: &mut State) {
+    let max = state.active().max_bytes().load(Ordering::Acquire);
+    if max > 0 {
+        while state.file_bytes() > max && state.oldest().is_some() {
+            state.drop_oldest(&shared.paths, &shared.settings, lock);
+        }
+    }
+}
+
+/// Bits of the cleaning cursor that hold the offset; the bits above hold
+/// the low bits of the id of the segment it is in.
+const CURSOR_OFFSET_BITS: u32 = 40;
+
+/// The cleaning cursor for offset `at` of segment `id`.
+fn cursor_for(id: u64, at: u64) -> u64 {
+    (id << CURSOR_OFFSET_BITS) | (at & ((1 << CURSOR_OFFSET_BITS) - 1))
+}
+
+/// Where cleaning resumes in segment `id`, by `cursor`: its offset if the
+/// cursor is in that segment, otherwise the segment's start. A cursor left
+/// by a process that died while dropping the segment it was in never
+/// applies to the next one (that skipped records, and the drop that
+/// followed lost them).
+fn cursor_in(cursor: u64, id: u64) -> u64 {
+    let mask = (1 << CURSOR_OFFSET_BITS) - 1;
+    if cursor != 0
+        && cursor >> CURSOR_OFFSET_BITS == (id << CURSOR_OFFSET_BITS) >> CURSOR_OFFSET_BITS
+    {
+        cursor & mask
+    } else {
+        0
+    }
 }
 
 /// One cleaning step: reads about `budget` bytes of the oldest sealed
@@ -226,11 +259,8 @@ fn clean_step(
         let logs = state.logs();
         let (slot, oldest, end) = state.oldest().expect("sealed above");
         let log = oldest.log(end);
-        let mut at = state
-            .active()
-            .cursor()
-            .load(Ordering::Acquire)
-            .clamp(HEADER_SIZE, end);
+        let cursor = state.active().cursor().load(Ordering::Acquire);
+        let mut at = cursor_in(cursor, oldest.id).clamp(HEADER_SIZE, end);
         let stop = at.saturating_add(budget);
         while at < end && at < stop {
             let Some(header) = log.header(at).filter(|h| at + h.total_len() <= end) else {
@@ -290,7 +320,11 @@ fn clean_step(
     if at >= end {
         state.drop_oldest(paths, &shared.settings, lock);
     } else {
-        state.active().cursor().store(at, Ordering::Release);
+        let oldest = state.oldest().expect("not dropped").1.id;
+        state
+            .active()
+            .cursor()
+            .store(cursor_for(oldest, at), Ordering::Release);
     }
     Ok(())
 }

@@ -178,14 +178,31 @@ impl Hint {
         if body.len() != count.checked_mul(ENTRY)? || crc(body) != u32_at(header, 44) {
             return None;
         }
-        // Entries are not checked one by one: an entry that points outside
-        // the segment, or at the wrong record, reads as missing, as every
-        // read is bounds-checked and compares the key.
+        // Entries are checked as they are loaded (`entries_inside`); one
+        // that points at another record reads as missing, as every read
+        // checks the record's header against the entry and compares the
+        // key.
         Some(Hint { map })
     }
 
     fn body(&self) -> &[u8] {
         &self.map[HINT_HEADER..]
+    }
+
+    /// The entries that lie inside the segment (after its header, whole
+    /// below its end), in file order. Others are left out: they would read
+    /// as missing anyway, and a position past 2^48 cannot be indexed.
+    pub(super) fn entries_inside(&self) -> impl Iterator<Item = Entry> + '_ {
+        let end = u64_at(&self.map, 16);
+        self.entries().filter(move |entry| {
+            let len = format::record_len(entry.key_len as usize, entry.value_len as usize);
+            entry.offset >= HEADER_SIZE
+                && entry.offset.is_multiple_of(format::ALIGN)
+                && entry
+                    .offset
+                    .checked_add(len)
+                    .is_some_and(|last| last <= end)
+        })
     }
 
     /// How many records the hint describes.

@@ -110,11 +110,20 @@ impl Loc {
     }
 
     /// The record's header, if it still passes its checksum (it holds the
-    /// deadlines, which the index does not keep).
+    /// deadlines, which the index does not keep) and describes the record
+    /// this entry says is there: a put of these lengths and checksums. An
+    /// entry that came from a forged or stale hint, pointing at another
+    /// record or into one, gets `None`, and reads as missing.
     #[inline]
     pub fn checked_header<'a>(&self, logs: &impl Logs<'a>) -> Option<format::RecordHeader> {
         let (log, at) = self.record(logs)?;
-        log.header(at)
+        log.header(at).filter(|header| {
+            header.kind == format::Kind::Put
+                && header.key_len == self.key_len
+                && header.value_len == self.value_len
+                && header.key_crc == self.key_crc
+                && header.value_crc == self.value_crc
+        })
     }
 
     /// The value's bytes, if the segment is still mapped.

@@ -76,6 +76,8 @@ const MAX_GROWTH: u64 = 1 << 40;
 /// The smallest segment size accepted: a header page and a page of
 /// records.
 const MIN_SEGMENT: u64 = 2 * HEADER_SIZE;
+/// The smallest byte budget accepted: eight of the smallest segments.
+const MIN_BUDGET: u64 = 8 * MIN_SEGMENT;
 
 #[derive(Clone)]
 pub(super) struct Options {
@@ -165,6 +167,17 @@ impl Options {
             ));
         }
         self.growth = self.growth.div_ceil(HEADER_SIZE) * HEADER_SIZE;
+        if let Some(max) = self.max_bytes
+            && max != 0
+            && max < MIN_BUDGET
+        {
+            return Err(invalid(
+                "max_bytes",
+                format!(
+                    "{max} bytes is below the smallest budget, 64 KiB (eight segments of the smallest size, 8 KiB); 0 removes the budget"
+                ),
+            ));
+        }
         if !(MIN_SEGMENT..=MAX_GROWTH).contains(&self.segment_bytes) {
             return Err(invalid(
                 "segment_size",
@@ -273,10 +286,13 @@ impl<K> FileCacheBuilder<K> {
     /// A byte budget for the cache's segment files, kept in the file so
     /// that every process applies it: opening with this option sets it for
     /// everyone (0 removes it); opening without it leaves the one the file
-    /// has (default: none). Over the budget, a write drops the oldest
-    /// sealed segments, with every entry in them, oldest first; segments
-    /// are then at most an eighth of the budget (or
-    /// [`segment_size`](Self::segment_size), if smaller).
+    /// has (default: none). At least 64 KiB. Over the budget, a write drops
+    /// the oldest sealed segments, with every entry in them; segments are
+    /// then at most an eighth of the budget (or
+    /// [`segment_size`](Self::segment_size), if smaller). The entries that
+    /// go are the oldest, counting an entry's age from its last write or,
+    /// with cleaning on ([`compact_when`](Self::compact_when)), from the
+    /// last time cleaning copied it forward.
     ///
     /// The files exceed the budget by at most the last write's records
     /// (and a process that still maps a dropped segment keeps its blocks

@@ -548,6 +548,12 @@ impl Drop for Shared {
         if let Some(flusher) = self.flusher.get() {
             flusher.unpark(); // let it see we are gone
         }
+        // Hint writers and segment releasers finish before the last handle
+        // is gone. Only in the process that started them: a forked child
+        // has none of its parent's threads to wait for.
+        if self.fork_generation == FORK_GENERATION.load(Ordering::Relaxed) {
+            self.settings.background.join_all();
+        }
     }
 }
 

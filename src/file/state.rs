@@ -52,6 +52,43 @@ pub(super) struct Counters {
     pub(super) scanned: AtomicU64,
 }
 
+/// The background threads of one cache in this process (hint writers,
+/// segment releasers): joined when the process's last handle on the cache
+/// closes, so that none writes a hint file or unlinks a segment after the
+/// caller has let go of the cache (and, say, deleted its directory).
+#[derive(Debug, Default)]
+pub(super) struct Background(std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>);
+
+impl Background {
+    /// Runs `work` on a thread of its own, at the lowest priority; `false`
+    /// when no thread could be started (`work` is then dropped unrun).
+    fn spawn(&self, name: &str, work: impl FnOnce() + Send + 'static) -> bool {
+        let spawned = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                lowest_priority();
+                work();
+            });
+        match spawned {
+            Ok(handle) => {
+                let mut handles = super::lock_poisoned(self.0.lock());
+                handles.retain(|handle| !handle.is_finished());
+                handles.push(handle);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Waits for every thread started so far.
+    pub(super) fn join_all(&self) {
+        let handles = std::mem::take(&mut *super::lock_poisoned(self.0.lock()));
+        for handle in handles {
+            let _ = handle.join();
+        }
+    }
+}
+
 /// What one process's state of a file was opened with, for every load of
 /// it (the first handle's options: see `FileCacheBuilder::growth`).
 #[derive(Debug, Clone)]
@@ -68,6 +105,8 @@ pub(super) struct Settings {
     pub(super) durable: bool,
     /// What this process did, for its `FileStats`.
     pub(super) counters: Arc<Counters>,
+    /// This process's background threads for the cache.
+    pub(super) background: Arc<Background>,
 }
 
 impl Settings {
@@ -79,6 +118,7 @@ impl Settings {
             segment_bytes: options.segment_bytes,
             durable: options.durability != Durability::Buffered,
             counters: Arc::default(),
+            background: Arc::default(),
         }
     }
 }
@@ -136,6 +176,8 @@ pub(super) struct State {
     seed: u64,
     /// What this process did, for its `FileStats`.
     counters: Arc<Counters>,
+    /// This process's background threads for the cache.
+    background: Arc<Background>,
     pub(super) index: Index,
 }
 
@@ -223,17 +265,26 @@ impl State {
             generation: info.generation,
             seed: info.seed,
             counters: settings.counters.clone(),
+            background: settings.background.clone(),
             index: Index::new(info.seed),
         };
-        let mut sealed = Vec::new();
         for id in paths.sealed_ids().map_err(io)? {
             if id < base {
                 // Dropped, but its unlink never happened.
                 let _ = std::fs::remove_file(paths.segment(id));
-            } else if id < info.id
-                && let Some(opened) = state.open_sealed_hinted(paths, id)
-            {
-                sealed.push(opened);
+            }
+        }
+        // Every segment from the base up: one that is not there (deleted,
+        // or damaged beyond reading its header) is a hole in the log, and
+        // a record older than a hole may have been overwritten or removed
+        // in it, so every segment before a hole is left out (its entries
+        // read as missing). One that is there but cannot be opened now is
+        // an error: this process must not go on without it.
+        let mut sealed = Vec::new();
+        for id in base..info.id {
+            match state.open_sealed_hinted(paths, id)? {
+                Some(opened) => sealed.push(opened),
+                None => sealed.clear(),
             }
         }
         for id in paths.hint_ids().map_err(io)? {
@@ -317,24 +368,16 @@ impl State {
         Ok(())
     }
 
-    /// Maps the sealed segment `id` and indexes it, after every segment
-    /// already indexed: from its hint file when there is a valid one,
-    /// otherwise by scanning it (and then a hint is written in the
-    /// background for the next process that opens the cache). A file that
-    /// is missing, unreadable or not a segment of this cache is left out:
-    /// its records read as missing.
-    fn add_sealed(&mut self, paths: &Paths, id: u64) -> Result<()> {
-        let Some((seg, hinted)) = self.open_sealed_hinted(paths, id) else {
-            return Ok(());
-        };
-        self.index_sealed(paths, seg, hinted);
-        Ok(())
-    }
-
     /// Opens the sealed segment `id` and reads its hint, if it has a valid
     /// one.
-    fn open_sealed_hinted(&self, paths: &Paths, id: u64) -> Option<(Segment, Option<hint::Hint>)> {
-        let seg = open_sealed(paths, id, self.seed)?;
+    fn open_sealed_hinted(
+        &self,
+        paths: &Paths,
+        id: u64,
+    ) -> Result<Option<(Segment, Option<hint::Hint>)>> {
+        let Some(seg) = open_sealed(paths, id, self.seed)? else {
+            return Ok(None);
+        };
         let describes = hint::Describes {
             id,
             end: seg.end,
@@ -343,7 +386,7 @@ impl State {
         };
         let hinted = hint::Hint::read(&paths.hint(id), describes)
             .filter(|hint| hint.matches(seg.log(seg.end), self.seed));
-        Some((seg, hinted))
+        Ok(Some((seg, hinted)))
     }
 
     /// Indexes the sealed segment `seg`, after every segment already
@@ -381,7 +424,7 @@ impl State {
         let count = run.iter().map(|(_, hint)| hint.len()).sum();
         self.index.load(count, || {
             run.iter()
-                .flat_map(|(slot, hint)| hint.entries().map(|e| hinted_record(*slot, e)))
+                .flat_map(|(slot, hint)| hint.entries_inside().map(|e| hinted_record(*slot, e)))
         });
     }
 
@@ -400,19 +443,16 @@ impl State {
         };
         let path = paths.hint(seg.id);
         let segment = paths.segment(seg.id);
-        let _ = std::thread::Builder::new()
-            .name("layercache-hint".into())
-            .spawn(move || {
-                lowest_priority();
-                let log = Log::of(&map, describes.end, describes.salt);
-                if let Some(entries) = hint::entries_of(log, describes.seed)
-                    && hint::write(&path, describes, &entries).is_ok()
-                    && !segment.exists()
-                {
-                    // Dropped while the hint was written.
-                    let _ = std::fs::remove_file(&path);
-                }
-            });
+        self.background.spawn("layercache-hint", move || {
+            let log = Log::of(&map, describes.end, describes.salt);
+            if let Some(entries) = hint::entries_of(log, describes.seed)
+                && hint::write(&path, describes, &entries).is_ok()
+                && !segment.exists()
+            {
+                // Dropped while the hint was written.
+                let _ = std::fs::remove_file(&path);
+            }
+        });
     }
 
     fn add_slot(&mut self, seg: Segment) -> usize {
@@ -680,8 +720,12 @@ impl State {
         if !std::fs::symlink_metadata(&sealed_name).is_ok_and(|m| ident(&m) == old.ident) {
             return Ok(false);
         }
-        let Ok(file) = identity::open_existing(&paths.data) else {
-            return Ok(false);
+        let file = match identity::open_existing(&paths.data) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            // No descriptor left, say: nothing is changed, and the call
+            // that needed the state fails.
+            Err(e) => return Err(io(e)),
         };
         let meta = file.metadata().map_err(io)?;
         let mut header = vec![0u8; HEADER_SIZE as usize];
@@ -696,22 +740,32 @@ impl State {
         {
             return Ok(false);
         }
-        // The old active segment is sealed: index it to its final length.
         let end = self.committed();
         if end < self.indexed() {
             return Ok(false);
         }
+        // Everything that can fail is done before the state changes: the
+        // segments sealed since (a hole among them: load afresh, by its
+        // rules; one that cannot be opened now: an error, and nothing
+        // changed), and the new active segment's map.
+        let mut between = Vec::new();
+        for id in old.id + 1..info.id {
+            match self.open_sealed_hinted(paths, id)? {
+                Some(opened) => between.push(opened),
+                None => return Ok(false),
+            }
+        }
+        let len = meta.len();
+        let map = map_file(&file, len, settings.growth).map_err(io)?;
+        // The old active segment is sealed: index it to its final length.
         self.scan(end);
         let old = self.active;
         self.slot_mut(old).seg.end = end;
         self.sealed.push(old);
         self.sealed_bytes += end - HEADER_SIZE;
-        let old_id = self.active().id;
-        for id in old_id + 1..info.id {
-            self.add_sealed(paths, id)?;
+        for (seg, hinted) in between {
+            self.index_sealed(paths, seg, hinted);
         }
-        let len = meta.len();
-        let map = map_file(&file, len, settings.growth).map_err(io)?;
         self.active = self.add_slot(Segment::new(file, map, &meta, info.id, info.salt));
         let committed = self.committed();
         if committed < HEADER_SIZE || committed > len || self.scan(committed) != ScanEnd::Clean {
@@ -753,12 +807,13 @@ impl State {
             dropping,
             slots,
             index,
+            background,
             ..
         } = self;
         dropping.retain(|&slot| {
             let in_use = index.in_slot(slot) > 0;
             if !in_use && let Some(gone) = slots[slot].take() {
-                in_background(None, Some(gone.seg));
+                in_background(background, None, Some(gone.seg));
             }
             in_use
         });
@@ -879,9 +934,12 @@ impl State {
         let evicted = self.index.in_slot(slot) as u64;
         counters.evictions.fetch_add(evicted, Ordering::Relaxed);
         let active = self.active();
+        // The cursor first: it names the segment it is in, and a process
+        // that dies between the two stores leaves one that applies to no
+        // other segment either way.
+        active.cursor().store(0, Ordering::Release);
         active.base().store(id + 1, Ordering::Release);
         crash::point("drop:based");
-        active.cursor().store(0, Ordering::Release);
         lock.bump_epoch();
         self.epoch = lock.epoch();
         // The segment is no longer part of the cache (a load would remove
@@ -895,34 +953,33 @@ impl State {
             Some(_) => {
                 let _ = std::fs::remove_file(file);
             }
-            None => in_background(Some(file), None),
+            None => in_background(&self.background, Some(file), None),
         }
     }
 }
 
-/// Unlinks `file` and unmaps `segment` on a thread of their own. Both can
-/// take milliseconds when they free a large segment's pages and blocks (the
-/// last unmap of an unlinked file frees them), and the caller holds locks
-/// that writers in every process, or this process's readers, wait on. When
-/// no thread can be started, they are done here.
-fn in_background(file: Option<std::path::PathBuf>, segment: Option<Segment>) {
+/// Unlinks `file` and unmaps `segment` on a thread of `background`. Both
+/// can take milliseconds when they free a large segment's pages and blocks
+/// (the last unmap of an unlinked file frees them), and the caller holds
+/// locks that writers in every process, or this process's readers, wait
+/// on. When no thread can be started, they are done here.
+fn in_background(
+    background: &Background,
+    file: Option<std::path::PathBuf>,
+    segment: Option<Segment>,
+) {
     let unlink_here = file.clone();
-    let spawned = std::thread::Builder::new()
-        .name("layercache-release".into())
-        .spawn(move || {
-            lowest_priority();
-            if let Some(file) = &file {
-                let _ = std::fs::remove_file(file);
-            }
-            if let Some(segment) = segment {
-                release_gradually(segment);
-            }
-        });
+    let started = background.spawn("layercache-release", move || {
+        if let Some(file) = &file {
+            let _ = std::fs::remove_file(file);
+        }
+        if let Some(segment) = segment {
+            release_gradually(segment);
+        }
+    });
     // When no thread can be started, the closure, and the segment with it,
-    // is dropped here; the unlink is done here too.
-    if spawned.is_err()
-        && let Some(file) = unlink_here
-    {
+    // is dropped (unmapped) here; the unlink is done here too.
+    if !started && let Some(file) = unlink_here {
         let _ = std::fs::remove_file(file);
     }
 }
@@ -995,25 +1052,42 @@ impl Segment {
 }
 
 /// Opens and maps the sealed segment `id` of the cache whose hash seed is
-/// `seed`; `None` when it is missing, unreadable or not such a segment.
-fn open_sealed(paths: &Paths, id: u64, seed: u64) -> Option<Segment> {
-    let file = File::options()
+/// `seed`. `Ok(None)` when there is no such segment there: the file is
+/// missing, too short, or its header is damaged or another cache's; an
+/// error when it is there but cannot be opened or mapped now (no file
+/// descriptor left, no permission, an I/O error), so that the caller
+/// neither skips it nor reads older records in its place.
+fn open_sealed(paths: &Paths, id: u64, seed: u64) -> Result<Option<Segment>> {
+    let name = paths.segment(id);
+    let io = |e| Error::io(&name, e);
+    let file = match File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(paths.segment(id))
-        .ok()?;
-    let meta = file.metadata().ok()?;
+        .open(&name)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let meta = file.metadata().map_err(io)?;
     let len = meta.len();
-    let mut header = vec![0u8; HEADER_SIZE as usize];
-    file.read_exact_at(&mut header, 0).ok()?;
-    let info = format::check_header(&header).ok()?;
-    if info.version != format::VERSION || info.id != id || info.seed != seed {
-        return None;
+    if len < HEADER_SIZE {
+        return Ok(None);
     }
+    let mut header = vec![0u8; HEADER_SIZE as usize];
+    file.read_exact_at(&mut header, 0).map_err(io)?;
+    let Ok(info) = format::check_header(&header) else {
+        return Ok(None);
+    };
+    if info.version != format::VERSION || info.id != id || info.seed != seed {
+        return Ok(None);
+    }
+    let len_usize =
+        usize::try_from(len).map_err(|_| io(std::io::Error::other("too large to map")))?;
     let map = memmap2::MmapOptions::new()
-        .len(usize::try_from(len).ok()?)
+        .len(len_usize)
         .map_raw_read_only(&file)
-        .ok()?;
+        .map_err(io)?;
     let mut seg = Segment::new(file, map, &meta, id, info.salt);
     let committed = seg.committed();
     seg.end =
@@ -1022,5 +1096,5 @@ fn open_sealed(paths: &Paths, id: u64, seed: u64) -> Option<Segment> {
         } else {
             committed
         };
-    Some(seg)
+    Ok(Some(seg))
 }
