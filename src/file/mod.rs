@@ -469,7 +469,7 @@ impl<K> FileCache<K> {
         Ok(state
             .index
             .get(&logs, key)
-            .and_then(|loc| read_entry(&logs, loc, || self.now())))
+            .and_then(|loc| read_entry(&logs, loc, true, || self.now())))
     }
 
     fn set_bytes(&self, key: &[u8], value: &[u8], deadlines: Deadlines) -> Result<()> {
@@ -496,7 +496,7 @@ impl<K> FileCache<K> {
             };
             // An entry expired by this handle's clock is still removed:
             // another process's clock may not have reached its deadline.
-            let old = read_entry(&logs, &loc, || self.now()).map(Entry::into_value);
+            let old = read_entry(&logs, &loc, true, || self.now()).map(Entry::into_value);
             let place = self.place(shared, writer, state, format::record_len(key.len(), 0));
             writer.buf.clear();
             let none = Deadlines::NONE;
@@ -605,10 +605,15 @@ fn alive<'a>(logs: &impl Logs<'a>, loc: &Loc, now: u64) -> bool {
 /// The entry at `loc`, or `None` when it has expired by `now` (read only
 /// for an entry with an expiry), or its header, key or value fails its
 /// checksum (the file was damaged after the record was indexed).
+/// `key_matched`: the caller found `loc` by comparing the record's key
+/// bytes with the key it was asked for (and the key's 64-bit hash with the
+/// entry's), so the key cannot be another's, and its checksum is not
+/// computed again.
 #[inline]
 fn read_entry<'a>(
     logs: &impl Logs<'a>,
     loc: &Loc,
+    key_matched: bool,
     now: impl FnOnce() -> u64,
 ) -> Option<Entry<Vec<u8>>> {
     let header = loc.checked_header(logs)?;
@@ -619,7 +624,9 @@ fn read_entry<'a>(
     if expires != format::NEVER && expires <= now() {
         return None;
     }
-    loc.checked_key(logs)?;
+    if !key_matched {
+        loc.checked_key(logs)?;
+    }
     let value = loc.value(logs)?;
     (crc(value) == loc.value_crc)
         .then(|| Entry::with_raw_deadlines(value.to_vec(), fresh_until, expires))
@@ -677,7 +684,7 @@ impl<K: FileKey> Cache<K, Vec<u8>> for FileCache<K> {
         Ok(state
             .index
             .iter()
-            .filter_map(|loc| read_entry(&logs, loc, || now).map(Entry::into_value))
+            .filter_map(|loc| read_entry(&logs, loc, false, || now).map(Entry::into_value))
             .collect())
     }
     fn clear(&self) -> Result<()> {
