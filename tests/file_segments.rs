@@ -659,3 +659,50 @@ fn nothing_changes_the_files_after_the_last_handle_closes() {
         "every sealed segment has its hint by then"
     );
 }
+
+/// The base in the active segment's header is written in place, with no
+/// checksum of its own. Damaged past the active segment's id (which no
+/// drop can do), it is not trusted: the sealed segments are dropped (their
+/// entries read as missing), the active segment's entries read exactly,
+/// and nothing panics.
+#[test]
+fn a_damaged_base_drops_the_sealed_segments_and_nothing_else() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("base.lc");
+    let model = write_rounds(&open(&path), 300, 4);
+    assert!(sealed(&path).len() > 5);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    file.write_all_at(&u64::MAX.to_le_bytes(), 64).unwrap();
+    drop(file);
+    let cache = open(&path);
+    for (key, value) in state_of(&cache) {
+        assert_eq!(model.get(&key), Some(&value), "{key}: never another value");
+    }
+    assert!(sealed(&path).is_empty(), "{:?}", sealed(&path));
+    // Writes after it, through seals, are all kept (a base left damaged
+    // would drop every segment as soon as it is sealed).
+    let mut after = BTreeMap::new();
+    for n in 0..400u64 {
+        let key = format!("after{n}");
+        cache.set(key.clone(), value(n, 9)).unwrap();
+        after.insert(key, value(n, 9));
+    }
+    assert!(sealed(&path).len() > 5, "the writes sealed segments");
+    for (key, value) in &after {
+        assert_eq!(cache.get(key).unwrap().as_ref(), Some(value), "{key}");
+    }
+    drop(cache);
+    let again = open(&path);
+    for (key, value) in &after {
+        assert_eq!(
+            again.get(key).unwrap().as_ref(),
+            Some(value),
+            "{key} reopened"
+        );
+    }
+    assert!(again.verify().unwrap().damage.is_empty());
+}

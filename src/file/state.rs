@@ -252,7 +252,15 @@ impl State {
             std::fs::remove_file(&own_name).map_err(io)?;
         }
         identity::check_links(&active.file.metadata().map_err(io)?, given)?;
-        let base = active.base().load(Ordering::Acquire);
+        let mut base = active.base().load(Ordering::Acquire);
+        if base > info.id {
+            // Damaged: no drop ever moves the base past the active segment.
+            // No sealed segment can be trusted then (a record in one may be
+            // older than the lost base says), so all are dropped: misses,
+            // never older data.
+            base = info.id;
+            active.base().store(base, Ordering::Release);
+        }
         let mut state = State {
             slots: Vec::new(),
             active: 0,
