@@ -1,7 +1,14 @@
-//! Compaction: rewriting the live records into a new file and renaming it
-//! over the old one.
+//! Upkeep of the segments: cleaning (a few records per write, oldest
+//! segment first), the byte budget, and compaction (rewriting every live
+//! record into one new file, on request).
 //!
 //! Invariants kept here:
+//! - Cleaning copies a record only while the index points at it (it is
+//!   live), and drops a segment only once every record in it was read and
+//!   the copies are committed; its cursor names the segment it is in, so a
+//!   cursor never applies to another.
+//! - The budget drops the oldest sealed segment only, after each write and
+//!   after each cleaning step.
 //! - Compaction runs under the exclusive lock, so one runs at a time across
 //!   every process, and its fixed temporary name (`<real path>.compact`)
 //!   cannot be in use by another.
