@@ -63,7 +63,7 @@ pub(super) fn rewrite(
         // Damaged since it was indexed, or expired: dropped (either reads
         // as missing).
         let header = loc.checked_header(&logs)?;
-        let key = loc.checked_key(&logs)?;
+        let key = state.index.key_of(&logs, loc)?;
         let value = loc.value(&logs)?;
         (crc(value) == loc.value_crc && now < header.deadlines.expires).then_some((
             key,

@@ -89,7 +89,15 @@ pub(super) fn entries_of(log: Log<'_>, seed: u64) -> Option<Vec<Entry>> {
 
 /// Writes the hint of the segment `describes`, holding `entries`, at
 /// `path` (through a temporary name, so a reader never sees half of it).
-pub(super) fn write(path: &Path, describes: Describes, entries: &[Entry]) -> std::io::Result<()> {
+/// The file is created readable and writable by its owner only, then given
+/// the owner, group and mode of the segment it describes (`like`): a hint
+/// is no more readable than the cache.
+pub(super) fn write(
+    path: &Path,
+    describes: Describes,
+    entries: &[Entry],
+    like: &std::fs::Metadata,
+) -> std::io::Result<()> {
     let mut body = Vec::with_capacity(entries.len() * ENTRY);
     for entry in entries {
         let offset = match entry.kind {
@@ -123,8 +131,10 @@ pub(super) fn write(path: &Path, describes: Describes, entries: &[Entry]) -> std
         let mut file = File::options()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
+        super::identity::inherit(&file, like)?;
         file.write_all(&header)?;
         file.write_all(&body)?;
         drop(file);

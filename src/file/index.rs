@@ -409,6 +409,16 @@ impl Index {
         &mut self.shards[shard_of(hash)]
     }
 
+    /// The key the entry `loc` is for: its bytes, if they pass their
+    /// checksum and hash to the entry's hash. An entry loaded from a forged
+    /// hint may point at another key's record; it is for no key then, and
+    /// `keys`, `values` and compaction leave it out (a lookup never finds
+    /// it: it compares the key asked for).
+    pub fn key_of<'a>(&self, logs: &impl Logs<'a>, loc: &Loc) -> Option<&'a [u8]> {
+        loc.checked_key(logs)
+            .filter(|key| self.hasher.hash_one(key) == loc.hash)
+    }
+
     /// The entry for `key`. It may point into a segment dropped from the
     /// cache whose entries are still being forgotten: reads check that
     /// (through [`Loc::key`] and the like, which see no such segment).

@@ -469,7 +469,7 @@ impl<K> FileCache<K> {
         Ok(state
             .index
             .get(&logs, key)
-            .and_then(|loc| read_entry(&logs, loc, true, || self.now())))
+            .and_then(|loc| read_entry(&logs, loc, || self.now())))
     }
 
     fn set_bytes(&self, key: &[u8], value: &[u8], deadlines: Deadlines) -> Result<()> {
@@ -496,7 +496,7 @@ impl<K> FileCache<K> {
             };
             // An entry expired by this handle's clock is still removed:
             // another process's clock may not have reached its deadline.
-            let old = read_entry(&logs, &loc, true, || self.now()).map(Entry::into_value);
+            let old = read_entry(&logs, &loc, || self.now()).map(Entry::into_value);
             let place = self.place(shared, writer, state, format::record_len(key.len(), 0));
             writer.buf.clear();
             let none = Deadlines::NONE;
@@ -515,7 +515,7 @@ impl<K> FileCache<K> {
             .index
             .iter()
             .filter(|loc| alive(&logs, loc, now))
-            .filter_map(|loc| loc.checked_key(&logs).map(<[u8]>::to_vec))
+            .filter_map(|loc| state.index.key_of(&logs, loc).map(<[u8]>::to_vec))
             .collect())
     }
 
@@ -603,17 +603,16 @@ fn alive<'a>(logs: &impl Logs<'a>, loc: &Loc, now: u64) -> bool {
 }
 
 /// The entry at `loc`, or `None` when it has expired by `now` (read only
-/// for an entry with an expiry), or its header, key or value fails its
-/// checksum (the file was damaged after the record was indexed).
-/// `key_matched`: the caller found `loc` by comparing the record's key
-/// bytes with the key it was asked for (and the key's 64-bit hash with the
-/// entry's), so the key cannot be another's, and its checksum is not
-/// computed again.
+/// for an entry with an expiry), or its header or value fails its checksum
+/// or does not match `loc` (the file was damaged after the record was
+/// indexed, or the entry came from a forged hint). The caller has made sure
+/// of the key: a lookup compared the record's key bytes with the key asked
+/// for (and the 64-bit hashes), `values` checked it with
+/// [`Index::key_of`](self::index::Index::key_of).
 #[inline]
 fn read_entry<'a>(
     logs: &impl Logs<'a>,
     loc: &Loc,
-    key_matched: bool,
     now: impl FnOnce() -> u64,
 ) -> Option<Entry<Vec<u8>>> {
     let header = loc.checked_header(logs)?;
@@ -623,9 +622,6 @@ fn read_entry<'a>(
     } = header.deadlines;
     if expires != format::NEVER && expires <= now() {
         return None;
-    }
-    if !key_matched {
-        loc.checked_key(logs)?;
     }
     let value = loc.value(logs)?;
     (crc(value) == loc.value_crc)
@@ -684,7 +680,8 @@ impl<K: FileKey> Cache<K, Vec<u8>> for FileCache<K> {
         Ok(state
             .index
             .iter()
-            .filter_map(|loc| read_entry(&logs, loc, false, || now).map(Entry::into_value))
+            .filter(|loc| state.index.key_of(&logs, loc).is_some())
+            .filter_map(|loc| read_entry(&logs, loc, || now).map(Entry::into_value))
             .collect())
     }
     fn clear(&self) -> Result<()> {

@@ -553,6 +553,8 @@ impl Drop for Shared {
         // has none of its parent's threads to wait for.
         if self.fork_generation == FORK_GENERATION.load(Ordering::Relaxed) {
             self.settings.background.join_all();
+        } else {
+            self.settings.background.forget_all();
         }
     }
 }

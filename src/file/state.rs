@@ -87,6 +87,18 @@ impl Background {
             let _ = handle.join();
         }
     }
+
+    /// In a forked child: lets go of the parent's threads without touching
+    /// them. They do not exist in the child, and dropping a `JoinHandle`
+    /// detaches its thread: `pthread_detach` of a parent's thread id in
+    /// the child marked one of the child's own threads detached (its join
+    /// then failed). If another thread of the parent held the list at the
+    /// fork, it is left as it is.
+    pub(super) fn forget_all(&self) {
+        if let Ok(mut handles) = self.0.try_lock() {
+            std::mem::forget(std::mem::take(&mut *handles));
+        }
+    }
 }
 
 /// What one process's state of a file was opened with, for every load of
@@ -289,10 +301,27 @@ impl State {
         // read as missing). One that is there but cannot be opened now is
         // an error: this process must not go on without it.
         let mut sealed = Vec::new();
+        let mut hole = None;
         for id in base..info.id {
             match state.open_sealed_hinted(paths, id)? {
                 Some(opened) => sealed.push(opened),
-                None => sealed.clear(),
+                None => {
+                    sealed.clear();
+                    hole = Some(id);
+                }
+            }
+        }
+        if let Some(hole) = hole {
+            // Every process must leave out the same segments (one that
+            // still maps them would otherwise serve their entries, and its
+            // cleaning copy them forward past a removal made here): the
+            // hole and everything before it are dropped for all, as a drop
+            // is, by moving the base past them.
+            state_base_past(&active, hole, lock);
+            state.epoch = lock.epoch();
+            for id in base..=hole {
+                let _ = std::fs::remove_file(paths.segment(id));
+                let _ = std::fs::remove_file(paths.hint(id));
             }
         }
         for id in paths.hint_ids().map_err(io)? {
@@ -451,10 +480,12 @@ impl State {
         };
         let path = paths.hint(seg.id);
         let segment = paths.segment(seg.id);
+        let file = seg.file.clone();
         self.background.spawn("layercache-hint", move || {
             let log = Log::of(&map, describes.end, describes.salt);
-            if let Some(entries) = hint::entries_of(log, describes.seed)
-                && hint::write(&path, describes, &entries).is_ok()
+            if let Ok(like) = file.metadata()
+                && let Some(entries) = hint::entries_of(log, describes.seed)
+                && hint::write(&path, describes, &entries, &like).is_ok()
                 && !segment.exists()
             {
                 // Dropped while the hint was written.
@@ -964,6 +995,14 @@ impl State {
             None => in_background(&self.background, Some(file), None),
         }
     }
+}
+
+/// Moves the base of `active` past segment `id`, and tells every process
+/// (the epoch). Under the lock.
+fn state_base_past(active: &Segment, id: u64, lock: &Exclusive<'_>) {
+    active.cursor().store(0, Ordering::Release);
+    active.base().store(id + 1, Ordering::Release);
+    lock.bump_epoch();
 }
 
 /// Unlinks `file` and unmaps `segment` on a thread of `background`. Both
