@@ -20,109 +20,12 @@ use std::time::{Duration, Instant};
 use layercache::{Cache, FileCache};
 use tempfile::TempDir;
 
-use support::{Running, arg, arg_u64, child_command, crc32, is_child, report};
+use support::layout::*;
+use support::{Running, arg, arg_u64, child_command, is_child, report};
 
 // ---------------------------------------------------------------------------
 // Helpers: the on-disk layout (docs/file-format.md), read by hand.
 // ---------------------------------------------------------------------------
-
-const HINT_HEADER: usize = 64;
-const HINT_ENTRY: usize = 32;
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-}
-
-/// The files beside `path` named `<name>.<id>.<suffix>`, by id.
-fn numbered(path: &Path, suffix: &str) -> BTreeMap<u64, PathBuf> {
-    let name = path.file_name().unwrap().to_str().unwrap().to_string();
-    std::fs::read_dir(path.parent().unwrap())
-        .unwrap()
-        .filter_map(|entry| {
-            let entry = entry.ok()?;
-            let file = entry.file_name().into_string().ok()?;
-            let id = file
-                .strip_prefix(&format!("{name}."))?
-                .strip_suffix(&format!(".{suffix}"))?
-                .parse()
-                .ok()?;
-            Some((id, entry.path()))
-        })
-        .collect()
-}
-
-fn sealed(path: &Path) -> BTreeMap<u64, PathBuf> {
-    numbered(path, "seg")
-}
-
-fn hints(path: &Path) -> BTreeMap<u64, PathBuf> {
-    numbered(path, "hint")
-}
-
-/// Waits until every sealed segment beside `path` has its hint.
-fn wait_for_hints(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s: Vec<u64> = sealed(path).keys().copied().collect();
-        let h: Vec<u64> = hints(path).keys().copied().collect();
-        if s == h {
-            return;
-        }
-        assert!(Instant::now() < deadline, "hints {h:?} for segments {s:?}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct HintEntry {
-    offset: u64,
-    hash: u64,
-    key_len: u32,
-    value_len: u32,
-    key_crc: u32,
-    value_crc: u32,
-}
-
-fn hint_entries(hint: &[u8]) -> Vec<HintEntry> {
-    hint[HINT_HEADER..]
-        .chunks_exact(HINT_ENTRY)
-        .map(|e| HintEntry {
-            offset: u64_at(e, 0),
-            hash: u64_at(e, 8),
-            key_len: u32_at(e, 16),
-            value_len: u32_at(e, 20),
-            key_crc: u32_at(e, 24),
-            value_crc: u32_at(e, 28),
-        })
-        .collect()
-}
-
-fn put_hint_entry(hint: &mut [u8], n: usize, e: HintEntry) {
-    let at = HINT_HEADER + n * HINT_ENTRY;
-    hint[at..at + 8].copy_from_slice(&e.offset.to_le_bytes());
-    hint[at + 8..at + 16].copy_from_slice(&e.hash.to_le_bytes());
-    hint[at + 16..at + 20].copy_from_slice(&e.key_len.to_le_bytes());
-    hint[at + 20..at + 24].copy_from_slice(&e.value_len.to_le_bytes());
-    hint[at + 24..at + 28].copy_from_slice(&e.key_crc.to_le_bytes());
-    hint[at + 28..at + 32].copy_from_slice(&e.value_crc.to_le_bytes());
-}
-
-fn reseal_hint(hint: &mut [u8]) {
-    let body = crc32(&hint[HINT_HEADER..]);
-    hint[44..48].copy_from_slice(&body.to_le_bytes());
-    let header = crc32(&hint[..60]);
-    hint[60..64].copy_from_slice(&header.to_le_bytes());
-}
-
-fn key_at(segment: &[u8], offset: u64) -> Vec<u8> {
-    let o = offset as usize;
-    let key_len = u32_at(segment, o + 12) as usize;
-    segment[o + 48..o + 48 + key_len].to_vec()
-}
 
 fn small(path: &Path) -> layercache::FileCacheBuilder {
     FileCache::builder(path)

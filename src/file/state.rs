@@ -852,7 +852,7 @@ impl State {
         dropping.retain(|&slot| {
             let in_use = index.in_slot(slot) > 0;
             if !in_use && let Some(gone) = slots[slot].take() {
-                in_background(background, None, Some(gone.seg));
+                in_background(background, Vec::new(), Some(gone.seg));
             }
             in_use
         });
@@ -984,15 +984,19 @@ impl State {
         // The segment is no longer part of the cache (a load would remove
         // it, being below the base): its unlink, like the unmap, is left to
         // the background.
-        let file = paths.segment(id);
-        let _ = std::fs::remove_file(paths.hint(id));
+        // The segment first, then its hint: a hint thread that is still
+        // writing it removes its hint if it finds the segment gone, so one of
+        // the two always removes it (see `write_hint_later`).
+        let files = vec![paths.segment(id), paths.hint(id)];
         self.drop_below(id + 1);
         match self.dropping.iter().position(|&s| s == slot) {
             // Still mapped here: unlinked now, unmapped once swept.
             Some(_) => {
-                let _ = std::fs::remove_file(file);
+                for file in files {
+                    let _ = std::fs::remove_file(file);
+                }
             }
-            None => in_background(&self.background, Some(file), None),
+            None => in_background(&self.background, files, None),
         }
     }
 }
@@ -1005,19 +1009,20 @@ fn state_base_past(active: &Segment, id: u64, lock: &Exclusive<'_>) {
     lock.bump_epoch();
 }
 
-/// Unlinks `file` and unmaps `segment` on a thread of `background`. Both
+/// Unlinks `files`, in order, and unmaps `segment` on a thread of
+/// `background`. Both
 /// can take milliseconds when they free a large segment's pages and blocks
 /// (the last unmap of an unlinked file frees them), and the caller holds
 /// locks that writers in every process, or this process's readers, wait
 /// on. When no thread can be started, they are done here.
 fn in_background(
     background: &Background,
-    file: Option<std::path::PathBuf>,
+    files: Vec<std::path::PathBuf>,
     segment: Option<Segment>,
 ) {
-    let unlink_here = file.clone();
+    let unlink_here = files.clone();
     let started = background.spawn("layercache-release", move || {
-        if let Some(file) = &file {
+        for file in &files {
             let _ = std::fs::remove_file(file);
         }
         if let Some(segment) = segment {
@@ -1025,9 +1030,11 @@ fn in_background(
         }
     });
     // When no thread can be started, the closure, and the segment with it,
-    // is dropped (unmapped) here; the unlink is done here too.
-    if !started && let Some(file) = unlink_here {
-        let _ = std::fs::remove_file(file);
+    // is dropped (unmapped) here; the unlinks are done here too.
+    if !started {
+        for file in unlink_here {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 

@@ -12,6 +12,8 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod layout;
+
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
