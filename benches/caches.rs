@@ -4,6 +4,9 @@
 //! Run with `cargo bench --bench caches`; a group at a time with
 //! `cargo bench --bench caches -- memory_get_hit`.
 
+#[path = "support/order.rs"]
+mod order;
+
 use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::sync::{Arc, RwLock};
@@ -12,6 +15,7 @@ use std::time::Duration;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use layercache::codec::{Bincode, Cbor, Codec, Json};
 use layercache::{Cache, CacheExt, Layered, Memoiser, MemoryCache};
+use order::random_order;
 use serde::{Deserialize, Serialize};
 
 /// 40-byte keys shaped like the ftrack session's, `('Task', ['<id>'])`.
@@ -39,17 +43,6 @@ impl Floor {
     }
     fn set(&self, key: String, value: Value) {
         self.0.write().unwrap().insert(key, value);
-    }
-}
-
-/// Visits the indexes `0..entries` in a random order, over and over
-/// (the order is drawn once, outside the timing).
-fn random_order(entries: usize) -> impl FnMut() -> usize {
-    let order = shuffled(entries);
-    let mut i = 0;
-    move || {
-        i = (i + 1) % entries;
-        order[i]
     }
 }
 
@@ -141,20 +134,6 @@ fn layered(c: &mut Criterion) {
         )
     });
     group.finish();
-}
-
-/// The indexes `0..entries` in a random order (xorshift, fixed seed), so
-/// no peer gets a prefetch-friendly sequence; built outside the timing.
-fn shuffled(entries: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..entries).collect();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    for i in (1..entries).rev() {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        order.swap(i, (state % (i as u64 + 1)) as usize);
-    }
-    order
 }
 
 /// What version 2's entries and promotion guard cost, each against the

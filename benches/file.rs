@@ -4,12 +4,16 @@
 //! `cargo bench --bench file`; one group with e.g. `-- file_get_hit`.
 //! The 1M-entry files take a while to build (once per run).
 
+#[path = "support/order.rs"]
+mod order;
+
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use layercache::{Cache, FileCache};
+use order::random_order;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache");
@@ -35,30 +39,9 @@ fn value(n: usize) -> Vec<u8> {
     v
 }
 
-/// Indices of `entries` keys in a random order (fixed, so runs compare),
-/// fetched outside the timed region: each call is one load from a
-/// precomputed permutation, so the CPU cannot predict the next key.
-fn random_order(entries: usize) -> impl FnMut() -> usize {
-    let mut order: Vec<usize> = (0..entries).collect();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    for i in (1..entries).rev() {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        order.swap(i, (state % (i as u64 + 1)) as usize);
-    }
-    let mut i = 0;
-    move || {
-        i = (i + 1) % entries;
-        order[i]
-    }
-}
-
 fn build(dir: &Path, entries: usize) -> (FileCache, Database) {
-    let ours = FileCache::builder(dir.join(format!("ours-{entries}.lc")))
-        .compact_when(2.0, 0)
-        .open()
-        .unwrap();
+    // Default options, cleaning included: a set pays for it as a user's would.
+    let ours = FileCache::open(dir.join(format!("ours-{entries}.lc"))).unwrap();
     let db = Database::create(dir.join(format!("redb-{entries}.redb"))).unwrap();
     let txn = db.begin_write().unwrap();
     {

@@ -42,14 +42,15 @@ pub(super) struct Segment {
     pub(super) id: u64,
     /// Its record salt.
     pub(super) salt: u32,
-    /// For a sealed segment, its committed length when this process loaded
-    /// it (final: nothing is appended to a sealed segment).
+    /// Records below this offset are in this process's index: for a sealed
+    /// segment, all of them (its final committed length); for the active
+    /// one, those caught up with so far.
     pub(super) end: u64,
 }
 
 impl Segment {
     /// The segment `id` in `file` (whose metadata is `meta`), with record
-    /// salt `salt`, mapped by `map`; `end` is 0 until the caller indexes it.
+    /// salt `salt`, mapped by `map`, none of it indexed yet.
     pub(super) fn new(
         file: File,
         map: MmapRaw,
@@ -63,7 +64,7 @@ impl Segment {
             ident: super::identity::ident(meta),
             id,
             salt,
-            end: 0,
+            end: HEADER_SIZE,
         }
     }
 

@@ -7,7 +7,7 @@
 //! slot; index positions name the slot (see `index.rs`).
 //!
 //! Invariants kept here:
-//! - Every record of every mapped segment below its slot's `end` is in the
+//! - Every record of every mapped segment below its `end` is in the
 //!   index (sealed segments wholly, the active one up to `indexed()`), in
 //!   log order: segments by id, records by offset; and `indexed()` never
 //!   exceeds the active segment's committed length.
@@ -135,11 +135,9 @@ impl Settings {
     }
 }
 
-/// A mapped segment and how far this process has indexed it.
+/// A mapped segment (`seg.end`: how far this process has indexed it).
 pub(super) struct Slot {
     pub(super) seg: Segment,
-    /// Records below this offset are in the index.
-    pub(super) end: u64,
     /// Dropped from the cache: reads no longer see it, and it is unmapped
     /// once the index has forgotten its entries.
     dropped: bool,
@@ -153,13 +151,13 @@ impl<'a> Logs<'a> for Slots<'a> {
     #[inline]
     fn log(&self, slot: usize) -> Option<Log<'a>> {
         let slot = self.0.get(slot)?.as_ref().filter(|slot| !slot.dropped)?;
-        Some(slot.seg.log(slot.end))
+        Some(slot.seg.log(slot.seg.end))
     }
 
     #[inline]
     fn mapped(&self, slot: usize) -> Option<Log<'a>> {
         let slot = self.0.get(slot)?.as_ref()?;
-        Some(slot.seg.log(slot.end))
+        Some(slot.seg.log(slot.seg.end))
     }
 }
 
@@ -449,7 +447,6 @@ impl State {
         self.counters.hinted.fetch_add(1, Ordering::Relaxed);
         let end = seg.end;
         let slot = self.add_slot(seg);
-        self.slot_mut(slot).end = end;
         self.sealed.push(slot);
         self.sealed_bytes += end - HEADER_SIZE;
         slot
@@ -474,7 +471,7 @@ impl State {
         let map = seg.map.clone();
         let describes = hint::Describes {
             id: seg.id,
-            end: filled.end,
+            end: filled.seg.end,
             seed: self.seed,
             salt: seg.salt,
         };
@@ -497,7 +494,6 @@ impl State {
     fn add_slot(&mut self, seg: Segment) -> usize {
         let slot = Slot {
             seg,
-            end: HEADER_SIZE,
             dropped: false,
         };
         match self.slots.iter().position(Option::is_none) {
@@ -551,7 +547,7 @@ impl State {
             .chain(std::iter::once(&self.active))
             .map(|&slot| {
                 let slot = self.slot(slot);
-                (&slot.seg, slot.end)
+                (&slot.seg, slot.seg.end)
             })
     }
 
@@ -570,7 +566,7 @@ impl State {
     /// Records of the active segment below this offset are in the index.
     #[inline]
     pub(super) fn indexed(&self) -> u64 {
-        self.slot(self.active).end
+        self.slot(self.active).seg.end
     }
 
     #[inline]
@@ -582,7 +578,7 @@ impl State {
     pub(super) fn oldest(&self) -> Option<(usize, &Segment, u64)> {
         let &slot = self.sealed.first()?;
         let filled = self.slot(slot);
-        Some((slot, &filled.seg, filled.end))
+        Some((slot, &filled.seg, filled.seg.end))
     }
 
     /// Where records of `len` bytes go: the active segment's committed end,
@@ -651,7 +647,7 @@ impl State {
     /// follow every record indexed so far in log order, and marks them
     /// indexed.
     fn index_records(&mut self, slot: usize, from: u64, to: u64) -> ScanEnd {
-        self.slot_mut(slot).end = to;
+        self.slot_mut(slot).seg.end = to;
         let Self { slots, index, .. } = self;
         let logs = Slots(slots);
         let log = logs.log(slot).expect("the slot was just filled");
@@ -708,10 +704,10 @@ impl State {
             self.slots[slot] = None;
         }
         for slot in self.sealed.clone() {
-            let end = self.slot(slot).end;
+            let end = self.slot(slot).seg.end;
             self.index_records(slot, HEADER_SIZE, end);
         }
-        self.slot_mut(self.active).end = HEADER_SIZE;
+        self.slot_mut(self.active).seg.end = HEADER_SIZE;
     }
 
     /// Whether another process has put a new data file at the path, sealed
@@ -799,7 +795,6 @@ impl State {
         // The old active segment is sealed: index it to its final length.
         self.scan(end);
         let old = self.active;
-        self.slot_mut(old).seg.end = end;
         self.sealed.push(old);
         self.sealed_bytes += end - HEADER_SIZE;
         for (seg, hinted) in between {
@@ -833,7 +828,7 @@ impl State {
             self.sealed.remove(0);
             let filled = self.slot_mut(slot);
             filled.dropped = true;
-            let end = filled.end;
+            let end = filled.seg.end;
             self.sealed_bytes -= end - HEADER_SIZE;
             self.dropping.push(slot);
         }
@@ -951,7 +946,6 @@ impl State {
         let map = map_file(&next, HEADER_SIZE, settings.growth).map_err(io)?;
         let end = self.indexed();
         let old = self.active;
-        self.slot_mut(old).seg.end = end;
         self.sealed.push(old);
         self.sealed_bytes += end - HEADER_SIZE;
         self.write_hint_later(paths, old);
