@@ -4,16 +4,20 @@
 //! `cargo bench --bench file`; one group with e.g. `-- file_get_hit`.
 //! The 1M-entry files take a while to build (once per run).
 
+#[path = "support/batches.rs"]
+mod batches;
 #[path = "support/order.rs"]
 mod order;
 
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
+use batches::time_in_batches;
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
 use layercache::{Cache, FileCache};
-use order::random_order;
+use order::{random_order, shuffled};
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache");
@@ -66,29 +70,47 @@ fn file(c: &mut Criterion) {
     let dir = tempfile::TempDir::new().unwrap();
     for entries in [10_000, 1_000_000] {
         let (ours, db) = build(dir.path(), entries);
-        let keys: Vec<String> = (0..entries).map(key).collect();
-        let mut next = random_order(entries);
+        // Keys in the order the gets visit them; each group reads them in
+        // untimed batches (see `support/batches.rs`).
+        let keys: Vec<String> = shuffled(entries).into_iter().map(key).collect();
+        let mut at = 0;
+        // The in-process floor: std's HashMap holding the same keys and
+        // values in memory, no file and no checksums. A get returns a copy
+        // of the value, as ours does.
+        let memory: HashMap<String, Vec<u8>> = (0..entries).map(|n| (key(n), value(n))).collect();
 
         let mut group = c.benchmark_group(format!("file_get_hit/{entries}"));
         group.bench_function("layercache", |b| {
-            b.iter(|| black_box(ours.get(&keys[next()]).unwrap()))
+            b.iter_custom(|iters| {
+                time_in_batches(iters, &keys, &mut at, |k| {
+                    black_box(ours.get(k).unwrap());
+                })
+            })
         });
         // A cache read sees the latest write, so each get is its own read
         // transaction: the like-for-like comparison.
         group.bench_function("redb_txn_per_get", |b| {
-            b.iter(|| black_box(redb_get(&db, &keys[next()])))
+            b.iter_custom(|iters| {
+                time_in_batches(iters, &keys, &mut at, |k| {
+                    black_box(redb_get(&db, k));
+                })
+            })
         });
         // redb's floor: one long-lived read transaction and table.
         let txn = db.begin_read().unwrap();
         let table = txn.open_table(TABLE).unwrap();
         group.bench_function("redb_shared_txn", |b| {
-            b.iter(|| {
-                black_box(
-                    table
-                        .get(keys[next()].as_str())
-                        .unwrap()
-                        .map(|v| v.value().to_vec()),
-                )
+            b.iter_custom(|iters| {
+                time_in_batches(iters, &keys, &mut at, |k| {
+                    black_box(table.get(k.as_str()).unwrap().map(|v| v.value().to_vec()));
+                })
+            })
+        });
+        group.bench_function("std_hashmap_in_memory", |b| {
+            b.iter_custom(|iters| {
+                time_in_batches(iters, &keys, &mut at, |k| {
+                    black_box(memory.get(k).cloned());
+                })
             })
         });
         group.finish();
@@ -98,10 +120,18 @@ fn file(c: &mut Criterion) {
         let missing: Vec<String> = keys.iter().map(|k| k.replace("Task", "Shot")).collect();
         let mut group = c.benchmark_group(format!("file_get_miss/{entries}"));
         group.bench_function("layercache", |b| {
-            b.iter(|| black_box(ours.get(&missing[next()]).unwrap()))
+            b.iter_custom(|iters| {
+                time_in_batches(iters, &missing, &mut at, |k| {
+                    black_box(ours.get(k).unwrap());
+                })
+            })
         });
         group.bench_function("redb_txn_per_get", |b| {
-            b.iter(|| black_box(redb_get(&db, &missing[next()])))
+            b.iter_custom(|iters| {
+                time_in_batches(iters, &missing, &mut at, |k| {
+                    black_box(redb_get(&db, k));
+                })
+            })
         });
         group.finish();
     }
@@ -220,7 +250,7 @@ fn open_and_compact(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(10));
     let entries = 100_000;
     // Every record is the same size: keys and values have fixed lengths.
-    let record = (32 + key(0).len() + value(0).len()).div_ceil(8) * 8;
+    let record = (48 + key(0).len() + value(0).len()).div_ceil(8) * 8;
     group.throughput(criterion::Throughput::Bytes((entries * record) as u64));
     group.bench_function("layercache", |b| {
         b.iter_batched(

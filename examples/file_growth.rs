@@ -22,7 +22,10 @@
 //!
 //! `FILE_GROWTH_READER_PAUSE_US=<n>` makes the reader pause n µs after each
 //! get (by default it spins, keeping one of the machine's cores busy);
-//! `FILE_GROWTH_NO_READER=1` runs the overwrites with no reader.
+//! `FILE_GROWTH_NO_READER=1` runs the overwrites with no reader;
+//! `FILE_GROWTH_BUSY_LOOP=1` replaces the reader with a process that spins
+//! without touching the cache: the control that tells what the writer pays
+//! for sharing the cores from what it pays for the reader's work.
 
 use std::path::Path;
 use std::process::Command;
@@ -102,6 +105,17 @@ fn show(what: &str, t: &Tail) {
 /// The reader process: random gets until `stop` exists; writes (wall
 /// time, latency) pairs to `out`.
 fn read(path: &str, entries: u64, stop: &Path, out: &Path) -> layercache::Result<()> {
+    if std::env::var_os("FILE_GROWTH_BUSY_LOOP").is_some() {
+        std::fs::write(format!("{}.ready", out.display()), b"").expect("ready file");
+        while !stop.exists() {
+            let mut x = 0u64;
+            for i in 0..1_000_000u64 {
+                x = std::hint::black_box(x.wrapping_add(i));
+            }
+        }
+        std::fs::write(out, b"").expect("write no samples");
+        return Ok(());
+    }
     let cache = FileCache::open(path)?;
     let mut rng = Rng(0x5EED_1234);
     let mut samples: Vec<(u64, u64)> = Vec::with_capacity(1 << 24);
