@@ -40,9 +40,16 @@ fn main() -> layercache::Result<()> {
         let _ = std::fs::remove_file(&path);
     }
     let file = Arc::new(FileCache::open(&path)?);
-    let cache: Layered<String, Shot> = Layered::new()
-        .with_layer(MemoryCache::new())
-        .with_layer(Serialised::new(file.clone(), Bincode::new()));
+    let cache: Layered<String, Shot> =
+        Layered::new()
+            .with_layer(MemoryCache::new())
+            .with_layer(Serialised::versioned(
+                file.clone(),
+                Bincode::new(),
+                // Bincode stores fields by position: the keys carry the
+                // shape of `Shot`, so a changed `Shot` misses, never misreads.
+                Schema::reflect::<Shot>()?,
+            ));
     println!("cache file: {} ({} entries)", path.display(), file.len()?);
     println!("stack: {cache:?}");
 

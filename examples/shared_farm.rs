@@ -28,7 +28,7 @@ use layercache::codec::Bincode;
 use layercache::error::Operation;
 use layercache::testing::{Instrumented, RedisServer};
 use layercache::{
-    Cache, ErrorPolicy, FileCache, Layered, MemoryCache, RedisCache, Result, Serialised,
+    Cache, ErrorPolicy, FileCache, Layered, MemoryCache, RedisCache, Result, Schema, Serialised,
 };
 use serde::{Deserialize, Serialize};
 
@@ -167,15 +167,23 @@ fn worker(args: &[String]) -> Result<ExitCode> {
 
     // The stack, each layer counted so that we can say where reads landed.
     let memory = Arc::new(Instrumented::new(MemoryCache::<String, Shot>::new()));
-    let file = Arc::new(Instrumented::new(Serialised::new(
+    // Bincode stores fields by position: the keys carry the shape of
+    // `Shot`, so a build with a changed `Shot` misses instead of misreading.
+    let schema = Schema::reflect::<Shot>()?;
+    let file = Arc::new(Instrumented::new(Serialised::versioned(
         FileCache::open(file)?,
         Bincode::new(),
+        schema.clone(),
     )));
     let redis = RedisCache::builder(url.as_str())
         .namespace(namespace.as_str())
         .ttl(Duration::from_secs(3600))
         .build()?;
-    let redis = Arc::new(Instrumented::new(Serialised::new(redis, Bincode::new())));
+    let redis = Arc::new(Instrumented::new(Serialised::versioned(
+        redis,
+        Bincode::new(),
+        schema,
+    )));
     let stack: Layered<String, Shot> = Layered::new()
         .with_layer(memory.clone())
         .with_layer(file.clone())

@@ -357,6 +357,15 @@ pub trait CacheExt<K, V>: Cache<K, V> {
     /// This is not atomic: two callers that miss at once both call `make`.
     /// Use a [`Memoiser`](crate::Memoiser) when `make` must run once.
     ///
+    /// # Errors
+    ///
+    /// The cache's error when the read fails. When the value was computed
+    /// but storing it failed, an [`Error::NotStored`](crate::Error::NotStored)
+    /// that carries it: [`Error::into_computed`](crate::Error::into_computed)
+    /// gives it back. (Under [`ErrorPolicy::Degrade`](crate::ErrorPolicy)
+    /// a [`Layered`](crate::Layered) stack skips a failing layer, so the
+    /// value comes back as `Ok`.)
+    ///
     /// ```
     /// use layercache::{CacheExt, MemoryCache};
     ///
@@ -369,34 +378,39 @@ pub trait CacheExt<K, V>: Cache<K, V> {
     /// ```
     fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> Result<V>
     where
-        V: Clone,
+        V: Clone + Send + Sync + 'static,
     {
         if let Some(value) = self.get(&key)? {
             return Ok(value);
         }
         let value = make();
-        self.set(key, value.clone())?;
-        Ok(value)
+        match self.set(key, value.clone()) {
+            Ok(()) => Ok(value),
+            Err(error) => Err(crate::Error::not_stored(error, value)),
+        }
     }
 
     /// Like [`get_or_insert_with`](CacheExt::get_or_insert_with) for a
     /// fallible `make`: an `Err` from `make` is returned and nothing is
-    /// stored.
+    /// stored; a value that could not be stored comes back in an
+    /// [`Error::NotStored`](crate::Error::NotStored).
     fn try_get_or_insert_with<E>(
         &self,
         key: K,
         make: impl FnOnce() -> std::result::Result<V, E>,
     ) -> std::result::Result<V, E>
     where
-        V: Clone,
+        V: Clone + Send + Sync + 'static,
         E: From<crate::Error>,
     {
         if let Some(value) = self.get(&key)? {
             return Ok(value);
         }
         let value = make()?;
-        self.set(key, value.clone())?;
-        Ok(value)
+        match self.set(key, value.clone()) {
+            Ok(()) => Ok(value),
+            Err(error) => Err(crate::Error::not_stored(error, value).into()),
+        }
     }
 
     /// Store `value` for `key`, expiring `ttl` from now by the cache's
@@ -523,8 +537,39 @@ pub trait CacheExt<K, V>: Cache<K, V> {
     fn serialised<X>(self, codec: X) -> crate::Serialised<Self, X>
     where
         Self: Sized + Cache<K, Vec<u8>>,
+        X: crate::codec::SelfDescribing,
     {
         crate::Serialised::new(self, codec)
+    }
+
+    /// This byte cache as a cache of values encoded with any `codec`, its
+    /// keys under the `schema`'s version: see
+    /// [`Serialised::versioned`](crate::Serialised::versioned).
+    ///
+    /// ```
+    /// # #[cfg(all(feature = "bincode", feature = "reflect"))] {
+    /// use layercache::{Cache, CacheExt, MemoryCache, Schema, codec::Bincode};
+    ///
+    /// # fn main() -> layercache::Result<()> {
+    /// let bytes: MemoryCache<String, Vec<u8>> = MemoryCache::new();
+    /// let values = bytes.versioned(Bincode::new(), Schema::version("v1")?);
+    /// values.set("k".to_string(), vec![1u32, 2, 3])?;
+    /// assert_eq!(values.get(&"k".to_string())?, Some(vec![1u32, 2, 3]));
+    /// assert_eq!(values.inner().inner().keys()?, ["v1:k"]);
+    /// # Ok(())
+    /// # }
+    /// # main().unwrap();
+    /// # }
+    /// ```
+    fn versioned<X>(
+        self,
+        codec: X,
+        schema: crate::Schema,
+    ) -> crate::Keyed<crate::Serialised<Self, X>, crate::Verbatim<K>>
+    where
+        Self: Sized + Cache<K, Vec<u8>>,
+    {
+        crate::Serialised::versioned(self, codec, schema)
     }
 }
 

@@ -62,6 +62,27 @@ pub trait Codec<V>: Send + Sync + fmt::Debug {
     fn decode(&self, bytes: &[u8]) -> Result<V>;
 }
 
+/// A codec whose bytes name what they hold (JSON's and CBOR's field names
+/// and types), so a value of a changed type fails to decode, or decodes
+/// field by field, rather than being read as wrong data:
+/// [`Serialised::new`](crate::Serialised::new) takes only these.
+///
+/// A codec that stores fields by position ([`Bincode`], an [`FnCodec`], most
+/// codecs of your own) goes through
+/// [`Serialised::versioned`](crate::Serialised::versioned) with a
+/// [`Schema`](crate::Schema) instead. Implement this only for a format that
+/// keeps field names and types in its bytes.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` stores fields by position: a value of a changed type could decode as wrong data",
+    label = "this codec needs a schema version",
+    note = "use `Serialised::versioned(inner, codec, Schema::reflect::<V>()?)` or `.versioned(codec, Schema::version(\"v1\")?)`",
+    note = "for a store no other version of the program reads (a MemoryCache in one process), `Serialised::unversioned(inner, codec)`"
+)]
+pub trait SelfDescribing {}
+
+impl<X: SelfDescribing + ?Sized> SelfDescribing for &X {}
+impl<X: SelfDescribing + ?Sized> SelfDescribing for std::sync::Arc<X> {}
+
 impl<V, X: Codec<V> + ?Sized> Codec<V> for &X {
     fn encode(&self, value: &V) -> Result<Vec<u8>> {
         (**self).encode(value)
@@ -180,8 +201,11 @@ pub type Bincode = LimitedBincode<DEFAULT_BINCODE_LIMIT>;
 /// [`Bincode`] is this codec with a 16 MiB limit; choose another in the
 /// type: `LimitedBincode::<{ 256 * 1024 * 1024 }>::new()`.
 ///
-/// The format has no field names: a changed struct no longer decodes (which
-/// [`Serialised`](crate::Serialised) treats as a miss).
+/// The format has no field names: a struct with two fields swapped, or a
+/// `u64` that became an `i64`, decodes the old bytes as wrong data. So
+/// [`Serialised`](crate::Serialised) takes it only with a
+/// [`Schema`](crate::Schema) version in the keys
+/// ([`Serialised::versioned`](crate::Serialised::versioned)).
 ///
 /// ```
 /// use layercache::{Error, codec::{Codec, LimitedBincode}};
@@ -317,6 +341,9 @@ where
 pub struct Cbor;
 
 #[cfg(feature = "cbor")]
+impl SelfDescribing for Cbor {}
+
+#[cfg(feature = "cbor")]
 impl<V> Codec<V> for Cbor
 where
     V: serde::Serialize + serde::de::DeserializeOwned,
@@ -350,6 +377,9 @@ where
 #[cfg(feature = "json")]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Json;
+
+#[cfg(feature = "json")]
+impl SelfDescribing for Json {}
 
 #[cfg(feature = "json")]
 impl<V> Codec<V> for Json

@@ -195,6 +195,33 @@ pub enum Error {
         key: String,
     },
 
+    /// Memoised calls on several threads wait on each other in a circle: the
+    /// call of `key` would wait, through the others, for its own result.
+    /// Returned to the call whose wait would have closed the circle; the
+    /// others then go on (see [`Memoiser`](crate::Memoiser)).
+    #[error("memoised call {key} would wait for its own result through other threads: {cycle}")]
+    Cycle {
+        /// The cache key of the call that would have waited.
+        key: String,
+        /// The keys in the circle, each waiting on the next:
+        /// `a -> b -> a`.
+        cycle: String,
+    },
+
+    /// A value was computed (by `get_or_insert_with`, a
+    /// [`Memoiser`](crate::Memoiser)) but storing it failed: the error
+    /// carries the value, which [`Error::into_computed`] gives back. Under
+    /// [`ErrorPolicy::Strict`](crate::ErrorPolicy::Strict) a
+    /// [`Layered`](crate::Layered) stack fails a write that one layer
+    /// refused, though the layers above may hold the value.
+    #[error("computed a value but could not store it: {source}")]
+    NotStored {
+        /// Why the value was not stored.
+        source: Box<Error>,
+        /// The value.
+        value: Computed,
+    },
+
     /// The cache cannot do what was asked and refuses rather than do
     /// something else: for example keep a deadline it has nowhere to store.
     #[error("{cache} cannot {what}")]
@@ -228,11 +255,85 @@ impl Error {
         }
     }
 
-    /// The innermost error, looking through [`Error::Layer`] wrappers.
+    /// The innermost error, looking through [`Error::Layer`] and
+    /// [`Error::NotStored`] wrappers.
     pub fn root(&self) -> &Error {
         match self {
-            Error::Layer { source, .. } => source.root(),
+            Error::Layer { source, .. } | Error::NotStored { source, .. } => source.root(),
             other => other,
         }
+    }
+
+    /// `error` from storing `value`, which was computed: an
+    /// [`Error::NotStored`] carrying it.
+    pub fn not_stored<V: Send + Sync + 'static>(error: Error, value: V) -> Self {
+        Error::NotStored {
+            source: Box::new(error),
+            value: Computed {
+                type_name: std::any::type_name::<V>(),
+                value: Box::new(value),
+            },
+        }
+    }
+
+    /// The value this error carries ([`Error::NotStored`]), when it is a
+    /// `V`; otherwise the error itself, back.
+    ///
+    /// ```
+    /// use layercache::{CacheExt, Error, ErrorPolicy, Layered, MemoryCache};
+    /// # use layercache::{Cache, Entry, Result};
+    /// # #[derive(Debug)]
+    /// # struct Full;
+    /// # impl Cache<u32, String> for Full {
+    /// #     fn get_entry(&self, _: &u32) -> Result<Option<Entry<String>>> { Ok(None) }
+    /// #     fn set_entry(&self, _: u32, _: Entry<String>) -> Result<()> {
+    /// #         Err(Error::Unsupported { cache: "Full", what: "store more" })
+    /// #     }
+    /// #     fn remove(&self, _: &u32) -> Result<Option<String>> { Ok(None) }
+    /// #     fn keys(&self) -> Result<Vec<u32>> { Ok(vec![]) }
+    /// #     fn clear(&self) -> Result<()> { Ok(()) }
+    /// # }
+    ///
+    /// // Memory over a layer that refuses every write (`Full`, a disk
+    /// // that filled up), under the default Strict policy.
+    /// let stack = Layered::new().with_layer(MemoryCache::new()).with_layer(Full);
+    /// let error = stack.get_or_insert_with(1, || "one".to_string()).unwrap_err();
+    /// assert!(matches!(error, Error::NotStored { .. }));
+    /// assert_eq!(error.into_computed::<String>().unwrap(), "one");
+    /// ```
+    pub fn into_computed<V: 'static>(self) -> std::result::Result<V, Error> {
+        match self {
+            Error::NotStored { source, value } => match value.value.downcast::<V>() {
+                Ok(value) => Ok(*value),
+                Err(other) => Err(Error::NotStored {
+                    source,
+                    value: Computed {
+                        type_name: value.type_name,
+                        value: other,
+                    },
+                }),
+            },
+            other => Err(other),
+        }
+    }
+}
+
+/// A computed value carried by an [`Error::NotStored`]: take it with
+/// [`Error::into_computed`].
+pub struct Computed {
+    type_name: &'static str,
+    value: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Computed {
+    /// The name of the value's type, as `std::any::type_name` gives it.
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+}
+
+impl fmt::Debug for Computed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Computed({})", self.type_name)
     }
 }

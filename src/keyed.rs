@@ -88,21 +88,22 @@
 //!     .with_layer(MemoryCache::new())
 //!     .with_layer(
 //!         FileCache::open(&path)?
-//!             .serialised(Bincode::new())
+//!             .versioned(Bincode::new(), Schema::version("v2")?)
 //!             .keyed(JsonKeys)
-//!             .with_namespace("users:v2:"),
+//!             .with_namespace("users:"),
 //!     );
 //! cache.set(7, User { name: "Ada".into() })?;
 //!
-//! // The file holds the key as text; version 1's keys are left alone.
+//! // The file holds the key as text under the schema's version; version
+//! // 1's keys are left alone.
 //! let file = FileCache::open(&path)?;
-//! file.set("users:v1:\"ada\"".to_string(), b"...".to_vec())?;
+//! file.set("v1:users:\"ada\"".to_string(), b"...".to_vec())?;
 //! let mut stored = file.keys()?;
 //! stored.sort();
-//! assert_eq!(stored, ["users:v1:\"ada\"", "users:v2:7"]);
+//! assert_eq!(stored, ["v1:users:\"ada\"", "v2:users:7"]);
 //!
 //! cache.clear()?;
-//! assert_eq!(file.keys()?, ["users:v1:\"ada\""]);
+//! assert_eq!(file.keys()?, ["v1:users:\"ada\""]);
 //! # Ok(())
 //! # }
 //! # main().unwrap();
@@ -267,8 +268,8 @@ impl<K, KC: KeyCodec<K> + ?Sized> KeyCodec<K> for Arc<KC> {
 /// A memory layer over a file, for a key type the file could not take:
 ///
 /// ```
-/// # #[cfg(all(feature = "file", feature = "json", feature = "bincode", unix))] {
-/// use layercache::codec::Bincode;
+/// # #[cfg(all(feature = "file", feature = "json", unix))] {
+/// use layercache::codec::Json;
 /// use layercache::prelude::*;
 /// use layercache::{FileCache, JsonKeys};
 ///
@@ -284,7 +285,7 @@ impl<K, KC: KeyCodec<K> + ?Sized> KeyCodec<K> for Arc<KC> {
 ///
 /// let shots: Layered<(String, u32), Shot> = Layered::new()
 ///     .with_layer(MemoryCache::new())
-///     .with_layer(FileCache::open(&path)?.serialised(Bincode::new()).keyed(JsonKeys));
+///     .with_layer(FileCache::open(&path)?.serialised(Json).keyed(JsonKeys));
 ///
 /// let key = ("alpha".to_string(), 10);
 /// let shot = Shot { project: "alpha".into(), frames: 240 };
@@ -564,7 +565,7 @@ impl<K, KC: KeyCodec<K>> Watcher<KC::Stored> for KeyWatcher<K, KC> {
 }
 
 /// `.keyed(codec)` for any cache: [`Keyed::new`] as a method, to end a
-/// chain such as `FileCache::open(path)?.serialised(Bincode::new())`.
+/// chain such as `FileCache::open(path)?.serialised(Json)`.
 ///
 /// It is a trait of its own, not generic over the key and value types, so
 /// that it also works on caches of many value types (a
@@ -1087,5 +1088,73 @@ impl<K, X: Codec<K>> KeyCodec<K> for CodecKeys<X> {
 impl<X: Debug> Debug for CodecKeys<X> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "CodecKeys<{:?}>", self.0)
+    }
+}
+
+/// Keys stored as they are: a `String` as that `String`, a `Vec<u8>` as
+/// those bytes (`K` is the one of the two that the store takes). With a
+/// namespace, it is what puts a store's keys under a prefix, as
+/// [`Serialised::versioned`](crate::Serialised::versioned) does with a
+/// [`Schema`](crate::Schema)'s version.
+///
+/// ```
+/// use layercache::{Cache, Keyed, MemoryCache, Verbatim};
+///
+/// let store: MemoryCache<String, u32> = MemoryCache::new();
+/// let cache = Keyed::new(store, Verbatim::new()).with_namespace("app:");
+/// cache.set("k".to_string(), 1).unwrap();
+/// assert_eq!(cache.inner().keys().unwrap(), ["app:k"]);
+/// assert_eq!(cache.keys().unwrap(), ["k"]);
+/// ```
+pub struct Verbatim<K>(std::marker::PhantomData<fn() -> K>);
+
+impl<K> Verbatim<K> {
+    /// The key codec.
+    pub const fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<K> Default for Verbatim<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K> Clone for Verbatim<K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K> Copy for Verbatim<K> {}
+
+impl<K> Debug for Verbatim<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Verbatim")
+    }
+}
+
+impl KeyCodec<String> for Verbatim<String> {
+    type Stored = String;
+
+    fn encode(&self, key: &String) -> Result<String> {
+        Ok(key.clone())
+    }
+
+    fn decode(&self, stored: &str) -> Option<String> {
+        Some(stored.to_owned())
+    }
+}
+
+impl KeyCodec<Vec<u8>> for Verbatim<Vec<u8>> {
+    type Stored = Vec<u8>;
+
+    fn encode(&self, key: &Vec<u8>) -> Result<Vec<u8>> {
+        Ok(key.clone())
+    }
+
+    fn decode(&self, stored: &[u8]) -> Option<Vec<u8>> {
+        Some(stored.to_vec())
     }
 }

@@ -52,6 +52,7 @@
 //! | `bincode` | yes | [`codec::Bincode`], [`codec::LimitedBincode`] |
 //! | `cbor` | yes | [`codec::Cbor`] |
 //! | `json` | yes | [`codec::Json`] |
+//! | `reflect` | yes | [`Schema::reflect`]: a value type's schema version derived from its serde shape |
 //! | `redis` | no | [`RedisCache`]: a cache layer on a Redis server shared by many hosts |
 //! | `testing` | no | [`testing`]: the conformance suite and test doubles |
 #![deny(missing_docs)]
@@ -74,6 +75,7 @@ pub mod memory;
 pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod schema;
 pub mod serialised;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -89,11 +91,12 @@ pub use file::{Durability, FileCache, FileCacheBuilder, FileKey, FileStats};
 pub use key::{KeyMaker, ObjectKeyMaker, StringKeyMaker};
 #[cfg(feature = "json")]
 pub use keyed::JsonKeys;
-pub use keyed::{CodecKeys, KeyCodec, Keyed, KeyedExt, StoredKey};
+pub use keyed::{CodecKeys, KeyCodec, Keyed, KeyedExt, StoredKey, Verbatim};
 pub use layered::{ErrorPolicy, LayerFailure, Layered};
 pub use memoise::{Memoised, Memoiser};
 pub use memory::MemoryCache;
 pub use proxy::Proxy;
+pub use schema::Schema;
 pub use serialised::Serialised;
 
 // The README's and docs/'s Rust examples are compiled and run as doctests, so
@@ -136,5 +139,6 @@ pub mod prelude {
     pub use crate::memoise::Memoiser;
     pub use crate::memory::MemoryCache;
     pub use crate::proxy::Proxy;
+    pub use crate::schema::Schema;
     pub use crate::serialised::Serialised;
 }

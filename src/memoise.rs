@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, ThreadId};
 
@@ -21,6 +22,37 @@ use crate::key::{KeyMaker, ObjectKeyMaker, push_prefixed};
 /// - Single flight: when several threads call with one key at once, one
 ///   computes and the others wait for its result.
 /// - Only `Ok` results of fallible functions are stored.
+///
+/// # Waiting on each other
+///
+/// A computation may call the memoiser for other keys. Two calls that
+/// would wait on each other forever are errors instead:
+///
+/// - a computation that calls its own key on its own thread is an
+///   [`Error::Recursion`];
+/// - calls on several threads that wait on each other in a circle (the
+///   computation of `a` on one thread needs `b`, whose computation on
+///   another thread needs `a`) are an [`Error::Cycle`] for the call whose
+///   wait would close the circle, naming the keys in it. That call's
+///   computation then typically fails, its flight ends, and the others
+///   go on (they may meet the circle again, from their side, and fail in
+///   turn; none waits forever).
+///
+/// What the memoiser cannot see is not detected, as with moka's
+/// `get_with`: a computation that waits on another thread (a join, a
+/// channel, a lock) which calls the memoiser with the first computation's
+/// key waits forever; so does a circle through two memoisers. Do not make
+/// a computation wait for another thread's memoised call of its own key.
+///
+/// # When the result cannot be stored
+///
+/// A computed value that the cache fails to store (a full disk under it;
+/// a [`Layered`](crate::Layered) stack under
+/// [`ErrorPolicy::Strict`](crate::ErrorPolicy::Strict) whose lower layer
+/// failed, though the top layer holds the value) is returned in an
+/// [`Error::NotStored`]: [`Error::into_computed`] gives it back. Under
+/// [`ErrorPolicy::Degrade`](crate::ErrorPolicy::Degrade) the stack skips a
+/// failing layer and the value comes back as `Ok`.
 /// - Values come back owned (ftrack's `return_copies`): each caller gets its
 ///   own clone. Store an `Arc` to share one instance.
 ///
@@ -51,12 +83,48 @@ use crate::key::{KeyMaker, ObjectKeyMaker, push_prefixed};
 pub struct Memoiser<C, M = ObjectKeyMaker> {
     cache: C,
     key_maker: M,
-    flights: Mutex<HashMap<String, Arc<Flight>>>,
+    flights: Mutex<Flights>,
+}
+
+/// The computations under way, and who waits on which: one lock for both,
+/// so that a wait that would close a circle is seen when it is added.
+#[derive(Default)]
+struct Flights {
+    by_key: HashMap<String, Arc<Flight>>,
+    /// The flight each waiting thread waits on.
+    waiting: HashMap<ThreadId, Arc<Flight>>,
+}
+
+impl Flights {
+    /// The keys of the circle that `me` waiting on `flight` would close,
+    /// `flight`'s key first, or `None`.
+    fn cycle(&self, me: ThreadId, flight: &Flight) -> Option<Vec<String>> {
+        let mut keys = vec![flight.key.clone()];
+        let mut leader = flight.leader;
+        // Each thread waits on at most one flight, so the walk ends: at a
+        // leader that waits on nothing, or back at `me`.
+        while leader != me {
+            let next = self.waiting.get(&leader)?;
+            if next.landed.load(Ordering::Relaxed) {
+                return None; // `leader` is awake, about to stop waiting
+            }
+            keys.push(next.key.clone());
+            leader = next.leader;
+            if keys.len() > self.waiting.len() + 1 {
+                return None; // a circle that does not pass through `me`
+            }
+        }
+        Some(keys)
+    }
 }
 
 /// A computation under way: followers wait on it until the leader is done.
 struct Flight {
+    key: String,
     leader: ThreadId,
+    /// Set under the `Flights` lock when the flight ends, so that a walk
+    /// for circles under that lock never follows a wait that is over.
+    landed: AtomicBool,
     done: Mutex<bool>,
     finished: Condvar,
 }
@@ -80,14 +148,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Ends the leader's flight however the computation ends, a panic included,
 /// so followers never wait forever.
 struct Landing<'a> {
-    flights: &'a Mutex<HashMap<String, Arc<Flight>>>,
+    flights: &'a Mutex<Flights>,
     key: &'a str,
     flight: Arc<Flight>,
 }
 
 impl Drop for Landing<'_> {
     fn drop(&mut self) {
-        lock(self.flights).remove(self.key);
+        {
+            let mut flights = lock(self.flights);
+            flights.by_key.remove(self.key);
+            self.flight.landed.store(true, Ordering::Relaxed);
+        }
         *lock(&self.flight.done) = true;
         self.flight.finished.notify_all();
     }
@@ -106,7 +178,7 @@ impl<C, M> Memoiser<C, M> {
         Self {
             cache,
             key_maker,
-            flights: Mutex::new(HashMap::new()),
+            flights: Mutex::new(Flights::default()),
         }
     }
 
@@ -133,14 +205,17 @@ impl<C, M> Memoiser<C, M> {
     ///
     /// # Errors
     ///
-    /// The cache's errors, a key maker's error, or [`Error::Recursion`] when
-    /// `compute` calls the memoiser with its own key.
+    /// The cache's errors, a key maker's error, [`Error::Recursion`] when
+    /// `compute` calls the memoiser with its own key, [`Error::Cycle`] when
+    /// calls on several threads would wait on each other in a circle, and
+    /// [`Error::NotStored`], carrying the value, when it was computed but
+    /// could not be stored (see [the type's documentation](Memoiser)).
     pub fn call<A, V>(&self, function: &str, args: &A, compute: impl FnOnce() -> V) -> Result<V>
     where
         A: ?Sized,
         M: KeyMaker<A>,
         C: Cache<String, V>,
-        V: Clone,
+        V: Clone + Send + Sync + 'static,
     {
         self.try_call(function, args, || Ok::<V, Error>(compute()))
     }
@@ -169,40 +244,53 @@ impl<C, M> Memoiser<C, M> {
         A: ?Sized,
         M: KeyMaker<A>,
         C: Cache<String, V>,
-        V: Clone,
+        V: Clone + Send + Sync + 'static,
         E: From<Error>,
     {
         let key = self.key(function, args)?;
+        let me = thread::current().id();
         loop {
             if let Some(value) = self.cache.get(&key)? {
                 return Ok(value);
             }
             let (flight, leading) = {
                 let mut flights = lock(&self.flights);
-                match flights.get(&key) {
-                    Some(flight) => (flight.clone(), false),
+                match flights.by_key.get(&key).cloned() {
+                    Some(flight) if flight.leader == me => {
+                        return Err(Error::Recursion {
+                            function: function.to_owned(),
+                            key,
+                        }
+                        .into());
+                    }
+                    Some(flight) => {
+                        if let Some(cycle) = flights.cycle(me, &flight) {
+                            let mut cycle = cycle.join(" -> ");
+                            cycle.push_str(" -> ");
+                            cycle.push_str(&key);
+                            return Err(Error::Cycle { key, cycle }.into());
+                        }
+                        flights.waiting.insert(me, flight.clone());
+                        (flight, false)
+                    }
                     None => {
                         let flight = Arc::new(Flight {
-                            leader: thread::current().id(),
+                            key: key.clone(),
+                            leader: me,
+                            landed: AtomicBool::new(false),
                             done: Mutex::new(false),
                             finished: Condvar::new(),
                         });
-                        flights.insert(key.clone(), flight.clone());
+                        flights.by_key.insert(key.clone(), flight.clone());
                         (flight, true)
                     }
                 }
             };
             if !leading {
-                if flight.leader == thread::current().id() {
-                    return Err(Error::Recursion {
-                        function: function.to_owned(),
-                        key,
-                    }
-                    .into());
-                }
                 // Then read the leader's result from the cache, or lead a
                 // new flight if it failed.
                 flight.wait();
+                lock(&self.flights).waiting.remove(&me);
                 continue;
             }
             let _landing = Landing {
@@ -216,8 +304,10 @@ impl<C, M> Memoiser<C, M> {
                 return Ok(value);
             }
             let value = compute()?;
-            self.cache.set(key.clone(), value.clone())?;
-            return Ok(value);
+            return match self.cache.set(key.clone(), value.clone()) {
+                Ok(()) => Ok(value),
+                Err(error) => Err(Error::not_stored(error, value).into()),
+            };
         }
     }
 
@@ -254,7 +344,7 @@ impl<C, M, F> Memoised<'_, C, M, F> {
         F: Fn(&A) -> V,
         M: KeyMaker<A>,
         C: Cache<String, V>,
-        V: Clone,
+        V: Clone + Send + Sync + 'static,
     {
         self.memoiser
             .call(&self.name, args, || (self.function)(args))
@@ -268,7 +358,7 @@ impl<C, M, F> Memoised<'_, C, M, F> {
         F: Fn(&A) -> Result<V, E>,
         M: KeyMaker<A>,
         C: Cache<String, V>,
-        V: Clone,
+        V: Clone + Send + Sync + 'static,
         E: From<Error>,
     {
         self.memoiser

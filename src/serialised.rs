@@ -6,25 +6,47 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::cache::{Cache, Watcher};
 use crate::clock::Clock;
-use crate::codec::Codec;
+use crate::codec::{Codec, SelfDescribing};
 use crate::entry::Entry;
 use crate::error::{Error, Result};
+use crate::keyed::{Keyed, Verbatim};
+use crate::schema::Schema;
 
 /// A cache of values of type `V` on top of a byte cache `C`, encoding with
 /// the codec `X` on the way in and decoding on the way out (ftrack's
 /// `SerialisedCache`).
 ///
-/// Use it to put values into a store that holds bytes: a
-/// [`MemoryCache<K, Vec<u8>>`](crate::MemoryCache), a file, a server.
+/// Use it to put values into a store that holds bytes: a file, a server, a
+/// [`MemoryCache<K, Vec<u8>>`](crate::MemoryCache).
+///
+/// # A changed type is a miss, never wrong data
+///
+/// Bytes written by another version of the program may be read as a type
+/// that has changed since. How that is kept from being wrong data depends
+/// on the codec:
+///
+/// - A [self-describing](SelfDescribing) codec (JSON, CBOR) names fields
+///   and types in its bytes: a value of a changed type fails to decode (a
+///   miss), or decodes field by field. [`Serialised::new`] takes these.
+/// - A codec that stores fields by position (bincode, most codecs of your
+///   own) would read a struct with two fields swapped, or a `u64` that
+///   became an `i64`, as wrong data, so `new` refuses it at compile time.
+///   It goes through [`Serialised::versioned`], which puts every stored key
+///   under the [`Schema`]'s version: a program whose type changed reads
+///   and writes keys of its own, and two versions sharing a cache never
+///   read, overwrite or remove each other's entries.
+/// - [`Serialised::unversioned`] takes any codec, for a store that no other
+///   version of the program reads (a `MemoryCache` in one process).
 ///
 /// # Stale entries
 ///
-/// Stored bytes that no longer decode (the value's type changed, the store
-/// was damaged) are a miss: `get` removes the entry and answers `Ok(None)`,
-/// counting it in [`stale`](Serialised::stale), so the caller fetches a
-/// fresh value and the next `set` replaces it. In
-/// [`strict`](Serialised::strict) mode `get` returns the
-/// [`Error::Decode`] instead and leaves the entry alone.
+/// Stored bytes that do not decode (damage, or a changed type under a
+/// self-describing codec) are a miss: `get` answers `Ok(None)` and counts
+/// it in [`stale`](Serialised::stale), so the caller fetches a fresh value
+/// and its next `set` replaces them. They are not removed: by then another
+/// writer may have put a fresh value under the key, and another version of
+/// the program may be reading them. In [`strict`](Serialised::strict) mode
+/// `get` returns the [`Error::Decode`] instead.
 ///
 /// # Example
 ///
@@ -37,12 +59,13 @@ use crate::error::{Error, Result};
 /// cache.set("k".to_string(), vec!["x".to_string()]).unwrap();
 /// assert_eq!(cache.inner().get(&"k".to_string()).unwrap(), Some(br#"["x"]"#.to_vec()));
 ///
-/// // Bytes that are not a Vec<String> read as a miss and are dropped.
+/// // Bytes that are not a Vec<String> read as a miss, and stay.
 /// cache.inner().set("bad".to_string(), b"{oops".to_vec()).unwrap();
 /// let value: Option<Vec<String>> = cache.get(&"bad".to_string()).unwrap();
 /// assert_eq!(value, None);
-/// assert_eq!(cache.inner().get(&"bad".to_string()).unwrap(), None);
-/// assert_eq!(format!("{cache:?}"), "Serialised<Json>(Memory(1 entries))");
+/// assert_eq!(cache.stale(), 1);
+/// assert_eq!(cache.inner().get(&"bad".to_string()).unwrap(), Some(b"{oops".to_vec()));
+/// assert_eq!(format!("{cache:?}"), "Serialised<Json>(Memory(2 entries))");
 /// # }
 /// ```
 pub struct Serialised<C, X> {
@@ -53,8 +76,33 @@ pub struct Serialised<C, X> {
 }
 
 impl<C, X> Serialised<C, X> {
-    /// Values encoded with `codec`, stored in `inner`.
-    pub fn new(inner: C, codec: X) -> Self {
+    /// Values encoded with `codec`, a [self-describing](SelfDescribing) one,
+    /// stored in `inner` under their keys as they are.
+    ///
+    /// A codec that stores fields by position does not compile here: use
+    /// [`versioned`](Self::versioned) (or, for a store only this build of
+    /// the program reads, [`unversioned`](Self::unversioned)).
+    ///
+    /// ```compile_fail
+    /// use layercache::{MemoryCache, Serialised, codec::Bincode};
+    ///
+    /// // error: `Bincode` stores fields by position: a value of a changed
+    /// // type could decode as wrong data
+    /// let cache = Serialised::new(MemoryCache::<String, Vec<u8>>::new(), Bincode::new());
+    /// ```
+    pub fn new(inner: C, codec: X) -> Self
+    where
+        X: SelfDescribing,
+    {
+        Self::unversioned(inner, codec)
+    }
+
+    /// Values encoded with any `codec`, stored in `inner` under their keys
+    /// as they are, with no schema version: for a store that no other
+    /// version of the program reads, such as a
+    /// [`MemoryCache`](crate::MemoryCache) in one process. Over a file or a
+    /// server that outlives a build, use [`versioned`](Self::versioned).
+    pub fn unversioned(inner: C, codec: X) -> Self {
         Self {
             inner,
             codec,
@@ -63,9 +111,48 @@ impl<C, X> Serialised<C, X> {
         }
     }
 
+    /// Values encoded with `codec`, stored in `inner` under keys put in the
+    /// `schema`'s namespace (`<version>:<key>`): a [`Keyed`] over the
+    /// `Serialised`, whose [`keys`](Cache::keys), [`clear`](Cache::clear)
+    /// and watchers see only this version's keys (see
+    /// [`Keyed`](crate::keyed#only-our-keys)).
+    ///
+    /// ```
+    /// # #[cfg(all(feature = "bincode", feature = "reflect"))] {
+    /// use layercache::{Cache, MemoryCache, Schema, Serialised, codec::Bincode};
+    ///
+    /// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// struct V1 { a: u32, b: u32 }
+    /// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    /// struct V2 { b: u32, a: u32 }
+    ///
+    /// # fn main() -> layercache::Result<()> {
+    /// let store = std::sync::Arc::new(MemoryCache::<String, Vec<u8>>::new());
+    /// let v1 = Serialised::versioned(store.clone(), Bincode::new(), Schema::reflect::<V1>()?);
+    /// let v2 = Serialised::versioned(store.clone(), Bincode::new(), Schema::reflect::<V2>()?);
+    /// v1.set("k".to_string(), V1 { a: 1, b: 2 })?;
+    /// // Version 2 misses, where it would have read b = 1 and a = 2...
+    /// assert_eq!(v2.get(&"k".to_string())?, None::<V2>);
+    /// v2.set("k".to_string(), V2 { b: 2, a: 1 })?;
+    /// // ...and version 1's entry is still there.
+    /// assert_eq!(v1.get(&"k".to_string())?, Some(V1 { a: 1, b: 2 }));
+    /// assert_eq!(store.len(), 2);
+    /// # Ok(())
+    /// # }
+    /// # main().unwrap();
+    /// # }
+    /// ```
+    pub fn versioned<K>(inner: C, codec: X, schema: Schema) -> Keyed<Self, Verbatim<K>>
+    where
+        C: Cache<K, Vec<u8>>,
+    {
+        Keyed::new(Self::unversioned(inner, codec), Verbatim::new())
+            .with_namespace(schema.namespace())
+    }
+
     /// With `strict` on, bytes that do not decode are an error rather than a
-    /// miss: `get` returns it and leaves the entry in place; `remove` returns
-    /// it after removing the entry.
+    /// miss: `get` returns it; `remove` returns it after removing the
+    /// entry.
     pub fn strict(mut self, strict: bool) -> Self {
         self.strict = strict;
         self
@@ -118,14 +205,10 @@ where
         };
         match entry.try_map(|bytes| self.codec.decode(&bytes)) {
             Ok(entry) => Ok(Some(entry)),
-            Err(error) => {
-                if !self.strict {
-                    // Drop the stale entry so the next set replaces it and
-                    // later reads do not pay for a failed decode again.
-                    self.inner.remove(key)?;
-                }
-                self.stale_entry(error)
-            }
+            // Not removed: what is under the key now may not be what was
+            // read (another writer's fresh value), and another version of
+            // the program may be reading it.
+            Err(error) => self.stale_entry(error),
         }
     }
 

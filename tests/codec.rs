@@ -842,7 +842,7 @@ fn limited_bincode_decodes_everything_it_encodes() {
     let numbers = vec![0u64; 2_200_000];
     let encoded = 1 + 4 + numbers.len(); // u32 length prefix (tag 252), 1 byte per zero
     assert_refused_for_its_decoded_size(&Bincode::new(), &numbers, encoded);
-    let cache = Serialised::new(Bytes::new(), Bincode::new());
+    let cache = Serialised::unversioned(Bytes::new(), Bincode::new());
     assert!(matches!(
         cache.set(k("zeros"), numbers),
         Err(Error::TooLarge { .. })
@@ -924,7 +924,7 @@ fn limited_bincode_encodes_and_decodes_values_at_its_limit() {
 #[test]
 fn serialised_limited_bincode_refuses_at_set_what_it_could_not_read() {
     let cache: Serialised<MemoryCache<String, Vec<u8>>, LimitedBincode<64>> =
-        Serialised::new(MemoryCache::new(), LimitedBincode::<64>::new());
+        Serialised::unversioned(MemoryCache::new(), LimitedBincode::<64>::new());
     // 21 bytes encoded, 168 claimed: an error, and nothing stored.
     match cache.set(k("zeros"), vec![0u64; 20]) {
         Err(Error::TooLarge { what, size, limit }) => {
@@ -972,7 +972,7 @@ fn bincode_refuses_to_encode_values_nested_past_its_depth_limit() {
         }
         other => panic!("expected an encode error, got {other:?}"),
     }
-    let cache = Serialised::new(Bytes::new(), Bincode::new());
+    let cache = Serialised::unversioned(Bytes::new(), Bincode::new());
     assert!(cache.set(k("deep"), chain(100)).is_err());
     assert!(cache.inner().is_empty());
 }
@@ -987,7 +987,7 @@ fn k(key: &str) -> String {
 }
 
 fn serialised_round_trip<X: Codec<Record> + Debug>(codec: X, debug: &str) {
-    let cache = Serialised::new(Bytes::new(), codec);
+    let cache = Serialised::unversioned(Bytes::new(), codec);
     assert_eq!(
         format!("{cache:?}"),
         format!("Serialised<{debug}>(Memory(0 entries))")
@@ -1040,7 +1040,7 @@ fn serialised_debug_matches_the_doc() {
 }
 
 #[test]
-fn stale_entry_is_a_miss_that_is_removed_and_counted() {
+fn stale_entry_is_a_miss_that_is_kept_and_counted() {
     let cache = Serialised::new(Bytes::new(), Json);
     assert!(!cache.is_strict());
     cache.inner().set(k("bad"), b"{oops".to_vec()).expect("set");
@@ -1053,20 +1053,20 @@ fn stale_entry_is_a_miss_that_is_removed_and_counted() {
     assert_eq!(cache.stale(), 1);
     assert_eq!(
         cache.inner().get(&k("bad")).expect("get"),
-        None,
-        "entry removed"
+        Some(b"{oops".to_vec()),
+        "a failed read removes nothing"
     );
-    // The entry is gone, so a second read is a plain miss.
+    // Each read of it is a counted miss.
     let value: Option<Record> = cache.get(&k("bad")).expect("miss");
     assert_eq!(value, None);
-    assert_eq!(cache.stale(), 1);
+    assert_eq!(cache.stale(), 2);
     // Other entries are untouched.
     assert_eq!(cache.get(&k("good")).expect("get"), Some(sample()));
-    assert_eq!(cache.inner().len(), 1);
+    assert_eq!(cache.inner().len(), 2);
     // The next set replaces it.
     cache.set(k("bad"), empty()).expect("set");
     assert_eq!(cache.get(&k("bad")).expect("get"), Some(empty()));
-    assert_eq!(cache.stale(), 1);
+    assert_eq!(cache.stale(), 2);
 }
 
 #[test]
@@ -1077,19 +1077,19 @@ fn schema_change_reads_as_stale_for_every_codec() {
         X: Codec<Record> + Codec<(u64, String)> + Codec<Vec<u32>> + Clone + Debug,
     {
         let bytes = Arc::new(Bytes::new());
-        let writer = Serialised::new(bytes.clone(), codec.clone());
+        let writer = Serialised::unversioned(bytes.clone(), codec.clone());
         writer.set(k("r"), sample()).expect("set");
-        let tuple_reader = Serialised::new(bytes.clone(), codec.clone());
+        let tuple_reader = Serialised::unversioned(bytes.clone(), codec.clone());
         let read: Option<(u64, String)> = tuple_reader.get(&k("r")).expect("stale is a miss");
         assert_eq!(read, None, "{codec:?}");
         assert_eq!(tuple_reader.stale(), 1, "{codec:?}");
-        assert!(bytes.is_empty(), "{codec:?}: stale entry removed");
+        assert_eq!(bytes.len(), 1, "{codec:?}: a failed read removes nothing");
         writer.set(k("r"), sample()).expect("set");
-        let vec_reader = Serialised::new(bytes.clone(), codec.clone());
+        let vec_reader = Serialised::unversioned(bytes.clone(), codec.clone());
         let read: Option<Vec<u32>> = vec_reader.get(&k("r")).expect("stale is a miss");
         assert_eq!(read, None, "{codec:?}");
         assert_eq!(vec_reader.stale(), 1, "{codec:?}");
-        assert!(bytes.is_empty(), "{codec:?}");
+        assert_eq!(bytes.len(), 1, "{codec:?}: a failed read removes nothing");
     }
     check(Bincode::new());
     check(Cbor);
@@ -1126,13 +1126,17 @@ fn strict_mode_returns_the_decode_error_and_keeps_the_entry() {
         None
     );
     assert_eq!(lenient.stale(), 1);
-    assert_eq!(lenient.inner().get(&k("bad")).expect("get"), None);
+    assert_eq!(
+        lenient.inner().get(&k("bad")).expect("get"),
+        Some(vec![0xff, 0x00]),
+        "a failed read removes nothing"
+    );
 }
 
 #[test]
 fn remove_of_a_stale_entry() {
     // Lenient: removed, counted, answered as "nothing was there".
-    let cache = Serialised::new(Bytes::new(), Bincode::new());
+    let cache = Serialised::unversioned(Bytes::new(), Bincode::new());
     cache.inner().set(k("bad"), vec![0xff]).expect("set");
     let removed: Option<Record> = cache.remove(&k("bad")).expect("a miss");
     assert_eq!(removed, None);
@@ -1152,7 +1156,7 @@ fn remove_of_a_stale_entry() {
 
 #[test]
 fn set_of_a_value_over_the_limit_fails_and_stores_nothing() {
-    let cache = Serialised::new(Bytes::new(), LimitedBincode::<16>::new());
+    let cache = Serialised::unversioned(Bytes::new(), LimitedBincode::<16>::new());
     assert!(matches!(
         cache.set(k("big"), "b".repeat(100)),
         Err(Error::TooLarge { .. })

@@ -8,8 +8,8 @@ use std::time::Duration;
 use layercache::codec::{Bincode, Cbor, FnCodec, Json};
 use layercache::testing::{self, Instrumented};
 use layercache::{
-    Cache, CacheExt, Clock, Entry, ErrorPolicy, Layered, MemoryCache, Proxy, Result, Serialised,
-    SystemClock,
+    Cache, CacheExt, Clock, Entry, ErrorPolicy, Layered, MemoryCache, Proxy, Result, Schema,
+    Serialised, SystemClock,
 };
 
 #[test]
@@ -75,10 +75,17 @@ fn serialised_each_codec() {
         Serialised::new(MemoryCache::<String, Vec<u8>>::new(), Cbor)
     });
     testing::run_all::<String, u64, _>(|| {
-        Serialised::new(MemoryCache::<String, Vec<u8>>::new(), Bincode::new())
+        Serialised::unversioned(MemoryCache::<String, Vec<u8>>::new(), Bincode::new())
+    });
+    testing::run_all::<String, u64, _>(|| {
+        Serialised::versioned(
+            MemoryCache::<String, Vec<u8>>::new(),
+            Bincode::new(),
+            Schema::reflect::<u64>().expect("u64 traces"),
+        )
     });
     testing::run_all::<String, String, _>(|| {
-        Serialised::new(
+        Serialised::unversioned(
             MemoryCache::<String, Vec<u8>>::new(),
             FnCodec::new(
                 |s: &String| Ok(s.as_bytes().to_vec()),
@@ -237,9 +244,10 @@ fn deadlines_survive_every_wrapper() {
         )
     });
     testing::run_deadlines::<String, u64, _>(|clock| {
-        Serialised::new(
+        Serialised::versioned(
             MemoryCache::<String, Vec<u8>>::new().with_clock(clock),
             Bincode::new(),
+            Schema::version("v1").expect("a valid version"),
         )
     });
     testing::run_deadlines(|clock| {

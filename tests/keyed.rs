@@ -14,7 +14,7 @@ use layercache::codec::{Bincode, Json};
 use layercache::testing::{self, Sample, Watched};
 use layercache::{
     Cache, CacheExt, CodecKeys, Entry, Error, FileCache, Invalidation, JsonKeys, KeyCodec, Keyed,
-    KeyedExt, Layered, MemoryCache, Timestamp,
+    KeyedExt, Layered, MemoryCache, Schema, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -827,6 +827,11 @@ fn debug_shows_codec_namespace_and_store() {
 // The stack this adapter exists for
 // ---------------------------------------------------------------------------
 
+/// The schema version of the bincode values in the file tests.
+fn v1() -> Schema {
+    Schema::version("v1").expect("a valid version")
+}
+
 /// Memory over a real file: promotion from the file, the file's keys as
 /// text, and a second handle (another process, a later run) reading them.
 #[test]
@@ -837,9 +842,9 @@ fn memory_over_a_file_with_typed_keys() {
     let cache: Layered<u64, User> = Layered::new().with_layer(top.clone()).with_layer(
         FileCache::open(&path)
             .expect("open")
-            .serialised(Bincode::new())
+            .versioned(Bincode::new(), v1())
             .keyed(JsonKeys)
-            .with_namespace("users:v1:"),
+            .with_namespace("users:"),
     );
     cache.set(7, user("Ada")).expect("set");
     top.clear().expect("clear memory");
@@ -847,8 +852,8 @@ fn memory_over_a_file_with_typed_keys() {
     assert_eq!(top.get(&7).expect("get"), Some(user("Ada")), "promoted");
 
     let file = FileCache::open(&path).expect("open again");
-    assert_eq!(file.keys().expect("keys"), ["users:v1:7"]);
-    let later = Keyed::new(file.serialised(Bincode::new()), JsonKeys).with_namespace("users:v1:");
+    assert_eq!(file.keys().expect("keys"), ["v1:users:7"]);
+    let later = Keyed::new(file.versioned(Bincode::new(), v1()), JsonKeys).with_namespace("users:");
     assert_eq!(later.get(&7u64).expect("get"), Some(user("Ada")));
 }
 
@@ -873,7 +878,7 @@ mod redis_stack {
             .with_layer(
                 FileCache::open(&path)
                     .expect("open the file")
-                    .serialised(Bincode::new())
+                    .versioned(Bincode::new(), v1())
                     .keyed(JsonKeys),
             )
             .with_layer(
@@ -893,7 +898,7 @@ mod redis_stack {
         // Set: written through to all three, keys as text.
         cache.set(7, user("Ada")).expect("set");
         cache.set(8, user("Grace")).expect("set");
-        assert_eq!(sorted(file.keys().expect("file keys")), ["7", "8"]);
+        assert_eq!(sorted(file.keys().expect("file keys")), ["v1:7", "v1:8"]);
         assert_eq!(
             sorted(redis.keys().expect("redis keys")),
             ["users:v1:7", "users:v1:8"]
@@ -921,7 +926,7 @@ mod redis_stack {
         assert_eq!(cache.get(&8).expect("get"), Some(user("Grace")));
         assert_eq!(memory.get(&8).expect("get"), Some(user("Grace")));
         assert_eq!(file_layer.get(&8).expect("get"), Some(user("Grace")));
-        assert_eq!(file.keys().expect("file keys"), ["8"]);
+        assert_eq!(file.keys().expect("file keys"), ["v1:8"]);
 
         // The stack's keys are the union, as u64s.
         assert_eq!(sorted(cache.keys().expect("keys")), [7, 8]);

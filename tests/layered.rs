@@ -865,3 +865,42 @@ mod invalidation {
         assert!(seen[0].contains("layer 0 failed during remove"), "{seen:?}");
     }
 }
+
+/// A value computed by `get_or_insert_with` is never lost to a failed
+/// write: under `Degrade` it comes back as `Ok`; under `Strict` the error
+/// carries it. On main before issue 12, `Strict` returned the layer's error
+/// and dropped the value, though the top layer held it.
+#[test]
+fn write_failure_keeps_the_computed_value() {
+    for policy in [ErrorPolicy::Strict, ErrorPolicy::Degrade] {
+        let (layers, cache) = stack(2, policy);
+        layers[1].fail_writes(true);
+        let got = cache.get_or_insert_with(1, || 10);
+        let tried: Result<u32, Error> = cache.try_get_or_insert_with(2, || Ok(20));
+        match policy {
+            ErrorPolicy::Strict => {
+                let error = got.expect_err("the bottom layer refused the write");
+                assert!(matches!(error.root(), Error::Backend { .. }), "{error:?}");
+                assert!(error.to_string().contains("could not store"), "{error}");
+                assert_eq!(error.into_computed::<u32>().expect("carried"), 10);
+                let error = tried.expect_err("refused");
+                assert_eq!(error.into_computed::<u32>().expect("carried"), 20);
+            }
+            _ => {
+                assert_eq!(got.expect("degraded write"), 10);
+                assert_eq!(tried.expect("degraded write"), 20);
+            }
+        }
+        // Either way the top layer holds both, and the stack serves them.
+        assert_eq!(layers[0].inner().get(&1).unwrap(), Some(10), "{policy:?}");
+        assert_eq!(cache.get(&2).unwrap(), Some(20), "{policy:?}");
+    }
+    // A value of another type is not given back as this one.
+    let (layers, cache) = stack(2, ErrorPolicy::Strict);
+    layers[1].fail_writes(true);
+    let error = cache.get_or_insert_with(3, || 30).expect_err("refused");
+    let error = error
+        .into_computed::<String>()
+        .expect_err("a u32, not a String");
+    assert_eq!(error.into_computed::<u32>().expect("still carried"), 30);
+}

@@ -531,9 +531,141 @@ fn memoising_into_a_serialised_byte_store() {
         .expect("value");
     assert_eq!(fresh, report("Q1"));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    assert_eq!(restarted.cache().stale(), 1);
+    // Read twice as stale, before and inside the memoiser's flight: a failed
+    // read removes nothing; the `set` replaced the bytes.
+    assert_eq!(restarted.cache().stale(), 2);
     assert_eq!(
         store.get(&key).expect("get"),
         Some(Json.encode(&report("Q1")).expect("encodes"))
     );
+}
+
+// ---------------------------------------------------------------------------
+// Cycles across threads, and values kept when they cannot be stored.
+
+/// Thread `i` leads the call of key `i` and, inside it, calls key `i + 1`
+/// (mod `n`): a circle of `n` threads. On main before issue 12 every thread
+/// waited forever.
+fn circle(n: usize) -> (Arc<Memo>, Vec<Result<u64, Error>>) {
+    let memo = memo();
+    let inside = Arc::new(Barrier::new(n));
+    let shared = memo.clone();
+    let results = together(n, move |i| {
+        let (memo, inside) = (shared.clone(), inside.clone());
+        memo.try_call("f", &i, || {
+            // Every thread leads its own key before any asks for the next.
+            inside.wait();
+            let next = (i + 1) % n;
+            memo.try_call("f", &next, || Ok::<u64, Error>(next as u64 * 10))
+                .map(|v| v + 1)
+        })
+    });
+    (memo, results)
+}
+
+#[test]
+fn a_cycle_across_threads_is_an_error_naming_its_keys() {
+    for n in [2, 3] {
+        let (memo, results) = circle(n);
+        let cycles: Vec<String> = results
+            .iter()
+            .filter_map(|r| match r {
+                Err(Error::Cycle { key, cycle }) => {
+                    assert!(cycle.starts_with(&format!("{key} -> ")) || cycle.contains(key));
+                    Some(cycle.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(
+            !cycles.is_empty(),
+            "{n} threads: no cycle reported: {results:?}"
+        );
+        // The circle names every key in it.
+        for i in 0..n {
+            let key = memo.key("f", &i).expect("key");
+            assert!(
+                cycles[0].contains(&key),
+                "{n} threads: {} lacks {key}",
+                cycles[0]
+            );
+        }
+        // The others went on, and what they returned is what was stored.
+        for (i, result) in results.iter().enumerate() {
+            match result {
+                Ok(value) => {
+                    let stored = memo.call("f", &i, || unreachable!("stored")).expect("hit");
+                    assert_eq!(*value, stored, "{n} threads: thread {i}");
+                }
+                Err(Error::Cycle { .. }) => {}
+                Err(other) => panic!("{n} threads: thread {i}: {other}"),
+            }
+        }
+    }
+}
+
+/// Threads that wait on each other's keys without a circle are not taken
+/// for one: every call succeeds.
+#[test]
+fn chains_without_a_circle_are_not_cycles() {
+    let memo = memo();
+    for round in 0..20u64 {
+        let (memo, gate) = (memo.clone(), Arc::new(Barrier::new(4)));
+        let results = together(4, move |i| {
+            let (memo, gate) = (memo.clone(), gate.clone());
+            // Thread i leads key (round, i) and needs (round, i + 1); the
+            // last needs nothing: a chain 0 -> 1 -> 2 -> 3.
+            memo.call("chain", &(round, i), || {
+                gate.wait();
+                if i < 3 {
+                    memo.call("chain", &(round, i + 1), || 7).expect("no cycle") + 1
+                } else {
+                    7
+                }
+            })
+        });
+        for result in results {
+            let value = result.expect("no cycle");
+            assert!((7..=10).contains(&value), "{value}");
+        }
+    }
+}
+
+/// Memoising over a stack whose bottom layer refuses writes: under `Strict`
+/// the error carries the value (and the top layer holds it); under
+/// `Degrade` the value comes back. On main before issue 12 `Strict`
+/// returned the error alone.
+#[test]
+fn a_value_that_cannot_be_stored_is_not_lost() {
+    use layercache::testing::Instrumented;
+    use layercache::{ErrorPolicy, Layered};
+
+    for policy in [ErrorPolicy::Strict, ErrorPolicy::Degrade] {
+        let top = Arc::new(MemoryCache::<String, u64>::new());
+        let bottom = Arc::new(Instrumented::new(MemoryCache::<String, u64>::new()));
+        bottom.fail_writes(true);
+        let memo = Memoiser::new(
+            Layered::new()
+                .with_layer(top.clone())
+                .with_layer(bottom.clone())
+                .with_policy(policy),
+        );
+        let calls = AtomicUsize::new(0);
+        let result = memo.call("answer", &(), || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            42u64
+        });
+        match policy {
+            ErrorPolicy::Strict => {
+                let error = result.expect_err("the bottom layer refused");
+                assert!(matches!(error, Error::NotStored { .. }), "{error:?}");
+                assert_eq!(error.into_computed::<u64>().expect("carried"), 42);
+            }
+            _ => assert_eq!(result.expect("degraded"), 42),
+        }
+        // The top layer holds it: the next call is a hit, not a recompute.
+        assert_eq!(memo.call("answer", &(), || 0u64).expect("a hit"), 42);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "{policy:?}");
+        assert_eq!(top.len(), 1);
+    }
 }

@@ -781,7 +781,7 @@ fn wrappers_keep_both_deadlines() {
         .with_fresh_until(now + Duration::from_secs(6));
     for strict in [false, true] {
         let bytes = MemoryCache::<String, Vec<u8>>::new().with_clock(clock.clone());
-        let typed = Serialised::new(bytes, Bincode::new()).strict(strict);
+        let typed = Serialised::unversioned(bytes, Bincode::new()).strict(strict);
         typed.set_entry(k("k"), entry.clone()).unwrap();
         assert_eq!(typed.get_entry(&k("k")).unwrap(), Some(entry.clone()));
         let inner = typed.inner().get_entry(&k("k")).unwrap().unwrap();
@@ -1119,9 +1119,9 @@ fn foreign_values_starting_with_a_tag_byte_read_as_misses() {
         .query::<()>(&mut raw)
         .unwrap();
 
-    let pair = Serialised::new(&cache, Bincode::new());
+    let pair = Serialised::unversioned(&cache, Bincode::new());
     let got: Option<(bool, Vec<u8>)> = pair.get(&k("pair")).unwrap();
-    let list = Serialised::new(&cache, Bincode::new());
+    let list = Serialised::unversioned(&cache, Bincode::new());
     let gone: Option<Vec<u32>> = list.get(&k("empty")).unwrap();
     let still: Option<Vec<u8>> = redis::cmd("GET")
         .arg("r10foreign:empty")

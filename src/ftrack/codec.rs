@@ -196,6 +196,9 @@ pub(crate) fn value_from_json(
     })
 }
 
+/// ftrack's JSON names every attribute.
+impl crate::codec::SelfDescribing for EntityCodec {}
+
 impl Codec<Entity> for EntityCodec {
     fn encode(&self, value: &Entity) -> Result<Vec<u8>> {
         let json = self.to_json(value)?;
