@@ -120,7 +120,7 @@ fn main() -> layercache::Result<()> {
     }
 
     println!("5. print session.cache:");
-    println!("   {:?}", *second.cache());
+    println!("   {:?}", second.cache());
     let _ = std::fs::remove_file(&cache_path);
     Ok(())
 }

@@ -214,7 +214,8 @@ struct Core<K, V> {
     /// stripe.
     promotions: AtomicU64,
     /// The layers with an identity each, top first: a watcher finds its
-    /// layer's current depth here. Kept equal to `Layered::layers`.
+    /// layer's current depth here. Kept equal to `Layered::layers` (of the
+    /// newest copy, when a stack is forked: see `Layered::fork`).
     layers: RwLock<Vec<Member<K, V>>>,
     next_id: AtomicU64,
     /// Watchers of the stack itself (an outer stack), told after the stack
@@ -444,6 +445,22 @@ impl<K, V> Layered<K, V> {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(depth);
         Some(self.layers.remove(depth))
+    }
+
+    /// A copy of this stack to change and then use in its place, while
+    /// calls already under way finish on this one: the same layers and
+    /// policy, and the same shared state (failure hook and count, watchers,
+    /// per-key generations), so that promotions and writes on the two copies
+    /// still see each other and keep the guarantees of one stack. Only the
+    /// newest copy may have its layers changed: the watchers follow its
+    /// layers.
+    #[cfg(feature = "ftrack")]
+    pub(crate) fn fork(&self) -> Self {
+        Self {
+            layers: self.layers.clone(),
+            policy: self.policy,
+            core: Arc::clone(&self.core),
+        }
     }
 
     /// This stack with the error `policy`.

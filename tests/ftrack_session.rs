@@ -1,11 +1,14 @@
 //! The ftrack session: the seed's examples, merging, the cross-session
 //! persistent cache, and concurrency.
 
-use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
 
-use layercache::ftrack::{Entity, FixtureServer, Session, Value};
+use layercache::ftrack::{EncodeStrategy, Entity, EntityKey, FixtureServer, Session, Value};
 use layercache::testing::Instrumented;
-use layercache::{Cache, FileCache, Layered, MemoryCache, Operation, Serialised};
+use layercache::{Cache, Entry, FileCache, Layered, MemoryCache, Operation, Serialised};
 use serde_json::json;
 use tempfile::TempDir;
 
@@ -205,7 +208,7 @@ fn a_new_session_is_served_from_the_file_with_references_expanded() {
         .get("parent")
         .unwrap();
     assert!(via_asset.as_entity().unwrap().same(&shot));
-    let debug = format!("{:?}", *second.cache());
+    let debug = format!("{:?}", second.cache());
     assert!(debug.starts_with("Layered[Memory("), "{debug}");
     assert!(
         debug.contains("Serialised<EntityCodec(SetOnly)>(File("),
@@ -453,4 +456,527 @@ fn a_record_that_refers_back_to_itself_merges_once_per_identity() {
     assert_eq!(timelogs[0].peek("comment"), Value::from("Some comment"));
     let again = session.get("Timelog", ["t1"]).unwrap().unwrap();
     assert!(again.same(&timelogs[0]));
+}
+
+// ---------------------------------------------------------------------------
+// No lock across a call into a layer, a codec or user code (issue 12).
+//
+// A session's stack is read while a lower layer decodes, and decoding reads
+// the stack again (references resolve through the memory layer); a merge
+// with `EncodeStrategy::All` fills attributes from inside the encode. If a
+// call held a lock on the stack across any of that, a thread changing the
+// stack (`cache_mut`) would wait for it, and the inner read would wait for
+// that writer: both threads hang. These tests run the calls on threads and
+// fail, never hang, past a deadline.
+
+/// How long the calls below may take; past it they are deadlocked.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A byte layer whose read of one armed key parks until released: it holds
+/// a call inside the stack while another thread changes the stack.
+#[derive(Debug)]
+struct Gated {
+    inner: Arc<MemoryCache<String, Vec<u8>>>,
+    armed: Mutex<Option<Arm>>,
+}
+
+#[derive(Debug)]
+struct Arm {
+    key: String,
+    parked: mpsc::Sender<()>,
+    release: mpsc::Receiver<()>,
+}
+
+impl Gated {
+    /// Parks the next read of `key`: returns what hears that a read parked,
+    /// and what releases it.
+    fn arm(&self, key: &str) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (parked, on_parked) = mpsc::channel();
+        let (release, on_release) = mpsc::channel();
+        *self.armed.lock().unwrap() = Some(Arm {
+            key: key.to_owned(),
+            parked,
+            release: on_release,
+        });
+        (on_parked, release)
+    }
+}
+
+impl Cache<String, Vec<u8>> for Gated {
+    fn get_entry(&self, key: &String) -> layercache::Result<Option<Entry<Vec<u8>>>> {
+        let arm = {
+            let mut armed = self.armed.lock().unwrap();
+            if armed.as_ref().is_some_and(|arm| &arm.key == key) {
+                armed.take()
+            } else {
+                None
+            }
+        };
+        if let Some(arm) = arm {
+            let _ = arm.parked.send(());
+            // Bounded, so that a failed test leaves no thread parked here.
+            let _ = arm.release.recv_timeout(DEADLINE * 3);
+        }
+        self.inner.get_entry(key)
+    }
+
+    fn set_entry(&self, key: String, entry: Entry<Vec<u8>>) -> layercache::Result<()> {
+        self.inner.set_entry(key, entry)
+    }
+
+    fn remove(&self, key: &String) -> layercache::Result<Option<Vec<u8>>> {
+        self.inner.remove(key)
+    }
+
+    fn keys(&self) -> layercache::Result<Vec<String>> {
+        self.inner.keys()
+    }
+}
+
+/// Every fixture record, encoded by a session that has ended (as a file
+/// another session wrote).
+fn stored_records(server: &Arc<FixtureServer>) -> Arc<MemoryCache<String, Vec<u8>>> {
+    let bytes = Arc::new(MemoryCache::new());
+    let writer = Session::builder(server.clone())
+        .cache({
+            let bytes = bytes.clone();
+            move |session| Some(Box::new(Serialised::new(bytes, session.codec())))
+        })
+        .build();
+    for entity_type in ["User", "Timelog", "Shot", "Asset", "AssetVersion"] {
+        writer.query(&format!("from {entity_type}")).unwrap();
+    }
+    drop(writer);
+    server.reset_counts();
+    bytes
+}
+
+/// A session whose layer below memory decodes `bytes`, through a gate,
+/// encoding with `strategy`.
+fn gated_session(
+    server: &Arc<FixtureServer>,
+    bytes: &Arc<MemoryCache<String, Vec<u8>>>,
+    strategy: EncodeStrategy,
+) -> (Session, Arc<Gated>) {
+    let gate = Arc::new(Gated {
+        inner: bytes.clone(),
+        armed: Mutex::new(None),
+    });
+    let session = Session::builder(server.clone())
+        .cache({
+            let gate = gate.clone();
+            move |session| {
+                Some(Box::new(Serialised::new(
+                    gate,
+                    session.codec().with_strategy(strategy),
+                )))
+            }
+        })
+        .build();
+    (session, gate)
+}
+
+/// Runs `call` on a thread until it is parked in the lower layer's read of
+/// `key`; then another thread changes the stack with `cache_mut` (an empty
+/// memory layer at depth 1) and, once that thread is calling it, the read
+/// goes on. Both must be done by the deadline. `what` names the call.
+///
+/// Before the fix the parked call held the stack's read lock, `cache_mut`
+/// waited for it, and the decode that followed took the read lock again
+/// behind the waiting writer: a deadlock.
+fn race_cache_mut<T: Send + 'static>(
+    session: &Session,
+    gate: &Gated,
+    key: &str,
+    what: &str,
+    call: impl FnOnce(Session) -> T + Send + 'static,
+) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let (parked, release) = gate.arm(key);
+    let (done_tx, done) = mpsc::channel();
+    let caller = session.clone();
+    thread::spawn(move || {
+        let _ = done_tx.send(call(caller));
+    });
+    parked
+        .recv_timeout(left())
+        .unwrap_or_else(|_| panic!("{what} never read {key} from the lower layer"));
+
+    let (calling_tx, calling) = mpsc::channel();
+    let (changed_tx, changed) = mpsc::channel();
+    let changer = session.clone();
+    thread::spawn(move || {
+        calling_tx.send(()).unwrap();
+        let depth = {
+            let mut stack = changer.cache_mut();
+            stack.insert_layer(1, Arc::new(MemoryCache::new()));
+            stack.depth()
+        };
+        let _ = changed_tx.send(depth);
+    });
+    calling.recv_timeout(left()).unwrap();
+    // Time for `cache_mut` to block, were it to wait for calls in flight.
+    thread::sleep(Duration::from_millis(200));
+    release.send(()).unwrap();
+
+    let result = done
+        .recv_timeout(left())
+        .unwrap_or_else(|error| match error {
+            RecvTimeoutError::Timeout => panic!(
+                "deadlock: {what} (decoding from the lower layer) and cache_mut on another \
+             thread did not finish within {DEADLINE:?}"
+            ),
+            RecvTimeoutError::Disconnected => panic!("{what} panicked"),
+        });
+    let depth = changed.recv_timeout(left()).unwrap_or_else(|_| {
+        panic!("deadlock: cache_mut did not return within {DEADLINE:?} while {what} ran")
+    });
+    assert_eq!(depth, 3, "memory, the new layer, the lower layer");
+    assert_eq!(session.cache().depth(), 3, "the change took effect");
+    result
+}
+
+#[test]
+fn a_get_decoding_from_below_and_cache_mut_do_not_deadlock() {
+    let server = server();
+    let bytes = stored_records(&server);
+    let (session, gate) = gated_session(&server, &bytes, EncodeStrategy::SetOnly);
+    let key = session
+        .cache_key(&EntityKey::new("AssetVersion", ["v0"]))
+        .unwrap();
+    let version = race_cache_mut(&session, &gate, &key, "get", |session| {
+        session.get("AssetVersion", ["v0"])
+    })
+    .unwrap()
+    .expect("stored below");
+    assert_eq!(version.key(), &EntityKey::new("AssetVersion", ["v0"]));
+    assert_eq!(version.get("version").unwrap(), Value::from(0));
+    let asset = version.get("asset").unwrap();
+    assert_eq!(
+        asset.as_entity().expect("a reference").key(),
+        &EntityKey::new("Asset", ["a1"])
+    );
+    assert_eq!(server.calls(), 0, "{:?}", server.queries());
+}
+
+#[test]
+fn an_attribute_filled_from_below_and_cache_mut_do_not_deadlock() {
+    let server = server();
+    let bytes = stored_records(&server);
+    let (session, gate) = gated_session(&server, &bytes, EncodeStrategy::SetOnly);
+    let version = session.get("AssetVersion", ["v1"]).unwrap().unwrap();
+    let asset = version.peek("asset");
+    let asset = asset.as_entity().expect("a reference").clone();
+    assert_eq!(asset.peek("parent"), Value::NotSet, "a placeholder");
+    let key = session.cache_key(asset.key()).unwrap();
+    let parent = race_cache_mut(&session, &gate, &key, "an attribute read (fill)", {
+        let asset = asset.clone();
+        move |_| asset.get("parent")
+    })
+    .unwrap();
+    assert_eq!(
+        parent.as_entity().expect("a reference").key(),
+        &EntityKey::new("Shot", ["s2"])
+    );
+    assert_eq!(asset.peek("name"), Value::from("prop"));
+    assert_eq!(server.calls(), 0, "{:?}", server.queries());
+}
+
+#[test]
+fn a_merge_encoding_all_attributes_and_cache_mut_do_not_deadlock() {
+    let server = server();
+    let bytes = stored_records(&server);
+    // The stored user lacks `timelogs`: encoding it with `All` looks below,
+    // then asks the server.
+    let user_key = "('User', ['u1'])".to_string();
+    bytes
+        .set(
+            user_key.clone(),
+            br#"{"__entity_type__": "User", "id": "u1", "username": "ada"}"#.to_vec(),
+        )
+        .unwrap();
+    let (session, gate) = gated_session(&server, &bytes, EncodeStrategy::All);
+    assert_eq!(
+        session.cache_key(&EntityKey::new("User", ["u1"])).unwrap(),
+        user_key
+    );
+    let user = session.get("User", ["u1"]).unwrap().unwrap();
+    user.set("timelogs", Value::NotSet);
+    let incoming = Entity::new(EntityKey::new("User", ["u1"]));
+    incoming.set("username", "ada.l");
+    let merged = race_cache_mut(
+        &session,
+        &gate,
+        &user_key,
+        "merge with EncodeStrategy::All",
+        move |session| session.merge(&incoming),
+    )
+    .unwrap();
+    assert!(merged.same(&user), "merged into the held instance");
+    assert_eq!(user.peek("username"), Value::from("ada.l"));
+    let timelogs = user.peek("timelogs");
+    let keys: Vec<&EntityKey> = timelogs
+        .as_collection()
+        .expect("filled from the server")
+        .iter()
+        .map(Entity::key)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            &EntityKey::new("Timelog", ["t1"]),
+            &EntityKey::new("Timelog", ["t2"])
+        ]
+    );
+    let stored: serde_json::Value =
+        serde_json::from_slice(&bytes.get(&user_key).unwrap().expect("written through")).unwrap();
+    assert_eq!(stored["username"], json!("ada.l"));
+    assert_eq!(
+        stored["timelogs"],
+        json!([{"__entity_type__": "Timelog", "id": "t1"}, {"__entity_type__": "Timelog", "id": "t2"}])
+    );
+}
+
+/// A panic's message.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// One worker of the test below: a name and what it does with the session.
+type Worker = (
+    &'static str,
+    Box<dyn FnOnce(Session) -> layercache::Result<()> + Send>,
+);
+
+#[test]
+fn calls_of_every_kind_and_cache_mut_on_many_threads_return_the_right_entities() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const ROUNDS: usize = 24;
+    let server = server();
+    let bytes = stored_records(&server);
+    // Gets decode from the lower layer (the memory layer is cleared over and
+    // over); writes through it encode with `All`, which may fill attributes
+    // from inside the encode.
+    let session = Session::builder(server.clone())
+        .cache({
+            let bytes = bytes.clone();
+            move |session| {
+                Some(Box::new(Serialised::new(
+                    bytes,
+                    session.codec().with_strategy(EncodeStrategy::All),
+                )))
+            }
+        })
+        .build();
+    let deadline = Instant::now() + DEADLINE;
+    let finished = Arc::new(AtomicUsize::new(0));
+
+    let workers: Vec<Worker> = vec![
+        (
+            "get (decoding from below, then filling references)",
+            Box::new(|session: Session| {
+                for round in 0..ROUNDS {
+                    let n = round % 12;
+                    let id = format!("v{n}");
+                    let version = session.get("AssetVersion", [id.as_str()])?.expect("stored");
+                    assert_eq!(
+                        version.key(),
+                        &EntityKey::new("AssetVersion", [id.as_str()])
+                    );
+                    assert_eq!(version.get("version")?, Value::from(n as i64));
+                    let (asset_id, asset_name, shot_id, shot_name) = if n % 2 == 0 {
+                        ("a1", "hero", "s1", "sh010")
+                    } else {
+                        ("a2", "prop", "s2", "sh020")
+                    };
+                    let asset = version.get("asset")?;
+                    let asset = asset.as_entity().expect("a reference");
+                    assert_eq!(asset.key(), &EntityKey::new("Asset", [asset_id]));
+                    assert_eq!(asset.get("name")?, Value::from(asset_name));
+                    let shot = asset.get("parent")?;
+                    let shot = shot.as_entity().expect("a reference");
+                    assert_eq!(shot.key(), &EntityKey::new("Shot", [shot_id]));
+                    assert_eq!(shot.get("name")?, Value::from(shot_name));
+                }
+                Ok(())
+            }),
+        ),
+        (
+            "query",
+            Box::new(|session: Session| {
+                for _ in 0..ROUNDS {
+                    let found = session.query(
+                        r#"select comment, user.username from Timelog where id in ("t1", "t2")"#,
+                    )?;
+                    let keys: Vec<&EntityKey> = found.iter().map(Entity::key).collect();
+                    assert_eq!(
+                        keys,
+                        [
+                            &EntityKey::new("Timelog", ["t1"]),
+                            &EntityKey::new("Timelog", ["t2"])
+                        ]
+                    );
+                    assert_eq!(found[0].get("comment")?, Value::from("Some comment"));
+                    assert_eq!(found[1].get("comment")?, Value::from("Other"));
+                    for timelog in &found {
+                        let user = timelog.get("user")?;
+                        let user = user.as_entity().expect("a reference");
+                        assert_eq!(user.key(), &EntityKey::new("User", ["u1"]));
+                        assert_eq!(user.get("username")?, Value::from("ada"));
+                    }
+                }
+                Ok(())
+            }),
+        ),
+        (
+            "merge (encoding with All, which asks the server from inside the encode)",
+            Box::new(|session: Session| {
+                for round in 0..ROUNDS {
+                    let held = session.get("Timelog", ["t2"])?.expect("stored");
+                    // t2 has no `start` on the server: encoding with `All`
+                    // looks below for it, then asks the server.
+                    held.set("start", Value::NotSet);
+                    let note = format!("round {round}");
+                    let incoming = Entity::new(EntityKey::new("Timelog", ["t2"]));
+                    incoming.set("note", note.as_str());
+                    let merged = session.merge(&incoming)?;
+                    assert_eq!(merged.key(), &EntityKey::new("Timelog", ["t2"]));
+                    assert_eq!(merged.peek("note"), Value::from(note));
+                    assert_eq!(merged.get("comment")?, Value::from("Other"));
+                    assert_eq!(merged.get("start")?, Value::NotSet);
+                }
+                Ok(())
+            }),
+        ),
+        (
+            "populate",
+            Box::new(|session: Session| {
+                for _ in 0..ROUNDS {
+                    let versions = session.query("select id from AssetVersion")?;
+                    assert_eq!(versions.len(), 12);
+                    session.populate(&versions, "version, asset.name")?;
+                    for (n, version) in versions.iter().enumerate() {
+                        let id = format!("v{n}");
+                        assert_eq!(
+                            version.key(),
+                            &EntityKey::new("AssetVersion", [id.as_str()])
+                        );
+                        assert_eq!(version.get("version")?, Value::from(n as i64));
+                        let asset = version.get("asset")?;
+                        let name = asset.as_entity().expect("a reference").get("name")?;
+                        assert_eq!(name, Value::from(if n % 2 == 0 { "hero" } else { "prop" }));
+                    }
+                }
+                Ok(())
+            }),
+        ),
+        (
+            "auto-populate (fill)",
+            Box::new(|session: Session| {
+                for _ in 0..ROUNDS {
+                    let user = session.get("User", ["u1"])?.expect("stored");
+                    assert_eq!(user.key(), &EntityKey::new("User", ["u1"]));
+                    let timelogs = user.get("timelogs")?;
+                    let timelogs = timelogs.as_collection().expect("a collection");
+                    let expected = [("t1", "Some comment"), ("t2", "Other")];
+                    assert_eq!(timelogs.len(), expected.len());
+                    for (timelog, (id, comment)) in timelogs.iter().zip(expected) {
+                        assert_eq!(timelog.key(), &EntityKey::new("Timelog", [id]));
+                        assert_eq!(timelog.get("comment")?, Value::from(comment));
+                    }
+                    let shots = session.query("select id from Shot")?;
+                    for (shot, name) in shots.iter().zip(["sh010", "sh020"]) {
+                        assert_eq!(shot.get("name")?, Value::from(name));
+                    }
+                }
+                Ok(())
+            }),
+        ),
+    ];
+    let others = workers.len();
+    let changer: Worker = (
+        "cache_mut (adding and removing a layer, clearing memory)",
+        Box::new({
+            let finished = finished.clone();
+            move |session: Session| {
+                let mut rounds = 0;
+                while rounds < ROUNDS
+                    || (finished.load(Ordering::SeqCst) < others && Instant::now() < deadline)
+                {
+                    {
+                        let mut stack = session.cache_mut();
+                        assert_eq!(stack.depth(), 2);
+                        stack.insert_layer(1, Arc::new(MemoryCache::new()));
+                    }
+                    assert_eq!(session.cache().depth(), 3);
+                    thread::yield_now();
+                    {
+                        let mut stack = session.cache_mut();
+                        stack.remove_layer(1).expect("the layer added");
+                        assert_eq!(stack.depth(), 2);
+                    }
+                    session.cache().layer(0).expect("memory").clear()?;
+                    rounds += 1;
+                }
+                Ok(())
+            }
+        }),
+    );
+
+    let (report, reports) = mpsc::channel();
+    let mut running = Vec::new();
+    for (name, work) in workers.into_iter().chain([changer]) {
+        running.push(name);
+        let report = report.clone();
+        let session = session.clone();
+        let finished = finished.clone();
+        thread::spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(session)));
+            finished.fetch_add(1, Ordering::SeqCst);
+            let _ = report.send((name, outcome));
+        });
+    }
+    drop(report);
+    while !running.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match reports.recv_timeout(left) {
+            Ok((name, Ok(Ok(())))) => running.retain(|running| *running != name),
+            Ok((name, Ok(Err(error)))) => panic!("{name} failed: {error}"),
+            Ok((name, Err(payload))) => panic!("{name}: {}", panic_message(&*payload)),
+            Err(_) => panic!(
+                "deadlock: {running:?} did not finish within {DEADLINE:?}, \
+                 running at once on one session"
+            ),
+        }
+    }
+}
+
+#[test]
+fn changes_of_the_stack_from_two_threads_are_both_kept() {
+    let (_, session) = memory_session();
+    thread::scope(|scope| {
+        for _ in 0..2 {
+            let session = session.clone();
+            scope.spawn(move || {
+                for _ in 0..50 {
+                    session.cache_mut().push(MemoryCache::new());
+                }
+            });
+        }
+    });
+    assert_eq!(session.cache().depth(), 101, "memory and 100 layers");
+}
+
+#[test]
+#[should_panic(expected = "already holds a CacheMut")]
+fn cache_mut_twice_on_one_thread_panics_rather_than_hangs() {
+    let (_, session) = memory_session();
+    let _first = session.cache_mut();
+    let _second = session.cache_mut();
 }

@@ -19,5 +19,5 @@ pub use entity::{Attribute, Entity, EntityKey};
 pub use fixture::FixtureServer;
 pub use remote::Remote;
 pub use schema::Schema;
-pub use session::{AutoPopulate, Session, SessionBuilder};
+pub use session::{AutoPopulate, CacheMut, Session, SessionBuilder};
 pub use value::Value;

@@ -3,8 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
 use std::thread::{self, ThreadId};
 
 use serde_json::{Map, Value as Json};
@@ -27,9 +28,11 @@ pub type CacheMaker = Box<dyn FnOnce(&Session) -> Option<Box<dyn Cache<String, E
 
 /// A connection to an ftrack server whose entities are cached.
 ///
-/// - `session.cache()` is a [`Layered`] stack whose top layer is always a
+/// - The cache is a [`Layered`] stack whose top layer is always a
 ///   [`MemoryCache`]; the builder's cache maker can add layers below it (a
 ///   persistent file shared between sessions, a Redis layer).
+///   [`cache`](Session::cache) returns it, [`cache_mut`](Session::cache_mut)
+///   changes it.
 /// - [`get`](Session::get) answers from the cache and asks the server only
 ///   on a miss; [`query`](Session::query) asks the server and merges what it
 ///   returns into the cached instances: one instance per identity.
@@ -37,16 +40,39 @@ pub type CacheMaker = Box<dyn FnOnce(&Session) -> Option<Box<dyn Cache<String, E
 ///   auto-populate is on (the default); see
 ///   [`auto_populating`](Session::auto_populating).
 ///
-/// A `Session` is a cheap handle (an `Arc`): clones are the same session.
+/// A `Session` is a cheap handle (an `Arc`): clones are the same session,
+/// and it can be used from many threads at once. No call holds a lock
+/// while it runs the cache stack, a codec, the server or code of yours, so
+/// a layer or a codec may call back into the session (a persistent layer's
+/// decode does), and changing the stack never waits for calls under way
+/// (see [`cache_mut`](Session::cache_mut)).
 #[derive(Clone)]
 pub struct Session(pub(crate) Arc<SessionInner>);
 
 pub(crate) struct SessionInner {
     remote: Box<dyn Remote>,
     pub(crate) schema: Schema,
-    cache: RwLock<Layered<String, Entity>>,
+    /// The current cache stack. Locked only for a moment, to clone the `Arc`
+    /// or to put a new stack in its place: a call runs on its own snapshot
+    /// and holds no lock while the stack, a codec or the server runs.
+    cache: RwLock<Arc<Layered<String, Entity>>>,
+    /// Held by a [`CacheMut`], so that two changes of the stack do not
+    /// start from the same stack and lose one of them; `changer` is the
+    /// thread holding it. Nothing but another `cache_mut` waits for it.
+    changing: Mutex<()>,
+    changer: Mutex<Option<ThreadId>>,
     key_maker: Box<dyn KeyMaker<EntityKey>>,
     auto_populate: AtomicBool,
+    /// Serialises merges and the decoding of records, so that the session
+    /// keeps one instance per identity (finding the cached instance and
+    /// attaching a new one are one step) and writes each change through in
+    /// order. It is held across calls into the stack (and, with
+    /// [`EncodeStrategy::All`], the server): they come back to it on the
+    /// same thread, hence a reentrant lock. Under it the session takes no
+    /// other lock but for a moment (to clone the stack's `Arc`, to read or
+    /// write an entity's attributes), so no cycle of waits forms through
+    /// the session; a layer or a remote of yours must not hold a lock of
+    /// its own while it calls back into the session either.
     merging: ReentrantLock,
 }
 
@@ -95,7 +121,9 @@ impl SessionBuilder {
         let session = Session(Arc::new(SessionInner {
             remote: self.remote,
             schema: self.schema,
-            cache: RwLock::new(Layered::new().with_layer(MemoryCache::new())),
+            cache: RwLock::new(Arc::new(Layered::new().with_layer(MemoryCache::new()))),
+            changing: Mutex::new(()),
+            changer: Mutex::new(None),
             key_maker: self.key_maker,
             auto_populate: AtomicBool::new(self.auto_populate),
             merging: ReentrantLock::default(),
@@ -106,6 +134,61 @@ impl SessionBuilder {
             session.cache_mut().push_boxed(cache);
         }
         session
+    }
+}
+
+/// A change of a session's cache stack, from [`Session::cache_mut`]: derefs
+/// to a copy of the stack, which takes the stack's place when this is
+/// dropped.
+#[must_use = "the change takes effect when the guard is dropped"]
+pub struct CacheMut<'a> {
+    session: &'a SessionInner,
+    /// The copy being changed; taken when it is put in place.
+    stack: Option<Layered<String, Entity>>,
+    _changing: MutexGuard<'a, ()>,
+}
+
+impl Deref for CacheMut<'_> {
+    type Target = Layered<String, Entity>;
+
+    fn deref(&self) -> &Self::Target {
+        self.stack
+            .as_ref()
+            .expect("the copy is there until the guard drops")
+    }
+}
+
+impl DerefMut for CacheMut<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.stack
+            .as_mut()
+            .expect("the copy is there until the guard drops")
+    }
+}
+
+impl Drop for CacheMut<'_> {
+    /// Puts the copy in place (also when unwinding: the stack's watchers
+    /// already follow the copy's layers). The stack it replaces is dropped
+    /// after the lock is released, as dropping a layer may run its code.
+    fn drop(&mut self) {
+        if let Some(stack) = self.stack.take() {
+            let replaced = std::mem::replace(
+                &mut *self
+                    .session
+                    .cache
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner),
+                Arc::new(stack),
+            );
+            *self.session.changer() = None;
+            drop(replaced);
+        }
+    }
+}
+
+impl fmt::Debug for CacheMut<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CacheMut").field(&**self).finish()
     }
 }
 
@@ -137,15 +220,91 @@ impl Session {
         }
     }
 
-    /// The session's cache stack (memory on top), to look at.
-    pub fn cache(&self) -> RwLockReadGuard<'_, Layered<String, Entity>> {
+    /// The session's cache stack (memory on top), as it is now: a snapshot
+    /// that no later [`cache_mut`](Session::cache_mut) changes. Reading or
+    /// writing through it reads or writes the session's layers; hold it no
+    /// longer than needed, as it keeps layers taken out of the stack alive.
+    ///
+    /// ```
+    /// use layercache::Cache;
+    /// use layercache::ftrack::{EntityKey, FixtureServer, Session};
+    /// use serde_json::json;
+    ///
+    /// # fn main() -> layercache::Result<()> {
+    /// let server = FixtureServer::new();
+    /// server.insert(json!({"__entity_type__": "User", "id": "u1", "username": "ada"}))?;
+    /// let session = Session::builder(server).build();
+    /// session.get("User", ["u1"])?;
+    ///
+    /// let key = session.cache_key(&EntityKey::new("User", ["u1"]))?;
+    /// assert!(session.cache().get(&key)?.is_some());
+    /// assert_eq!(format!("{:?}", session.cache()), "Layered[Memory(1 entries)]");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn cache(&self) -> Arc<Layered<String, Entity>> {
         self.0.cache()
     }
 
-    /// The session's cache stack, to change (add or remove layers). Calls
-    /// that use the cache wait while this is held.
-    pub fn cache_mut(&self) -> RwLockWriteGuard<'_, Layered<String, Entity>> {
-        self.0.cache.write().unwrap_or_else(PoisonError::into_inner)
+    /// Changes the session's cache stack (adds, moves or takes out layers):
+    /// the guard derefs to a copy of the stack, with the same layers, error
+    /// policy and failure hook, that takes the stack's place when the guard
+    /// is dropped.
+    ///
+    /// Nothing waits for calls under way, and calls never wait for this:
+    /// calls that started before the guard is dropped (on any thread, this
+    /// one included) finish on the stack they started with, so a layer
+    /// taken out may still see a few of their reads and writes; calls that
+    /// start after it use the new stack. The copy shares the stack's
+    /// bookkeeping, so a promotion on the old stack still sees a write on
+    /// the new one (see [`Layered`]). Another `cache_mut`, on any clone of
+    /// the session, waits until this guard is dropped, so that no change is
+    /// lost.
+    ///
+    /// ```
+    /// use layercache::MemoryCache;
+    /// use layercache::ftrack::{FixtureServer, Session};
+    ///
+    /// let session = Session::builder(FixtureServer::new()).build();
+    /// let before = session.cache();
+    /// {
+    ///     let mut stack = session.cache_mut();
+    ///     stack.push(MemoryCache::new());
+    ///     assert_eq!(stack.depth(), 2);
+    ///     assert_eq!(session.cache().depth(), 1, "not in place yet");
+    /// }
+    /// assert_eq!(session.cache().depth(), 2, "in place once the guard is dropped");
+    /// assert_eq!(before.depth(), 1, "a snapshot never changes");
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If this thread already holds a `CacheMut` of this session (waiting
+    /// for it would never end).
+    pub fn cache_mut(&self) -> CacheMut<'_> {
+        let inner = &*self.0;
+        let me = thread::current().id();
+        let changing = match inner.changing.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                assert!(
+                    *inner.changer() != Some(me),
+                    "Session::cache_mut on a thread that already holds a CacheMut of this session"
+                );
+                inner
+                    .changing
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+            }
+        };
+        *inner.changer() = Some(me);
+        let stack = inner.cache().fork();
+        CacheMut {
+            session: inner,
+            stack: Some(stack),
+            _changing: changing,
+        }
     }
 
     /// The session's encode and decode as a codec for
@@ -246,23 +405,7 @@ impl Session {
                 .push(entity);
         }
         for (entity_type, group) in by_type {
-            let names = self.0.schema.primary_key(entity_type);
-            let condition = if names.len() == 1 {
-                let values: Vec<String> = group
-                    .iter()
-                    .map(|e| quote(&e.key().primary_key[0]))
-                    .collect();
-                format!("{} in ({})", names[0], values.join(", "))
-            } else {
-                group
-                    .iter()
-                    .map(|e| format!("({})", key_condition(names, &e.key().primary_key)))
-                    .collect::<Vec<_>>()
-                    .join(" or ")
-            };
-            self.query(&format!(
-                "select {projections} from {entity_type} where {condition}"
-            ))?;
+            self.query(&self.0.populate_expression(entity_type, &group, projections))?;
         }
         Ok(())
     }
@@ -291,8 +434,16 @@ fn key_condition(names: &[String], values: &[String]) -> String {
 }
 
 impl SessionInner {
-    pub(crate) fn cache(&self) -> RwLockReadGuard<'_, Layered<String, Entity>> {
-        self.cache.read().unwrap_or_else(PoisonError::into_inner)
+    /// The current stack, as a snapshot: the lock is held only to clone the
+    /// `Arc`, never while the stack runs (which may decode, and so come back
+    /// here, or encode, and so reach the server).
+    pub(crate) fn cache(&self) -> Arc<Layered<String, Entity>> {
+        Arc::clone(&self.cache.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The thread holding a [`CacheMut`], if any.
+    fn changer(&self) -> MutexGuard<'_, Option<ThreadId>> {
+        self.changer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn cache_key(&self, key: &EntityKey) -> Result<String> {
@@ -312,6 +463,30 @@ impl SessionInner {
             }
             None => Ok(None),
         }
+    }
+
+    /// The query loading `projections` for `group`, all of `entity_type`.
+    fn populate_expression(
+        &self,
+        entity_type: &str,
+        group: &[&Entity],
+        projections: &str,
+    ) -> String {
+        let names = self.schema.primary_key(entity_type);
+        let condition = if names.len() == 1 {
+            let values: Vec<String> = group
+                .iter()
+                .map(|e| quote(&e.key().primary_key[0]))
+                .collect();
+            format!("{} in ({})", names[0], values.join(", "))
+        } else {
+            group
+                .iter()
+                .map(|e| format!("({})", key_condition(names, &e.key().primary_key)))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        format!("select {projections} from {entity_type} where {condition}")
     }
 
     fn weak(self: &Arc<Self>) -> std::sync::Weak<Self> {
@@ -441,6 +616,8 @@ impl SessionInner {
 
     /// Loads `name` of `entity` (whose value is not set): first from the
     /// layers below memory, then, with auto-populate on, from the server.
+    /// What is found is merged into the session's instance, and `entity`
+    /// gets it too when it is another instance (see [`adopt`]).
     pub(crate) fn fill(self: &Arc<Self>, entity: &Entity, name: &str) -> Result<Value> {
         let cache_key = self.cache_key(entity.key())?;
         // The layers below memory, by the stack's own read (its policy, its
@@ -454,9 +631,11 @@ impl SessionInner {
             && stored.key() == entity.key()
             && stored.peek(name).is_set()
         {
-            let _merging = self.merging.lock();
-            self.merge(&stored, &mut HashMap::new())?;
-            let value = entity.peek(name);
+            let attached = {
+                let _merging = self.merging.lock();
+                self.merge(&stored, &mut HashMap::new())?
+            };
+            let value = adopt(entity, &attached, name);
             if value.is_set() {
                 return Ok(value);
             }
@@ -464,9 +643,33 @@ impl SessionInner {
         if !self.auto_populate.load(Ordering::SeqCst) {
             return Ok(Value::NotSet);
         }
-        Session(self.clone()).populate(std::slice::from_ref(entity), name)?;
-        Ok(entity.peek(name))
+        let expression = self.populate_expression(entity.entity_type(), &[entity], name);
+        let found = Session(self.clone()).query(&expression)?;
+        Ok(
+            match found.iter().find(|found| found.key() == entity.key()) {
+                Some(attached) => adopt(entity, attached, name),
+                None => entity.peek(name),
+            },
+        )
     }
+}
+
+/// The value of `name` in `entity` once a fill merged it into `attached`,
+/// the session's instance of the same identity. When that is another
+/// instance (the memory layer dropped `entity`, or two threads decoded the
+/// same record at once and the stack kept the other one), the remote value
+/// is copied into `entity` as well, so that reading a handle loads its
+/// value wherever the cache keeps the identity.
+fn adopt(entity: &Entity, attached: &Entity, name: &str) -> Value {
+    if !attached.same(entity) {
+        let remote = attached.attribute(name).remote;
+        let mut attributes = entity.attributes_mut();
+        replace_if_set(
+            &mut attributes.entry(name.to_owned()).or_default().remote,
+            remote,
+        );
+    }
+    entity.peek(name)
 }
 
 /// Puts `value` in `slot` if it is set and not [`identical`] to what is
@@ -492,12 +695,8 @@ fn identical(a: &Value, b: &Value) -> bool {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Session({:?}, cache: {:?})",
-            self.0.remote,
-            *self.0.cache()
-        )
+        let cache = self.0.cache();
+        write!(f, "Session({:?}, cache: {:?})", self.0.remote, cache)
     }
 }
 
