@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use batches::time_in_batches;
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
-use layercache::{Cache, FileCache};
+use layercache::codec::Bincode;
+use layercache::{Cache, FileCache, Schema, Serialised};
 use order::{random_order, shuffled};
 use redb::{Database, ReadableDatabase, TableDefinition};
 
@@ -276,5 +277,81 @@ fn open_and_compact(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, file, writes, open_and_compact);
+/// A record shaped like a small entity, about 300 bytes in bincode.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct Shot {
+    id: u64,
+    name: String,
+    frames: u32,
+    notes: String,
+}
+
+fn shot(n: usize) -> Shot {
+    Shot {
+        id: n as u64,
+        name: format!("sh{n:06}"),
+        frames: 240,
+        notes: "x".repeat(270),
+    }
+}
+
+/// What the schema version in the keys costs: bincode values over a real
+/// file, stored under their keys as they are (`Serialised::unversioned`)
+/// against under `<version>:<key>` (`Serialised::versioned`, a `Keyed`
+/// with `Verbatim` keys and the version derived by reflection).
+fn versioned(c: &mut Criterion) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let entries = 10_000;
+    let plain = Serialised::unversioned(
+        FileCache::open(dir.path().join("plain.lc")).unwrap(),
+        Bincode::new(),
+    );
+    let schema = Schema::reflect::<Shot>().unwrap();
+    let versioned = Serialised::versioned(
+        FileCache::open(dir.path().join("versioned.lc")).unwrap(),
+        Bincode::new(),
+        schema,
+    );
+    for n in 0..entries {
+        plain.set(key(n), shot(n)).unwrap();
+        versioned.set(key(n), shot(n)).unwrap();
+    }
+    let keys: Vec<String> = shuffled(entries).into_iter().map(key).collect();
+    let mut at = 0;
+    let mut group = c.benchmark_group("serialised_get_hit/10000");
+    group.bench_function("unversioned", |b| {
+        b.iter_custom(|iters| {
+            time_in_batches(iters, &keys, &mut at, |k| {
+                black_box(Cache::<String, Shot>::get(&plain, k).unwrap());
+            })
+        })
+    });
+    group.bench_function("versioned", |b| {
+        b.iter_custom(|iters| {
+            time_in_batches(iters, &keys, &mut at, |k| {
+                black_box(Cache::<String, Shot>::get(&versioned, k).unwrap());
+            })
+        })
+    });
+    group.finish();
+    let value = shot(7);
+    let mut group = c.benchmark_group("serialised_set/10000");
+    group.bench_function("unversioned", |b| {
+        b.iter_custom(|iters| {
+            time_in_batches(iters, &keys, &mut at, |k| {
+                plain.set(k.clone(), value.clone()).unwrap();
+            })
+        })
+    });
+    group.bench_function("versioned", |b| {
+        b.iter_custom(|iters| {
+            time_in_batches(iters, &keys, &mut at, |k| {
+                versioned.set(k.clone(), value.clone()).unwrap();
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, file, writes, open_and_compact, versioned);
 criterion_main!(benches);

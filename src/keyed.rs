@@ -231,6 +231,15 @@ pub trait KeyCodec<K>: Send + Sync + Debug {
     /// The key whose stored form (after the namespace) is `stored`, or
     /// `None` when it is not one.
     fn decode(&self, stored: &<Self::Stored as StoredKey>::Slice) -> Option<K>;
+
+    /// Whether `decode` is the exact inverse of `encode` for every key and
+    /// every stored key (as with [`Verbatim`], which stores keys as they
+    /// are), so that [`Keyed`] can skip its round-trip checks. `false`
+    /// unless said otherwise; a codec that claims it wrongly lets two keys
+    /// share a stored key.
+    fn exact(&self) -> bool {
+        false
+    }
 }
 
 impl<K, KC: KeyCodec<K> + ?Sized> KeyCodec<K> for Arc<KC> {
@@ -242,6 +251,10 @@ impl<K, KC: KeyCodec<K> + ?Sized> KeyCodec<K> for Arc<KC> {
 
     fn decode(&self, stored: &<Self::Stored as StoredKey>::Slice) -> Option<K> {
         (**self).decode(stored)
+    }
+
+    fn exact(&self) -> bool {
+        (**self).exact()
     }
 }
 
@@ -387,6 +400,9 @@ impl<C, KC> Keyed<C, KC> {
         K: PartialEq,
     {
         let stored = self.codec.encode(key)?;
+        if self.codec.exact() {
+            return Ok(stored.prefixed(&self.namespace));
+        }
         let refuse = |why: &str| {
             Err(Error::Key {
                 reason: format!("{:?} encodes it to a stored key that {why}", self.codec),
@@ -433,6 +449,9 @@ fn decode_ours<K, KC: KeyCodec<K> + ?Sized>(
 ) -> Option<K> {
     let slice = stored.unprefixed(namespace)?;
     let key = codec.decode(slice)?;
+    if codec.exact() {
+        return Some(key);
+    }
     let again = codec.encode(&key).ok()?;
     (whole(&again)? == slice).then_some(key)
 }
@@ -1145,6 +1164,10 @@ impl KeyCodec<String> for Verbatim<String> {
     fn decode(&self, stored: &str) -> Option<String> {
         Some(stored.to_owned())
     }
+
+    fn exact(&self) -> bool {
+        true
+    }
 }
 
 impl KeyCodec<Vec<u8>> for Verbatim<Vec<u8>> {
@@ -1156,5 +1179,9 @@ impl KeyCodec<Vec<u8>> for Verbatim<Vec<u8>> {
 
     fn decode(&self, stored: &[u8]) -> Option<Vec<u8>> {
         Some(stored.to_vec())
+    }
+
+    fn exact(&self) -> bool {
+        true
     }
 }
