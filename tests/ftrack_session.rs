@@ -980,3 +980,427 @@ fn cache_mut_twice_on_one_thread_panics_rather_than_hangs() {
     let _first = session.cache_mut();
     let _second = session.cache_mut();
 }
+
+// ---------------------------------------------------------------------------
+// No session lock held across a call into a layer either (issue 12, point 2):
+// a layer of the user's may take a lock of its own, and the thread holding
+// that lock may call the session meanwhile.
+
+/// A lock of the user's that a layer takes when it is called for one key,
+/// first telling the test that it got there.
+struct UserLock {
+    key: String,
+    lock: Arc<Mutex<()>>,
+    entered: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+impl UserLock {
+    fn new(key: &str) -> Self {
+        Self {
+            key: key.to_owned(),
+            lock: Arc::new(Mutex::new(())),
+            entered: Mutex::new(None),
+        }
+    }
+
+    /// Takes the lock when `key` is the guarded key.
+    fn enter(&self, key: &String) -> Option<std::sync::MutexGuard<'_, ()>> {
+        if key != &self.key {
+            return None;
+        }
+        if let Some(entered) = self.entered.lock().unwrap().take() {
+            let _ = entered.send(());
+        }
+        Some(self.lock.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl std::fmt::Debug for UserLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UserLock({})", self.key)
+    }
+}
+
+/// An entity layer whose `set` of the guarded key takes the user's lock.
+#[derive(Debug)]
+struct LockingSets {
+    inner: MemoryCache<String, Entity>,
+    user: Arc<UserLock>,
+}
+
+impl Cache<String, Entity> for LockingSets {
+    fn get_entry(&self, key: &String) -> layercache::Result<Option<Entry<Entity>>> {
+        self.inner.get_entry(key)
+    }
+
+    fn set_entry(&self, key: String, entry: Entry<Entity>) -> layercache::Result<()> {
+        let _user = self.user.enter(&key);
+        self.inner.set_entry(key, entry)
+    }
+
+    fn remove(&self, key: &String) -> layercache::Result<Option<Entity>> {
+        self.inner.remove(key)
+    }
+
+    fn keys(&self) -> layercache::Result<Vec<String>> {
+        self.inner.keys()
+    }
+}
+
+/// A byte layer whose `get` of the guarded key takes the user's lock.
+#[derive(Debug)]
+struct LockingGets {
+    inner: Arc<MemoryCache<String, Vec<u8>>>,
+    user: Arc<UserLock>,
+}
+
+impl Cache<String, Vec<u8>> for LockingGets {
+    fn get_entry(&self, key: &String) -> layercache::Result<Option<Entry<Vec<u8>>>> {
+        let _user = self.user.enter(key);
+        self.inner.get_entry(key)
+    }
+
+    fn set_entry(&self, key: String, entry: Entry<Vec<u8>>) -> layercache::Result<()> {
+        self.inner.set_entry(key, entry)
+    }
+
+    fn remove(&self, key: &String) -> layercache::Result<Option<Vec<u8>>> {
+        self.inner.remove(key)
+    }
+
+    fn keys(&self) -> layercache::Result<Vec<String>> {
+        self.inner.keys()
+    }
+}
+
+/// A thread takes the user's lock; then `inside` runs on another thread
+/// until the layer, called for the guarded key, waits for that lock; then
+/// the first thread, still holding it, runs `holder` (calls into the
+/// session) and releases the lock. Both must be done by the deadline; their
+/// results are returned.
+///
+/// With a session lock held across the call into the layer, `inside` holds
+/// it while it waits for the user's lock, and `holder` waits for it while
+/// holding the user's lock: a deadlock.
+fn race_user_lock<A: Send + 'static, B: Send + 'static>(
+    session: &Session,
+    user: &Arc<UserLock>,
+    what: &str,
+    inside: impl FnOnce(Session) -> A + Send + 'static,
+    holder: impl FnOnce(Session) -> B + Send + 'static,
+) -> (A, B) {
+    let deadline = Instant::now() + DEADLINE;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let (entered_tx, entered) = mpsc::channel();
+    *user.entered.lock().unwrap() = Some(entered_tx);
+
+    let (holding_tx, holding) = mpsc::channel();
+    let (holder_done_tx, holder_done) = mpsc::channel();
+    let lock = user.lock.clone();
+    let holder_session = session.clone();
+    thread::spawn(move || {
+        let _user = lock.lock().unwrap();
+        holding_tx.send(()).unwrap();
+        // Bounded, so that a failed test leaves no thread waiting here.
+        if entered.recv_timeout(DEADLINE).is_err() {
+            return;
+        }
+        let result = holder(holder_session);
+        let _ = holder_done_tx.send(result);
+    });
+    holding.recv_timeout(left()).unwrap();
+
+    let (inside_done_tx, inside_done) = mpsc::channel();
+    let inside_session = session.clone();
+    thread::spawn(move || {
+        let _ = inside_done_tx.send(inside(inside_session));
+    });
+
+    let holder_result = holder_done
+        .recv_timeout(left())
+        .unwrap_or_else(|error| match error {
+            RecvTimeoutError::Timeout => panic!(
+                "deadlock: {what}: the thread holding the layer's lock did not get through \
+                 its session calls within {DEADLINE:?}"
+            ),
+            RecvTimeoutError::Disconnected => {
+                panic!("{what}: the layer was never called for the guarded key, or a call panicked")
+            }
+        });
+    let inside_result = inside_done
+        .recv_timeout(left())
+        .unwrap_or_else(|error| match error {
+            RecvTimeoutError::Timeout => panic!(
+                "deadlock: {what}: the call inside the layer did not finish within {DEADLINE:?}"
+            ),
+            RecvTimeoutError::Disconnected => panic!("{what}: the call inside the layer panicked"),
+        });
+    (inside_result, holder_result)
+}
+
+#[test]
+fn a_layer_locking_in_set_while_the_lock_holder_merges_gets_and_queries_does_not_deadlock() {
+    let server = server();
+    let user_key = "('User', ['u1'])";
+    let user_lock = Arc::new(UserLock::new(user_key));
+    let layer = Arc::new(LockingSets {
+        inner: MemoryCache::new(),
+        user: user_lock.clone(),
+    });
+    let session = Session::builder(server.clone())
+        .cache({
+            let layer = layer.clone();
+            move |_| Some(Box::new(layer) as Box<dyn Cache<String, Entity>>)
+        })
+        .build();
+    let (merged, held) = race_user_lock(
+        &session,
+        &user_lock,
+        "merge writing through a layer that locks in set",
+        |session| {
+            let incoming = Entity::new(EntityKey::new("User", ["u1"]));
+            incoming.set("username", "ada.l");
+            session.merge(&incoming)
+        },
+        |session| -> layercache::Result<_> {
+            let incoming = Entity::new(EntityKey::new("Shot", ["s1"]));
+            incoming.set("name", "sh010 (edited)");
+            let shot = session.merge(&incoming)?;
+            let asset = session.get("Asset", ["a1"])?;
+            let timelogs = session.query("select comment from Timelog")?;
+            Ok((shot, asset, timelogs))
+        },
+    );
+    let merged = merged.unwrap();
+    assert_eq!(merged.peek("username"), Value::from("ada.l"));
+    let stored = layer
+        .inner
+        .get(&user_key.to_string())
+        .unwrap()
+        .expect("written through");
+    assert_eq!(stored.peek("username"), Value::from("ada.l"));
+    let (shot, asset, timelogs) = held.unwrap();
+    assert_eq!(shot.peek("name"), Value::from("sh010 (edited)"));
+    assert_eq!(
+        asset.expect("on the server").peek("name"),
+        Value::from("hero")
+    );
+    assert_eq!(timelogs.len(), 2);
+    assert!(session.get("User", ["u1"]).unwrap().unwrap().same(&merged));
+}
+
+#[test]
+fn a_byte_layer_locking_in_get_while_the_lock_holder_gets_and_queries_does_not_deadlock() {
+    let server = server();
+    let bytes = stored_records(&server);
+    let user_key = "('User', ['u1'])";
+    let user_lock = Arc::new(UserLock::new(user_key));
+    let session = Session::builder(server.clone())
+        .cache({
+            let layer = LockingGets {
+                inner: bytes.clone(),
+                user: user_lock.clone(),
+            };
+            move |session| Some(Box::new(Serialised::new(layer, session.codec())))
+        })
+        .build();
+    let (users, held) = race_user_lock(
+        &session,
+        &user_lock,
+        "a query reading a byte layer that locks in get",
+        |session| session.query(r#"select username from User where id is "u1""#),
+        |session| -> layercache::Result<_> {
+            // Decoded from below (decoding resolves references through the
+            // session), queried, merged.
+            let shot = session.get("Shot", ["s1"])?;
+            let timelogs = session.query("select comment from Timelog")?;
+            let incoming = Entity::new(EntityKey::new("Asset", ["a2"]));
+            incoming.set("name", "prop (edited)");
+            let merged = session.merge(&incoming)?;
+            Ok((shot, timelogs, merged))
+        },
+    );
+    let users = users.unwrap();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].peek("username"), Value::from("ada"));
+    let (shot, timelogs, merged) = held.unwrap();
+    assert_eq!(
+        shot.expect("stored below").peek("name"),
+        Value::from("sh010")
+    );
+    assert_eq!(timelogs.len(), 2);
+    assert_eq!(merged.peek("name"), Value::from("prop (edited)"));
+    assert!(
+        session
+            .get("User", ["u1"])
+            .unwrap()
+            .unwrap()
+            .same(&users[0])
+    );
+}
+
+/// A byte layer that pauses before every other store: what it stores was
+/// encoded a moment before, so two overlapping writes may well store in the
+/// other order.
+#[derive(Debug)]
+struct PausingStores(FileCache<String>, std::sync::atomic::AtomicUsize);
+
+impl Cache<String, Vec<u8>> for PausingStores {
+    fn get_entry(&self, key: &String) -> layercache::Result<Option<Entry<Vec<u8>>>> {
+        self.0.get_entry(key)
+    }
+
+    fn set_entry(&self, key: String, entry: Entry<Vec<u8>>) -> layercache::Result<()> {
+        if self
+            .1
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .is_multiple_of(2)
+        {
+            thread::sleep(Duration::from_millis(1));
+        }
+        self.0.set_entry(key, entry)
+    }
+
+    fn remove(&self, key: &String) -> layercache::Result<Option<Vec<u8>>> {
+        self.0.remove(key)
+    }
+
+    fn keys(&self) -> layercache::Result<Vec<String>> {
+        self.0.keys()
+    }
+}
+
+#[test]
+fn two_threads_merging_one_entity_leave_every_layer_with_the_final_state() {
+    // Many short bursts, each checked once both threads are done: what a
+    // layer is left with depends on how the last writes of a burst overlap.
+    const BURSTS: i64 = 40;
+    const ROUNDS: i64 = 6;
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("merges.lc");
+    let server = server();
+    let session = Session::builder(server.clone())
+        .cache({
+            let path = path.clone();
+            move |session| {
+                let file = FileCache::open(&path).expect("open cache file");
+                Some(Box::new(Serialised::new(
+                    PausingStores(file, Default::default()),
+                    session.codec(),
+                )))
+            }
+        })
+        .build();
+    let key = EntityKey::new("Shot", ["s1"]);
+    let cache_key = session.cache_key(&key).unwrap();
+    let held = session.get("Shot", ["s1"]).unwrap().expect("on the server");
+    let start = std::sync::Barrier::new(2);
+    for burst in 0..BURSTS {
+        thread::scope(|scope| {
+            for thread in 0..2 {
+                let session = session.clone();
+                let (start, held) = (&start, &held);
+                scope.spawn(move || {
+                    start.wait();
+                    for round in 0..ROUNDS {
+                        let value = burst * ROUNDS + round;
+                        let incoming = Entity::new(EntityKey::new("Shot", ["s1"]));
+                        // One attribute per thread, and one both write.
+                        incoming.set(&format!("count_{thread}"), value);
+                        incoming.set("last", format!("{thread}:{value}"));
+                        let merged = session.merge(&incoming).unwrap();
+                        assert!(merged.same(held), "one instance");
+                    }
+                });
+            }
+        });
+        let final_value = burst * ROUNDS + ROUNDS - 1;
+        assert_eq!(held.peek("count_0"), Value::from(final_value));
+        assert_eq!(held.peek("count_1"), Value::from(final_value));
+        let last = held.peek("last");
+        assert!(
+            last == Value::from(format!("0:{final_value}"))
+                || last == Value::from(format!("1:{final_value}")),
+            "{last:?}"
+        );
+
+        // The file, read fresh, holds the final state.
+        let file = FileCache::open(&path).unwrap();
+        let stored: serde_json::Value =
+            serde_json::from_slice(&file.get(&cache_key).unwrap().expect("written through"))
+                .unwrap();
+        assert_eq!(
+            stored["count_0"],
+            json!(final_value),
+            "burst {burst}: {stored}"
+        );
+        assert_eq!(
+            stored["count_1"],
+            json!(final_value),
+            "burst {burst}: {stored}"
+        );
+        assert_eq!(
+            stored["last"],
+            json!(last.as_str().unwrap()),
+            "burst {burst}: {stored}"
+        );
+        assert_eq!(stored["name"], json!("sh010"), "burst {burst}: {stored}");
+        drop(file);
+        // The memory layer holds the session's instance.
+        let stack = session.cache();
+        let memory = stack.layer(0).expect("memory");
+        let cached = memory.get(&cache_key).unwrap();
+        assert!(
+            cached.is_some_and(|cached| cached.same(&held)),
+            "burst {burst}"
+        );
+    }
+    // A new session on the file reads the same state.
+    let fresh = file_session(&server, &path);
+    server.reset_counts();
+    let read = fresh.get("Shot", ["s1"]).unwrap().expect("in the file");
+    assert_eq!(server.calls(), 0);
+    for name in ["count_0", "count_1", "last", "name"] {
+        assert_eq!(read.peek(name), held.peek(name), "{name}");
+    }
+}
+
+#[test]
+fn a_handle_held_across_clearing_the_memory_layer_stays_the_sessions_instance() {
+    // Memory only: the get after the clear asks the server again and merges
+    // into the held instance.
+    let (server, session) = memory_session();
+    let user = session.get("User", ["u1"]).unwrap().unwrap();
+    session.cache().layer(0).unwrap().clear().unwrap();
+    let again = session.get("User", ["u1"]).unwrap().unwrap();
+    assert_eq!(server.calls(), 2, "the cleared entry is fetched again");
+    assert!(again.same(&user), "one instance per identity");
+    let key = session.cache_key(user.key()).unwrap();
+    let cached = session.cache().get(&key).unwrap().expect("cached again");
+    assert!(cached.same(&user), "the memory layer holds it again");
+
+    // With a persistent layer: the record decoded from below fills what the
+    // held instance lacks, and the held instance is returned.
+    let dir = TempDir::new().unwrap();
+    let session = file_session(&server, &dir.path().join("clear.lc"));
+    let shot = session.get("Shot", ["s1"]).unwrap().unwrap();
+    shot.set("name", "local edit");
+    session.cache().layer(0).unwrap().clear().unwrap();
+    server.reset_counts();
+    let again = session.get("Shot", ["s1"]).unwrap().unwrap();
+    assert_eq!(server.calls(), 0, "decoded from the file");
+    assert!(again.same(&shot));
+    assert_eq!(
+        again.peek("name"),
+        Value::from("local edit"),
+        "never overridden"
+    );
+    let version = session.get("AssetVersion", ["v0"]).unwrap().unwrap();
+    let asset = version.get("asset").unwrap();
+    let asset = asset.as_entity().unwrap();
+    let parent = asset.get("parent").unwrap();
+    assert!(
+        parent.as_entity().unwrap().same(&shot),
+        "references resolve to it too"
+    );
+}

@@ -5,13 +5,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, TryLockError, Weak};
 use std::thread::{self, ThreadId};
 
 use serde_json::{Map, Value as Json};
 
 use super::codec::{EncodeStrategy, EntityCodec, record_key, value_from_json};
-use super::entity::{Attribute, Entity, EntityKey};
+use super::entity::{Attribute, Entity, EntityInner, EntityKey};
 use super::remote::Remote;
 use super::schema::Schema;
 use super::value::Value;
@@ -35,7 +35,10 @@ pub type CacheMaker = Box<dyn FnOnce(&Session) -> Option<Box<dyn Cache<String, E
 ///   changes it.
 /// - [`get`](Session::get) answers from the cache and asks the server only
 ///   on a miss; [`query`](Session::query) asks the server and merges what it
-///   returns into the cached instances: one instance per identity.
+///   returns into the cached instances: one instance per identity. An
+///   instance stays the session's instance of its identity while anything
+///   holds it, the memory layer or a handle of yours: a get after the
+///   memory layer was cleared returns the handle still held.
 /// - Reading an attribute that is not loaded fetches it when
 ///   auto-populate is on (the default); see
 ///   [`auto_populating`](Session::auto_populating).
@@ -44,8 +47,12 @@ pub type CacheMaker = Box<dyn FnOnce(&Session) -> Option<Box<dyn Cache<String, E
 /// and it can be used from many threads at once. No call holds a lock
 /// while it runs the cache stack, a codec, the server or code of yours, so
 /// a layer or a codec may call back into the session (a persistent layer's
-/// decode does), and changing the stack never waits for calls under way
-/// (see [`cache_mut`](Session::cache_mut)).
+/// decode does), a layer or a remote may take locks of its own while
+/// another thread holding them calls the session, and changing the stack
+/// never waits for calls under way (see [`cache_mut`](Session::cache_mut)).
+/// Changes of one entity are written through one at a time, each layer's
+/// last write storing the entity's latest state (see
+/// [`merge`](Session::merge)).
 #[derive(Clone)]
 pub struct Session(pub(crate) Arc<SessionInner>);
 
@@ -63,17 +70,58 @@ pub(crate) struct SessionInner {
     changer: Mutex<Option<ThreadId>>,
     key_maker: Box<dyn KeyMaker<EntityKey>>,
     auto_populate: AtomicBool,
-    /// Serialises merges and the decoding of records, so that the session
-    /// keeps one instance per identity (finding the cached instance and
-    /// attaching a new one are one step) and writes each change through in
-    /// order. It is held across calls into the stack (and, with
-    /// [`EncodeStrategy::All`], the server): they come back to it on the
-    /// same thread, hence a reentrant lock. Under it the session takes no
-    /// other lock but for a moment (to clone the stack's `Arc`, to read or
-    /// write an entity's attributes), so no cycle of waits forms through
-    /// the session; a layer or a remote of yours must not hold a lock of
-    /// its own while it calls back into the session either.
-    merging: ReentrantLock,
+    /// The session's instance of each identity, and the state of its
+    /// write-through: what keeps one instance per identity (finding the
+    /// instance and attaching a new one are one step under this lock) and
+    /// writes each change through in order (one write-through of an
+    /// identity at a time, repeated while it changes: see
+    /// [`write_through`](SessionInner::write_through)). Locked only for a
+    /// lookup, an insert or a flag, never across a call into the stack, a
+    /// codec, the server or code of yours, so a layer or a remote may take
+    /// locks of its own and call back into the session from any thread.
+    identities: Mutex<Identities>,
+}
+
+/// The session's instances by identity: see `SessionInner::identities`.
+#[derive(Default)]
+struct Identities {
+    map: HashMap<EntityKey, Identity>,
+    /// The map's size at which the entries of dropped instances are pruned.
+    prune_at: usize,
+}
+
+/// One identity of [`Identities`].
+struct Identity {
+    /// The session's instance, while anything (the memory layer, a handle)
+    /// holds it; once dropped, the next instance attached takes its place.
+    instance: Weak<EntityInner>,
+    /// A call is writing the instance through the stack.
+    writing: bool,
+    /// The instance changed while it was being written: the writing call
+    /// writes it again.
+    again: bool,
+}
+
+/// Prune no smaller map than this.
+const MIN_PRUNE_AT: usize = 64;
+
+impl Identities {
+    /// The slot of `entity`'s identity, made (holding `entity`) if there
+    /// is none.
+    fn slot(&mut self, entity: &Entity) -> &mut Identity {
+        if self.map.len() >= self.prune_at && !self.map.contains_key(entity.key()) {
+            self.map
+                .retain(|_, identity| identity.writing || identity.instance.strong_count() > 0);
+            self.prune_at = (self.map.len() * 2).max(MIN_PRUNE_AT);
+        }
+        self.map
+            .entry(entity.key().clone())
+            .or_insert_with(|| Identity {
+                instance: Arc::downgrade(&entity.0),
+                writing: false,
+                again: false,
+            })
+    }
 }
 
 /// Options for a [`Session`]: see [`Session::builder`].
@@ -126,7 +174,10 @@ impl SessionBuilder {
             changer: Mutex::new(None),
             key_maker: self.key_maker,
             auto_populate: AtomicBool::new(self.auto_populate),
-            merging: ReentrantLock::default(),
+            identities: Mutex::new(Identities {
+                map: HashMap::new(),
+                prune_at: MIN_PRUNE_AT,
+            }),
         }));
         if let Some(maker) = self.cache_maker
             && let Some(cache) = maker(&session)
@@ -354,8 +405,8 @@ impl Session {
     ) -> Result<Option<Entity>> {
         let key = EntityKey::new(entity_type, primary_key);
         let cache_key = self.0.cache_key(&key)?;
-        if let Some(entity) = self.0.cached(&cache_key, &key)? {
-            return Ok(Some(entity));
+        if let Some(found) = self.0.cached(&cache_key, &key)? {
+            return self.0.settle(cache_key, &found).map(Some);
         }
         let names = self.0.schema.primary_key(entity_type);
         if names.len() != key.primary_key.len() {
@@ -412,8 +463,13 @@ impl Session {
 
     /// Merges an entity (from anywhere: another session, a decoded record)
     /// into this session's cache and returns the session's instance.
+    ///
+    /// The values are in the session's instance when this returns; when
+    /// another call is writing that instance through the cache at the same
+    /// moment, writing it again is left to that call (which then stores the
+    /// instance with this merge's values too, and reports a failure of that
+    /// write), so that no call waits for another.
     pub fn merge(&self, entity: &Entity) -> Result<Entity> {
-        let _merging = self.0.merging.lock();
         self.0.merge(entity, &mut HashMap::new())
     }
 }
@@ -439,6 +495,93 @@ impl SessionInner {
     /// here, or encode, and so reach the server).
     pub(crate) fn cache(&self) -> Arc<Layered<String, Entity>> {
         Arc::clone(&self.cache.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn identities(&self) -> MutexGuard<'_, Identities> {
+        self.identities
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The session's instance of `key`, if one is alive.
+    fn live(&self, key: &EntityKey) -> Option<Entity> {
+        self.identities()
+            .map
+            .get(key)
+            .and_then(|identity| identity.instance.upgrade())
+            .map(Entity)
+    }
+
+    /// The session's instance of `candidate`'s identity: the one alive, or
+    /// else `candidate`, which becomes it. One step under the identities'
+    /// lock, so two threads attaching instances of one identity get the
+    /// same one.
+    fn attach(&self, candidate: &Entity) -> Entity {
+        let mut identities = self.identities();
+        let identity = identities.slot(candidate);
+        if let Some(instance) = identity.instance.upgrade() {
+            return Entity(instance);
+        }
+        identity.instance = Arc::downgrade(&candidate.0);
+        candidate.clone()
+    }
+
+    /// The session's instance for `found`, an entity the stack returned for
+    /// `cache_key`. When `found` is not it (the memory layer dropped the
+    /// instance while a handle kept it alive, so a lower layer decoded a new
+    /// one; or two calls decoded one record at once), the instance gets
+    /// the values of `found` it has none for, and is written through so
+    /// that the memory layer holds it again.
+    fn settle(&self, cache_key: String, found: &Entity) -> Result<Entity> {
+        let attached = self.attach(found);
+        if !attached.same(found) {
+            fill_gaps(&attached, found);
+            self.write_through(cache_key, &attached)?;
+        }
+        Ok(attached)
+    }
+
+    /// Writes `entity`, the session's instance of its identity, through the
+    /// whole stack with no lock held, so that a codec, a layer or the
+    /// server may call back into the session (as `EncodeStrategy::All`
+    /// does) from this thread or another.
+    ///
+    /// Write-throughs of one identity do not overlap: if one is under way
+    /// (on any thread, this one included, further up), this call only asks
+    /// it to write again, and returns. The writing call writes until no
+    /// change asked for another write while it wrote. A codec encodes the
+    /// instance as it is when the layer stores it, so the last store of
+    /// every layer holds the latest state: no layer keeps an older encoding
+    /// than a change that has been merged (a `Serialised` layer encodes
+    /// and then stores, so two overlapping writes could store in the other
+    /// order; hence one at a time). Returns the first failure.
+    fn write_through(&self, cache_key: String, entity: &Entity) -> Result<()> {
+        {
+            let mut identities = self.identities();
+            let identity = identities.slot(entity);
+            if identity.writing {
+                identity.again = true;
+                return Ok(());
+            }
+            identity.writing = true;
+            identity.again = false;
+        }
+        let mut writer = Writer {
+            session: self,
+            key: entity.key(),
+            done: false,
+        };
+        let mut outcome = Ok(());
+        loop {
+            let written = self.cache().set(cache_key.clone(), entity.clone());
+            if outcome.is_ok() {
+                outcome = written;
+            }
+            if !writer.again() {
+                break;
+            }
+        }
+        outcome
     }
 
     /// The thread holding a [`CacheMut`], if any.
@@ -525,7 +668,6 @@ impl SessionInner {
 
     /// Merges server records; returns the attached instances.
     fn merge_records(self: &Arc<Self>, records: &[Json]) -> Result<Vec<Entity>> {
-        let _merging = self.merging.lock();
         let mut merged = HashMap::new();
         records
             .iter()
@@ -540,21 +682,33 @@ impl SessionInner {
             .collect()
     }
 
-    /// Merges `incoming` into the attached instance of its identity (the
-    /// cached one, or `incoming` itself when none is cached). For the local
-    /// and remote values of each attribute: an incoming value that is set
-    /// and differs replaces the attached one (entities merged in turn,
+    /// Merges `incoming` into the attached instance of its identity: the
+    /// session's instance (see [`settle`](Self::settle) for one the stack
+    /// no longer holds), or `incoming` itself when there is none. For the
+    /// local and remote values of each attribute: an incoming value that is
+    /// set and differs replaces the attached one (entities merged in turn,
     /// `merged` stopping cycles); an incoming `NotSet` never clears. When
-    /// anything changed, the attached instance is written through the whole
-    /// cache. The caller holds the merge lock.
+    /// anything changed, or the stack did not hold the attached instance,
+    /// it is written through the whole cache (see
+    /// [`write_through`](Self::write_through)). No lock is held across the
+    /// stack's calls: the attributes are written under the instance's own
+    /// lock, one at a time.
     fn merge(&self, incoming: &Entity, merged: &mut HashMap<EntityKey, Entity>) -> Result<Entity> {
         if let Some(attached) = merged.get(incoming.key()) {
             return Ok(attached.clone());
         }
         let cache_key = self.cache_key(incoming.key())?;
-        let cached = self.cached(&cache_key, incoming.key())?;
-        let mut changed = cached.is_none();
-        let attached = cached.unwrap_or_else(|| incoming.clone());
+        let (attached, mut changed) = match self.cached(&cache_key, incoming.key())? {
+            Some(found) => {
+                let attached = self.attach(&found);
+                let held = attached.same(&found);
+                if !held {
+                    fill_gaps(&attached, &found);
+                }
+                (attached, !held)
+            }
+            None => (self.attach(incoming), true),
+        };
         merged.insert(incoming.key().clone(), attached.clone());
         // A snapshot: `incoming` may be `attached`, which is written below.
         let incoming_attributes = incoming.attributes().clone();
@@ -570,7 +724,7 @@ impl SessionInner {
             changed |= replace_if_set(&mut slot.remote, remote);
         }
         if changed {
-            self.cache().set(cache_key, attached.clone())?;
+            self.write_through(cache_key, &attached)?;
         }
         Ok(attached)
     }
@@ -593,31 +747,40 @@ impl SessionInner {
     /// to placeholders (primary key only, kept in the memory layer) that
     /// load from the cache when read.
     pub(crate) fn decode_record(self: &Arc<Self>, object: &Map<String, Json>) -> Result<Entity> {
-        let _merging = self.merging.lock();
         self.record_entity(object, |reference| self.instance(reference))
     }
 
-    /// The session's instance for a reference: the memory layer's, or a new
-    /// placeholder put there.
+    /// The session's instance for a reference: the one alive, else the
+    /// memory layer's, else a new placeholder put there.
     fn instance(self: &Arc<Self>, reference: &Map<String, Json>) -> Result<Entity> {
         let key = record_key(reference, &self.schema)?;
+        if let Some(instance) = self.live(&key) {
+            return Ok(instance);
+        }
         let cache_key = self.cache_key(&key)?;
         let cache = self.cache();
         let Some(memory) = cache.layer(0) else {
-            return Ok(Entity::in_session(key, self.weak()));
+            return Ok(self.attach(&Entity::in_session(key, self.weak())));
         };
-        if let Some(entity) = memory.get(&cache_key)? {
-            return Ok(entity);
+        if let Some(entity) = memory.get(&cache_key)?
+            && entity.key() == &key
+        {
+            return Ok(self.attach(&entity));
         }
         let placeholder = Entity::in_session(key, self.weak());
-        memory.set(cache_key, placeholder.clone())?;
-        Ok(placeholder)
+        let attached = self.attach(&placeholder);
+        if attached.same(&placeholder) {
+            memory.set(cache_key, placeholder)?;
+        }
+        Ok(attached)
     }
 
     /// Loads `name` of `entity` (whose value is not set): first from the
     /// layers below memory, then, with auto-populate on, from the server.
-    /// What is found is merged into the session's instance, and `entity`
-    /// gets it too when it is another instance (see [`adopt`]).
+    /// A record from a lower layer fills the values the session's instance
+    /// (`entity` itself, when there is no other) has none for; the server's
+    /// values are merged. `entity` gets the value too when it is another
+    /// instance (see [`adopt`]).
     pub(crate) fn fill(self: &Arc<Self>, entity: &Entity, name: &str) -> Result<Value> {
         let cache_key = self.cache_key(entity.key())?;
         // The layers below memory, by the stack's own read (its policy, its
@@ -631,10 +794,10 @@ impl SessionInner {
             && stored.key() == entity.key()
             && stored.peek(name).is_set()
         {
-            let attached = {
-                let _merging = self.merging.lock();
-                self.merge(&stored, &mut HashMap::new())?
-            };
+            let attached = self.attach(entity);
+            if fill_gaps(&attached, &stored) {
+                self.write_through(cache_key, &attached)?;
+            }
             let value = adopt(entity, &attached, name);
             if value.is_set() {
                 return Ok(value);
@@ -654,12 +817,12 @@ impl SessionInner {
     }
 }
 
-/// The value of `name` in `entity` once a fill merged it into `attached`,
+/// The value of `name` in `entity` once a fill loaded it into `attached`,
 /// the session's instance of the same identity. When that is another
-/// instance (the memory layer dropped `entity`, or two threads decoded the
-/// same record at once and the stack kept the other one), the remote value
-/// is copied into `entity` as well, so that reading a handle loads its
-/// value wherever the cache keeps the identity.
+/// instance (`entity` was decoded by the codec or read from the stack
+/// directly, and is not the session's), the remote value is copied into
+/// `entity` as well, so that reading a handle loads its value wherever the
+/// session keeps the identity.
 fn adopt(entity: &Entity, attached: &Entity, name: &str) -> Value {
     if !attached.same(entity) {
         let remote = attached.attribute(name).remote;
@@ -670,6 +833,70 @@ fn adopt(entity: &Entity, attached: &Entity, name: &str) -> Value {
         );
     }
     entity.peek(name)
+}
+
+/// Copies into `instance` the attributes of `found` (another instance of
+/// the same identity, read from the stack) that `instance` has no value
+/// for, local or remote: the session's instance holds the session's latest
+/// state, which a record read from a lower layer may predate, so the
+/// record fills gaps and never overrides. Whether anything was copied.
+fn fill_gaps(instance: &Entity, found: &Entity) -> bool {
+    let found = found.attributes().clone();
+    let mut attributes = instance.attributes_mut();
+    let mut filled = false;
+    for (name, attribute) in found {
+        if !attribute.local.is_set() && !attribute.remote.is_set() {
+            continue;
+        }
+        let slot = attributes.entry(name).or_default();
+        if !slot.local.is_set() && !slot.remote.is_set() {
+            *slot = attribute;
+            filled = true;
+        }
+    }
+    filled
+}
+
+/// The write-through of one identity under way: see
+/// [`SessionInner::write_through`]. Dropped without
+/// [`again`](Writer::again) having said it is done (a layer panicked), it
+/// still ends the write-through, so that later ones are not left waiting
+/// for a writer that is gone.
+struct Writer<'a> {
+    session: &'a SessionInner,
+    key: &'a EntityKey,
+    done: bool,
+}
+
+impl Writer<'_> {
+    /// Whether to write again (a change asked for it since the last write);
+    /// if not, the write-through ends, in the same step, so that no change
+    /// asks a writer that has stopped.
+    fn again(&mut self) -> bool {
+        let mut identities = self.session.identities();
+        let Some(identity) = identities.map.get_mut(self.key) else {
+            self.done = true;
+            return false;
+        };
+        if identity.again {
+            identity.again = false;
+            return true;
+        }
+        identity.writing = false;
+        self.done = true;
+        false
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        if !self.done
+            && let Some(identity) = self.session.identities().map.get_mut(self.key)
+        {
+            identity.writing = false;
+            identity.again = false;
+        }
+    }
 }
 
 /// Puts `value` in `slot` if it is set and not [`identical`] to what is
@@ -697,55 +924,5 @@ impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let cache = self.0.cache();
         write!(f, "Session({:?}, cache: {:?})", self.0.remote, cache)
-    }
-}
-
-/// A mutex the thread holding it may take again: merges recurse through
-/// the cache (a persistent layer decodes, which resolves references, which
-/// may merge), all on one thread.
-#[derive(Default)]
-struct ReentrantLock {
-    owner: Mutex<Option<(ThreadId, usize)>>,
-    released: Condvar,
-}
-
-struct ReentrantGuard<'a>(&'a ReentrantLock);
-
-impl ReentrantLock {
-    fn lock(&self) -> ReentrantGuard<'_> {
-        let me = thread::current().id();
-        let mut owner = self.owner.lock().unwrap_or_else(PoisonError::into_inner);
-        loop {
-            match &mut *owner {
-                None => {
-                    *owner = Some((me, 1));
-                    break;
-                }
-                Some((id, depth)) if *id == me => {
-                    *depth += 1;
-                    break;
-                }
-                Some(_) => {
-                    owner = self
-                        .released
-                        .wait(owner)
-                        .unwrap_or_else(PoisonError::into_inner);
-                }
-            }
-        }
-        ReentrantGuard(self)
-    }
-}
-
-impl Drop for ReentrantGuard<'_> {
-    fn drop(&mut self) {
-        let mut owner = self.0.owner.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, depth)) = &mut *owner {
-            *depth -= 1;
-            if *depth == 0 {
-                *owner = None;
-                self.0.released.notify_one();
-            }
-        }
     }
 }
