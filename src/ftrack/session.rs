@@ -594,18 +594,14 @@ impl SessionInner {
     }
 
     /// The cached instance of `key`. An entry whose entity is not `key`
-    /// (written under another schema or key maker) is stale: it is removed
-    /// and reads as a miss.
+    /// (written under another schema or key maker) reads as a miss. It is
+    /// not removed: by now the key may hold another writer's fresh value,
+    /// and the write that follows the miss replaces it anyway.
     fn cached(&self, cache_key: &String, key: &EntityKey) -> Result<Option<Entity>> {
-        let cache = self.cache();
-        match cache.get(cache_key)? {
-            Some(entity) if entity.key() == key => Ok(Some(entity)),
-            Some(_) => {
-                cache.remove(cache_key)?;
-                Ok(None)
-            }
-            None => Ok(None),
-        }
+        Ok(self
+            .cache()
+            .get(cache_key)?
+            .filter(|entity| entity.key() == key))
     }
 
     /// The query loading `projections` for `group`, all of `entity_type`.
