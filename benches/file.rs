@@ -306,7 +306,7 @@ fn versioned(c: &mut Criterion) {
         FileCache::open(dir.path().join("plain.lc")).unwrap(),
         Bincode::new(),
     );
-    let schema = Schema::reflect::<Shot>().unwrap();
+    let schema = Schema::<Shot>::reflect().unwrap();
     let versioned = Serialised::versioned(
         FileCache::open(dir.path().join("versioned.lc")).unwrap(),
         Bincode::new(),

@@ -48,7 +48,7 @@ fn main() -> layercache::Result<()> {
                 Bincode::new(),
                 // Bincode stores fields by position: the keys carry the
                 // shape of `Shot`, so a changed `Shot` misses, never misreads.
-                Schema::reflect::<Shot>()?,
+                Schema::<Shot>::reflect()?,
             ));
     println!("cache file: {} ({} entries)", path.display(), file.len()?);
     println!("stack: {cache:?}");

@@ -169,7 +169,7 @@ fn worker(args: &[String]) -> Result<ExitCode> {
     let memory = Arc::new(Instrumented::new(MemoryCache::<String, Shot>::new()));
     // Bincode stores fields by position: the keys carry the shape of
     // `Shot`, so a build with a changed `Shot` misses instead of misreading.
-    let schema = Schema::reflect::<Shot>()?;
+    let schema = Schema::<Shot>::reflect()?;
     let file = Arc::new(Instrumented::new(Serialised::versioned(
         FileCache::open(file)?,
         Bincode::new(),

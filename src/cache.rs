@@ -552,22 +552,23 @@ pub trait CacheExt<K, V>: Cache<K, V> {
     ///
     /// # fn main() -> layercache::Result<()> {
     /// let bytes: MemoryCache<String, Vec<u8>> = MemoryCache::new();
-    /// let values = bytes.versioned(Bincode::new(), Schema::version("v1")?);
-    /// values.set("k".to_string(), vec![1u32, 2, 3])?;
-    /// assert_eq!(values.get(&"k".to_string())?, Some(vec![1u32, 2, 3]));
-    /// assert_eq!(values.inner().inner().keys()?, ["v1:k"]);
+    /// let values = bytes.versioned(Bincode::new(), Schema::<Vec<u32>>::version("v1")?);
+    /// values.set("k".to_string(), vec![1, 2, 3])?;
+    /// assert_eq!(values.get(&"k".to_string())?, Some(vec![1, 2, 3]));
+    /// assert_eq!(values.inner().inner().keys()?, ["v1.Bincode:k"]);
     /// # Ok(())
     /// # }
     /// # main().unwrap();
     /// # }
     /// ```
-    fn versioned<X>(
+    fn versioned<X, T>(
         self,
         codec: X,
-        schema: crate::Schema,
-    ) -> crate::Keyed<crate::Serialised<Self, X>, crate::Verbatim<K>>
+        schema: crate::Schema<T>,
+    ) -> crate::schema::Versioned<K, T, Self, X>
     where
         Self: Sized + Cache<K, Vec<u8>>,
+        X: Debug,
     {
         crate::Serialised::versioned(self, codec, schema)
     }

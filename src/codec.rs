@@ -75,7 +75,7 @@ pub trait Codec<V>: Send + Sync + fmt::Debug {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` stores fields by position: a value of a changed type could decode as wrong data",
     label = "this codec needs a schema version",
-    note = "use `Serialised::versioned(inner, codec, Schema::reflect::<V>()?)` or `.versioned(codec, Schema::version(\"v1\")?)`",
+    note = "use `Serialised::versioned(inner, codec, Schema::<V>::reflect()?)` or `.versioned(codec, Schema::version(\"v1\")?)`",
     note = "for a store no other version of the program reads (a MemoryCache in one process), `Serialised::unversioned(inner, codec)`"
 )]
 pub trait SelfDescribing {}

@@ -97,13 +97,13 @@
 //! // The file holds the key as text under the schema's version; version
 //! // 1's keys are left alone.
 //! let file = FileCache::open(&path)?;
-//! file.set("v1:users:\"ada\"".to_string(), b"...".to_vec())?;
+//! file.set("v1.Bincode:users:\"ada\"".to_string(), b"...".to_vec())?;
 //! let mut stored = file.keys()?;
 //! stored.sort();
-//! assert_eq!(stored, ["v1:users:\"ada\"", "v2:users:7"]);
+//! assert_eq!(stored, ["v1.Bincode:users:\"ada\"", "v2.Bincode:users:7"]);
 //!
 //! cache.clear()?;
-//! assert_eq!(file.keys()?, ["v1:users:\"ada\""]);
+//! assert_eq!(file.keys()?, ["v1.Bincode:users:\"ada\""]);
 //! # Ok(())
 //! # }
 //! # main().unwrap();
@@ -326,6 +326,15 @@ impl<C, KC> Keyed<C, KC> {
             inner,
             codec: Arc::new(codec),
             namespace: Arc::from(""),
+        }
+    }
+
+    /// This adapter over what `map` makes of its inner cache.
+    pub(crate) fn map_inner<D>(self, map: impl FnOnce(C) -> D) -> Keyed<D, KC> {
+        Keyed {
+            inner: map(self.inner),
+            codec: self.codec,
+            namespace: self.namespace,
         }
     }
 

@@ -223,6 +223,9 @@ struct Core<K, V> {
     watchers: Watchers<K>,
     on_failure: RwLock<Option<FailureHook>>,
     failures: AtomicU64,
+    /// Bumped whenever `layers` changes: a copy of the stack (see
+    /// [`Layered::fork`]) whose own list is older writes through `layers`.
+    changes: AtomicU64,
 }
 
 impl<K, V> Core<K, V> {
@@ -391,6 +394,8 @@ pub struct Layered<K, V> {
     layers: Vec<Arc<dyn Cache<K, V>>>,
     policy: ErrorPolicy,
     core: Arc<Core<K, V>>,
+    /// The `core.changes` that `layers` reflects.
+    seen: u64,
 }
 
 impl<K, V> Default for Layered<K, V> {
@@ -414,7 +419,9 @@ impl<K, V> Layered<K, V> {
                 watchers: Watchers::new(),
                 on_failure: RwLock::new(None),
                 failures: AtomicU64::new(0),
+                changes: AtomicU64::new(0),
             }),
+            seen: 0,
         }
     }
 
@@ -444,7 +451,13 @@ impl<K, V> Layered<K, V> {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(depth);
+        self.changed();
         Some(self.layers.remove(depth))
+    }
+
+    /// Records a change of the layers in the shared core.
+    fn changed(&mut self) {
+        self.seen = self.core.changes.fetch_add(1, Ordering::AcqRel) + 1;
     }
 
     /// A copy of this stack to change and then use in its place, while
@@ -453,14 +466,42 @@ impl<K, V> Layered<K, V> {
     /// per-key generations), so that promotions and writes on the two copies
     /// still see each other and keep the guarantees of one stack. Only the
     /// newest copy may have its layers changed: the watchers follow its
-    /// layers.
+    /// layers, and a write through an older copy goes to its layers (so a
+    /// layer the newest copy added never misses a write, nor keeps a key
+    /// an older copy removed).
     #[cfg(feature = "ftrack")]
     pub(crate) fn fork(&self) -> Self {
         Self {
             layers: self.layers.clone(),
             policy: self.policy,
             core: Arc::clone(&self.core),
+            seen: self.seen,
         }
+    }
+
+    /// When a newer copy of this stack changed the layers (see `fork`), a
+    /// stack over the layers as they are now, for a write to go through.
+    /// Called after the write is registered in the generations: a layer
+    /// added after this check can only be filled by promotions, which see
+    /// the write and drop what they read.
+    fn newest(&self) -> Option<Self> {
+        if self.core.changes.load(Ordering::Acquire) == self.seen {
+            return None;
+        }
+        let layers = self
+            .core
+            .layers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|member| member.layer.clone())
+            .collect();
+        Some(Self {
+            layers,
+            policy: self.policy,
+            core: Arc::clone(&self.core),
+            seen: self.core.changes.load(Ordering::Acquire),
+        })
     }
 
     /// This stack with the error `policy`.
@@ -621,6 +662,8 @@ where
         if let Some(member) = layers.iter_mut().find(|member| member.id == id) {
             member.reports = reports;
         }
+        drop(layers);
+        self.changed();
     }
 }
 
@@ -774,26 +817,17 @@ where
     }
 }
 
-impl<K, V> Cache<K, V> for Layered<K, V>
+impl<K, V> Layered<K, V>
 where
     K: Hash + Eq + Clone + Send + Sync,
     V: Clone + Send + Sync,
 {
-    #[inline]
-    fn get(&self, key: &K) -> Result<Option<V>> {
-        self.read_through(key, |layer, key| layer.get(key), Entry::into_value)
-    }
-
-    #[inline]
-    fn get_entry(&self, key: &K) -> Result<Option<Entry<V>>> {
-        self.read_through(key, |layer, key| layer.get_entry(key), |entry| entry)
-    }
-
-    fn set_entry(&self, key: K, entry: Entry<V>) -> Result<()> {
+    /// `set_entry` through these layers, the write registered by the
+    /// caller in the generations.
+    fn set_registered(&self, key: K, entry: Entry<V>, writing: &Writing<'_>) -> Result<()> {
         let Some((last, above)) = self.layers.split_last() else {
             return Ok(());
         };
-        let writing = self.core.generations.write(&key);
         let mut outcome = Ok(());
         for (depth, layer) in above.iter().enumerate() {
             let result = layer.set_entry(key.clone(), entry.clone());
@@ -824,8 +858,8 @@ where
         outcome
     }
 
-    fn remove(&self, key: &K) -> Result<Option<V>> {
-        let _writing = self.core.generations.write(key);
+    /// `remove` through these layers, the write registered by the caller.
+    fn remove_registered(&self, key: &K) -> Result<Option<V>> {
         let mut outcome = Ok(());
         let mut shallowest = None;
         for (depth, layer) in self.layers.iter().enumerate() {
@@ -835,6 +869,77 @@ where
             }
         }
         outcome.map(|()| shallowest)
+    }
+
+    /// `clear` through these layers, the write registered by the caller.
+    fn clear_registered(&self) -> Result<()> {
+        let mut outcome = Ok(());
+        for (depth, layer) in self.layers.iter().enumerate() {
+            self.collect(&mut outcome, depth, Operation::Clear, layer.clear());
+        }
+        outcome
+    }
+
+    /// `clear_matching` through these layers, the write registered by the
+    /// caller.
+    fn clear_matching_registered(&self, matches: &dyn Fn(&K) -> bool) -> Result<usize> {
+        let matched = Mutex::new(HashSet::new());
+        let record = |key: &K| {
+            let hit = matches(key);
+            if hit {
+                matched
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key.clone());
+            }
+            hit
+        };
+        let mut outcome = Ok(());
+        for (depth, layer) in self.layers.iter().enumerate() {
+            self.collect(
+                &mut outcome,
+                depth,
+                Operation::ClearMatching,
+                layer.clear_matching(&record),
+            );
+        }
+        let count = matched
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        outcome.map(|()| count)
+    }
+}
+
+impl<K, V> Cache<K, V> for Layered<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync,
+    V: Clone + Send + Sync,
+{
+    #[inline]
+    fn get(&self, key: &K) -> Result<Option<V>> {
+        self.read_through(key, |layer, key| layer.get(key), Entry::into_value)
+    }
+
+    #[inline]
+    fn get_entry(&self, key: &K) -> Result<Option<Entry<V>>> {
+        self.read_through(key, |layer, key| layer.get_entry(key), |entry| entry)
+    }
+
+    fn set_entry(&self, key: K, entry: Entry<V>) -> Result<()> {
+        let writing = self.core.generations.write(&key);
+        match self.newest() {
+            Some(newest) => newest.set_registered(key, entry, &writing),
+            None => self.set_registered(key, entry, &writing),
+        }
+    }
+
+    fn remove(&self, key: &K) -> Result<Option<V>> {
+        let _writing = self.core.generations.write(key);
+        match self.newest() {
+            Some(newest) => newest.remove_registered(key),
+            None => self.remove_registered(key),
+        }
     }
 
     fn keys(&self) -> Result<Vec<K>> {
@@ -868,11 +973,10 @@ where
 
     fn clear(&self) -> Result<()> {
         let _writing = self.core.generations.write_all();
-        let mut outcome = Ok(());
-        for (depth, layer) in self.layers.iter().enumerate() {
-            self.collect(&mut outcome, depth, Operation::Clear, layer.clear());
+        match self.newest() {
+            Some(newest) => newest.clear_registered(),
+            None => self.clear_registered(),
         }
-        outcome
     }
 
     /// Clears matching keys from every layer. The count is of distinct keys
@@ -880,31 +984,10 @@ where
     /// counts once.
     fn clear_matching(&self, matches: &dyn Fn(&K) -> bool) -> Result<usize> {
         let _writing = self.core.generations.write_all();
-        let matched = Mutex::new(HashSet::new());
-        let record = |key: &K| {
-            let hit = matches(key);
-            if hit {
-                matched
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key.clone());
-            }
-            hit
-        };
-        let mut outcome = Ok(());
-        for (depth, layer) in self.layers.iter().enumerate() {
-            self.collect(
-                &mut outcome,
-                depth,
-                Operation::ClearMatching,
-                layer.clear_matching(&record),
-            );
+        match self.newest() {
+            Some(newest) => newest.clear_matching_registered(matches),
+            None => self.clear_matching_registered(matches),
         }
-        let count = matched
-            .into_inner()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
-        outcome.map(|()| count)
     }
 
     /// The top layer's clock (the [`SystemClock`] for

@@ -96,7 +96,7 @@ pub use layered::{ErrorPolicy, LayerFailure, Layered};
 pub use memoise::{Memoised, Memoiser};
 pub use memory::MemoryCache;
 pub use proxy::Proxy;
-pub use schema::Schema;
+pub use schema::{Schema, Versioned};
 pub use serialised::Serialised;
 
 // The README's and docs/'s Rust examples are compiled and run as doctests, so

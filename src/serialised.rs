@@ -9,8 +9,7 @@ use crate::clock::Clock;
 use crate::codec::{Codec, SelfDescribing};
 use crate::entry::Entry;
 use crate::error::{Error, Result};
-use crate::keyed::{Keyed, Verbatim};
-use crate::schema::Schema;
+use crate::schema::{Schema, Versioned};
 
 /// A cache of values of type `V` on top of a byte cache `C`, encoding with
 /// the codec `X` on the way in and decoding on the way out (ftrack's
@@ -111,11 +110,11 @@ impl<C, X> Serialised<C, X> {
         }
     }
 
-    /// Values encoded with `codec`, stored in `inner` under keys put in the
-    /// `schema`'s namespace (`<version>:<key>`): a [`Keyed`] over the
-    /// `Serialised`, whose [`keys`](Cache::keys), [`clear`](Cache::clear)
-    /// and watchers see only this version's keys (see
-    /// [`Keyed`](crate::keyed#only-our-keys)).
+    /// Values of the one type `V` encoded with `codec`, stored in `inner`
+    /// under keys put in the namespace of `schema` and the codec
+    /// (`<version>.<codec>:<key>`): a [`Versioned`] store, whose
+    /// [`keys`](Cache::keys), [`clear`](Cache::clear) and watchers see only
+    /// its own keys.
     ///
     /// ```
     /// # #[cfg(all(feature = "bincode", feature = "reflect"))] {
@@ -128,11 +127,11 @@ impl<C, X> Serialised<C, X> {
     ///
     /// # fn main() -> layercache::Result<()> {
     /// let store = std::sync::Arc::new(MemoryCache::<String, Vec<u8>>::new());
-    /// let v1 = Serialised::versioned(store.clone(), Bincode::new(), Schema::reflect::<V1>()?);
-    /// let v2 = Serialised::versioned(store.clone(), Bincode::new(), Schema::reflect::<V2>()?);
+    /// let v1 = Serialised::versioned(store.clone(), Bincode::new(), Schema::<V1>::reflect()?);
+    /// let v2 = Serialised::versioned(store.clone(), Bincode::new(), Schema::<V2>::reflect()?);
     /// v1.set("k".to_string(), V1 { a: 1, b: 2 })?;
     /// // Version 2 misses, where it would have read b = 1 and a = 2...
-    /// assert_eq!(v2.get(&"k".to_string())?, None::<V2>);
+    /// assert_eq!(v2.get(&"k".to_string())?, None);
     /// v2.set("k".to_string(), V2 { b: 2, a: 1 })?;
     /// // ...and version 1's entry is still there.
     /// assert_eq!(v1.get(&"k".to_string())?, Some(V1 { a: 1, b: 2 }));
@@ -142,12 +141,12 @@ impl<C, X> Serialised<C, X> {
     /// # main().unwrap();
     /// # }
     /// ```
-    pub fn versioned<K>(inner: C, codec: X, schema: Schema) -> Keyed<Self, Verbatim<K>>
+    pub fn versioned<K, V>(inner: C, codec: X, schema: Schema<V>) -> Versioned<K, V, C, X>
     where
         C: Cache<K, Vec<u8>>,
+        X: fmt::Debug,
     {
-        Keyed::new(Self::unversioned(inner, codec), Verbatim::new())
-            .with_namespace(schema.namespace())
+        Versioned::new(inner, codec, schema)
     }
 
     /// With `strict` on, bytes that do not decode are an error rather than a

@@ -81,7 +81,7 @@ fn serialised_each_codec() {
         Serialised::versioned(
             MemoryCache::<String, Vec<u8>>::new(),
             Bincode::new(),
-            Schema::reflect::<u64>().expect("u64 traces"),
+            Schema::<u64>::reflect().expect("u64 traces"),
         )
     });
     testing::run_all::<String, String, _>(|| {

@@ -828,7 +828,7 @@ fn debug_shows_codec_namespace_and_store() {
 // ---------------------------------------------------------------------------
 
 /// The schema version of the bincode values in the file tests.
-fn v1() -> Schema {
+fn v1() -> Schema<User> {
     Schema::version("v1").expect("a valid version")
 }
 
@@ -852,7 +852,7 @@ fn memory_over_a_file_with_typed_keys() {
     assert_eq!(top.get(&7).expect("get"), Some(user("Ada")), "promoted");
 
     let file = FileCache::open(&path).expect("open again");
-    assert_eq!(file.keys().expect("keys"), ["v1:users:7"]);
+    assert_eq!(file.keys().expect("keys"), ["v1.Bincode:users:7"]);
     let later = Keyed::new(file.versioned(Bincode::new(), v1()), JsonKeys).with_namespace("users:");
     assert_eq!(later.get(&7u64).expect("get"), Some(user("Ada")));
 }
@@ -898,7 +898,10 @@ mod redis_stack {
         // Set: written through to all three, keys as text.
         cache.set(7, user("Ada")).expect("set");
         cache.set(8, user("Grace")).expect("set");
-        assert_eq!(sorted(file.keys().expect("file keys")), ["v1:7", "v1:8"]);
+        assert_eq!(
+            sorted(file.keys().expect("file keys")),
+            ["v1.Bincode:7", "v1.Bincode:8"]
+        );
         assert_eq!(
             sorted(redis.keys().expect("redis keys")),
             ["users:v1:7", "users:v1:8"]
@@ -926,7 +929,7 @@ mod redis_stack {
         assert_eq!(cache.get(&8).expect("get"), Some(user("Grace")));
         assert_eq!(memory.get(&8).expect("get"), Some(user("Grace")));
         assert_eq!(file_layer.get(&8).expect("get"), Some(user("Grace")));
-        assert_eq!(file.keys().expect("file keys"), ["v1:8"]);
+        assert_eq!(file.keys().expect("file keys"), ["v1.Bincode:8"]);
 
         // The stack's keys are the union, as u64s.
         assert_eq!(sorted(cache.keys().expect("keys")), [7, 8]);
