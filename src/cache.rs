@@ -555,7 +555,7 @@ pub trait CacheExt<K, V>: Cache<K, V> {
     /// let values = bytes.versioned(Bincode::new(), Schema::<Vec<u32>>::version("v1")?);
     /// values.set("k".to_string(), vec![1, 2, 3])?;
     /// assert_eq!(values.get(&"k".to_string())?, Some(vec![1, 2, 3]));
-    /// assert_eq!(values.inner().inner().keys()?, ["v1.Bincode:k"]);
+    /// assert_eq!(values.inner().inner().keys()?, ["v1.bincode:k"]);
     /// # Ok(())
     /// # }
     /// # main().unwrap();
@@ -568,7 +568,7 @@ pub trait CacheExt<K, V>: Cache<K, V> {
     ) -> crate::schema::Versioned<K, T, Self, X>
     where
         Self: Sized + Cache<K, Vec<u8>>,
-        X: Debug,
+        X: crate::codec::Codec<T>,
     {
         crate::Serialised::versioned(self, codec, schema)
     }

@@ -23,8 +23,8 @@ use std::fmt;
 )]
 use crate::error::{Error, Result};
 
-#[cfg(feature = "bincode")]
-mod depth;
+#[cfg(any(feature = "bincode", feature = "reflect"))]
+pub(crate) mod depth;
 
 /// Turns values of type `V` into bytes and back.
 ///
@@ -60,6 +60,16 @@ pub trait Codec<V>: Send + Sync + fmt::Debug {
 
     /// The value for `bytes`; an [`Error::Decode`] when they are not one.
     fn decode(&self, bytes: &[u8]) -> Result<V>;
+
+    /// The name of the format this codec writes, part of a
+    /// [`Versioned`](crate::Versioned) store's namespace, so that a build
+    /// that changed codec does not read another build's bytes. Two codecs
+    /// with one name must read each other's bytes. The default is the
+    /// codec's `Debug` text; ours answer `bincode` (whatever the limit:
+    /// the bytes are the same), `cbor`, `json` and an [`FnCodec`]'s name.
+    fn format(&self) -> String {
+        format!("{self:?}")
+    }
 }
 
 /// A codec whose bytes name what they hold (JSON's and CBOR's field names
@@ -90,6 +100,9 @@ impl<V, X: Codec<V> + ?Sized> Codec<V> for &X {
     fn decode(&self, bytes: &[u8]) -> Result<V> {
         (**self).decode(bytes)
     }
+    fn format(&self) -> String {
+        (**self).format()
+    }
 }
 
 impl<V, X: Codec<V> + ?Sized> Codec<V> for std::sync::Arc<X> {
@@ -98,6 +111,9 @@ impl<V, X: Codec<V> + ?Sized> Codec<V> for std::sync::Arc<X> {
     }
     fn decode(&self, bytes: &[u8]) -> Result<V> {
         (**self).decode(bytes)
+    }
+    fn format(&self) -> String {
+        (**self).format()
     }
 }
 
@@ -320,6 +336,10 @@ where
         }
         Ok(value)
     }
+
+    fn format(&self) -> String {
+        "bincode".into()
+    }
 }
 
 /// CBOR (RFC 8949) through ciborium.
@@ -364,6 +384,10 @@ where
         }
         Ok(value)
     }
+
+    fn format(&self) -> String {
+        "cbor".into()
+    }
 }
 
 /// JSON through serde_json: compact, UTF-8.
@@ -393,36 +417,51 @@ where
     fn decode(&self, bytes: &[u8]) -> Result<V> {
         serde_json::from_slice(bytes).map_err(|e| decode_error("json", e))
     }
+
+    fn format(&self) -> String {
+        "json".into()
+    }
 }
 
 /// A codec made of two closures, as ftrack's
-/// `SerialisedCache(cache, encode=..., decode=...)`.
+/// `SerialisedCache(cache, encode=..., decode=...)`, with a name for the
+/// format they write: it is the codec's [`format`](Codec::format), part of
+/// a [`Versioned`](crate::Versioned) store's namespace, so two `FnCodec`s
+/// that write different bytes must have different names.
 ///
 /// ```
 /// use layercache::codec::{Codec, FnCodec};
 ///
 /// let upper = FnCodec::new(
+///     "upper-utf8",
 ///     |s: &String| Ok(s.to_uppercase().into_bytes()),
 ///     |b: &[u8]| Ok(String::from_utf8_lossy(b).into_owned()),
 /// );
 /// assert_eq!(upper.encode(&"abc".to_string()).unwrap(), b"ABC");
+/// assert_eq!(Codec::<String>::format(&upper), "upper-utf8");
 /// ```
 #[derive(Clone)]
 pub struct FnCodec<E, D> {
+    name: std::borrow::Cow<'static, str>,
     encode: E,
     decode: D,
 }
 
 impl<E, D> FnCodec<E, D> {
-    /// A codec that encodes with `encode` and decodes with `decode`.
-    pub fn new(encode: E, decode: D) -> Self {
-        Self { encode, decode }
+    /// A codec named `name` (the format it writes) that encodes with
+    /// `encode` and decodes with `decode`.
+    pub fn new(name: impl Into<std::borrow::Cow<'static, str>>, encode: E, decode: D) -> Self {
+        Self {
+            name: name.into(),
+            encode,
+            decode,
+        }
     }
 }
 
 impl<E, D> fmt::Debug for FnCodec<E, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("FnCodec")
+        write!(f, "FnCodec({})", self.name)
     }
 }
 
@@ -437,5 +476,9 @@ where
 
     fn decode(&self, bytes: &[u8]) -> Result<V> {
         (self.decode)(bytes)
+    }
+
+    fn format(&self) -> String {
+        self.name.to_string()
     }
 }

@@ -97,13 +97,13 @@
 //! // The file holds the key as text under the schema's version; version
 //! // 1's keys are left alone.
 //! let file = FileCache::open(&path)?;
-//! file.set("v1.Bincode:users:\"ada\"".to_string(), b"...".to_vec())?;
+//! file.set("v1.bincode:users:\"ada\"".to_string(), b"...".to_vec())?;
 //! let mut stored = file.keys()?;
 //! stored.sort();
-//! assert_eq!(stored, ["v1.Bincode:users:\"ada\"", "v2.Bincode:users:7"]);
+//! assert_eq!(stored, ["v1.bincode:users:\"ada\"", "v2.bincode:users:7"]);
 //!
 //! cache.clear()?;
-//! assert_eq!(file.keys()?, ["v1.Bincode:users:\"ada\""]);
+//! assert_eq!(file.keys()?, ["v1.bincode:users:\"ada\""]);
 //! # Ok(())
 //! # }
 //! # main().unwrap();

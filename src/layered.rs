@@ -485,9 +485,12 @@ impl<K, V> Layered<K, V> {
     /// added after this check can only be filled by promotions, which see
     /// the write and drop what they read.
     fn newest(&self) -> Option<Self> {
-        if self.core.changes.load(Ordering::Acquire) == self.seen {
+        let changes = self.core.changes.load(Ordering::Acquire);
+        if changes == self.seen {
             return None;
         }
+        // The count before the list: the list is at least that new (a
+        // change bumps the count after it changes the list).
         let layers = self
             .core
             .layers
@@ -500,7 +503,7 @@ impl<K, V> Layered<K, V> {
             layers,
             policy: self.policy,
             core: Arc::clone(&self.core),
-            seen: self.core.changes.load(Ordering::Acquire),
+            seen: changes,
         })
     }
 
@@ -693,6 +696,9 @@ where
     /// into the layers above it if asked; a failing layer is handled by the
     /// stack's policy (and reported to its hook) as in `get`.
     pub(crate) fn lookup(&self, key: &K, from: usize, promote: bool) -> Result<Option<Entry<V>>> {
+        if let Some(newest) = self.newest() {
+            return newest.lookup(key, from, promote);
+        }
         self.lookup_in(key, self.core.generations.stripe(key), from, promote)
     }
 
@@ -775,6 +781,9 @@ where
         read: impl Fn(&dyn Cache<K, V>, &K) -> Result<Option<T>>,
         from_entry: fn(Entry<V>) -> T,
     ) -> Result<Option<T>> {
+        if self.core.changes.load(Ordering::Acquire) != self.seen {
+            return self.read_newest(key, read, from_entry);
+        }
         let Some(top) = self.layers.first() else {
             return Ok(None);
         };
@@ -788,6 +797,23 @@ where
         }
         let stripe = self.core.generations.stripe(key);
         Ok(self.below_top(key, stripe, answer)?.map(from_entry))
+    }
+
+    /// A read through a copy of the stack whose layers a newer copy changed
+    /// (see `fork`): through the layers as they are now, so that it neither
+    /// reads a layer taken out nor promotes what that layer held into the
+    /// layers the copies share.
+    #[inline(never)]
+    fn read_newest<T>(
+        &self,
+        key: &K,
+        read: impl Fn(&dyn Cache<K, V>, &K) -> Result<Option<T>>,
+        from_entry: fn(Entry<V>) -> T,
+    ) -> Result<Option<T>> {
+        match self.newest() {
+            Some(newest) => newest.read_through(key, read, from_entry),
+            None => self.read_through(key, read, from_entry),
+        }
     }
 
     /// A hit in the top layer read while a promotion ran somewhere in the
@@ -943,6 +969,9 @@ where
     }
 
     fn keys(&self) -> Result<Vec<K>> {
+        if let Some(newest) = self.newest() {
+            return newest.keys();
+        }
         let mut keys = Vec::new();
         let mut seen = HashSet::new();
         for (depth, layer) in self.layers.iter().enumerate() {
@@ -961,6 +990,9 @@ where
     }
 
     fn values(&self) -> Result<Vec<V>> {
+        if let Some(newest) = self.newest() {
+            return newest.values();
+        }
         let keys = self.keys()?;
         let mut values = Vec::with_capacity(keys.len());
         for key in &keys {

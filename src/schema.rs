@@ -36,7 +36,7 @@
 //! // The stored key carries the schema's version and the codec.
 //! let stored = users.inner().inner().keys()?;
 //! let version = Schema::<User>::reflect()?;
-//! assert_eq!(stored, [format!("{version}.Bincode:ada")]);
+//! assert_eq!(stored, [format!("{version}.bincode:ada")]);
 //! # Ok(())
 //! # }
 //! # main().unwrap();
@@ -49,6 +49,7 @@ use std::sync::Arc;
 
 use crate::cache::{Cache, Watcher};
 use crate::clock::Clock;
+use crate::codec::Codec;
 use crate::entry::Entry;
 use crate::error::{Error, Result};
 use crate::keyed::{Keyed, Verbatim};
@@ -69,11 +70,16 @@ pub struct Schema<V> {
 /// The longest version [`Schema::version`] takes.
 const MAX_VERSION: usize = 64;
 
-/// How many times at most [`Schema::reflect`] traces a type in a row (each
-/// pass learns more of its enums' variants), and starts again having
-/// learnt the names of more nested enums.
+/// How many times at most [`Schema::reflect`] traces a type in a row: each
+/// pass learns at most one more variant of an enum, and each variant takes
+/// two passes (by name, then by index).
 #[cfg(feature = "reflect")]
-const MAX_PASSES: usize = 256;
+const MAX_PASSES: usize = 8192;
+
+/// How many times at most [`Schema::reflect`] starts again, having learnt
+/// the names of more nested enums.
+#[cfg(feature = "reflect")]
+const MAX_RESTARTS: usize = 64;
 
 impl<V> Schema<V> {
     /// A version you give, such as `"users-3"`: bump it whenever the type
@@ -122,12 +128,13 @@ impl<V> Schema<V> {
     /// [`Error::InvalidOption`] naming the type when it cannot be traced:
     /// a `Deserialize` written by hand that refuses the tracer's sample
     /// values, `#[serde(untagged)]` or `flatten`, a self-describing value
-    /// such as `serde_json::Value`, and an enum with data-carrying or
-    /// several variants inside an `Option`, a `Vec` or a map (serde-reflection
-    /// stops exploring there once it knows the container's format, so it
-    /// would see only some of the variants). Enums at the top, in fields,
-    /// tuples and newtypes are traced whole. Give a refused type a
-    /// [`version`](Self::version).
+    /// such as `serde_json::Value`, an enum whose first variant holds the
+    /// enum itself (`enum Tree { Node(Box<Tree>), Leaf }`: put `Leaf`
+    /// first), and an enum inside an `Option`, a `Vec`, a map or another
+    /// enum's variant (serde-reflection stops exploring there once it knows
+    /// the container's format, so it would see only some of the variants).
+    /// Enums at the top, in fields, tuples and newtypes are traced whole.
+    /// Give a refused type a [`version`](Self::version).
     ///
     /// ```
     /// # #[cfg(feature = "reflect")] {
@@ -174,16 +181,26 @@ impl<V> Schema<V> {
         // Its names come out in the registry's error; trace afresh, and
         // after each pass take the mark off those enums (that is what
         // `check_incomplete_enum` does) until none is incomplete.
+        //
+        // The seed bounds nesting as bincode's decoding is bounded: the
+        // tracer follows an enum's first variant again and again, so an enum
+        // whose first variant holds itself would recurse until the stack
+        // overflows and the process aborts; it is refused instead.
+        let seed = crate::codec::depth::Seed::new(
+            std::marker::PhantomData::<V>,
+            crate::codec::BINCODE_DEPTH_LIMIT,
+        );
         let mut enums: Vec<String> = Vec::new();
-        for _ in 0..MAX_PASSES {
+        for _ in 0..MAX_RESTARTS {
             let mut tracer = Tracer::new(TracerConfig::default());
             let mut format = None;
+            let mut incomplete = false;
             for _ in 0..MAX_PASSES {
                 let (traced, _) = tracer
-                    .trace_type::<V>(&samples)
+                    .trace_type_with_seed(&samples, seed.clone())
                     .map_err(|e| refused(e.to_string()))?;
                 format = Some(traced);
-                let mut incomplete = false;
+                incomplete = false;
                 for name in &enums {
                     incomplete |= tracer.check_incomplete_enum(name).is_some();
                 }
@@ -194,6 +211,11 @@ impl<V> Schema<V> {
             let Some(mut format) = format else {
                 unreachable!("at least one pass");
             };
+            if incomplete {
+                return Err(refused(format!(
+                    "an enum has more variants than {MAX_PASSES} passes explore"
+                )));
+            }
             match tracer.registry() {
                 Ok(registry) => {
                     // A variant the tracer named but never placed keeps a
@@ -207,7 +229,8 @@ impl<V> Schema<V> {
                         {
                             return Err(refused(format!(
                                 "the variants of enum {name} cannot all be traced where it \
-                                 sits (inside an Option, a sequence or a map)"
+                                 sits (inside an Option, a sequence, a map or another \
+                                 enum's variant)"
                             )));
                         }
                     }
@@ -225,7 +248,7 @@ impl<V> Schema<V> {
             }
         }
         Err(refused(format!(
-            "enums still incomplete after {MAX_PASSES} passes"
+            "enums still incomplete after {MAX_RESTARTS} restarts"
         )))
     }
 
@@ -242,19 +265,38 @@ impl<V> Schema<V> {
     }
 
     /// The namespace of a store of these values encoded with `codec`:
-    /// the version, a `.`, the codec's `Debug` text (its letters and
-    /// digits), and a `:`. The codec is part of it because the same type
-    /// in two formats is two sets of bytes that must not be read one as
-    /// the other. Neither part holds a `:` or the codec part a `.`, so
-    /// each namespace stands for one version and codec, and none begins
-    /// another.
-    pub fn namespace(&self, codec: &impl fmt::Debug) -> String {
-        let codec: String = format!("{codec:?}")
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .collect();
-        let codec = if codec.is_empty() { "codec" } else { &codec };
-        format!("{}.{codec}:", self.version)
+    /// the version, a `.`, the codec's [`format`](Codec::format) name, and
+    /// a `:`. The codec is part of it because the same type in two formats
+    /// is two sets of bytes that must not be read one as the other.
+    ///
+    /// In the format name, every character but ASCII letters, digits, `_`
+    /// and `-` is written `%` and its UTF-8 bytes in hexadecimal (`%` as
+    /// `%25`), so two names give two namespaces, neither part holds a `:`
+    /// or the format part a `.`: each namespace stands for one version and
+    /// format, and none begins another.
+    ///
+    /// ```
+    /// # #[cfg(feature = "bincode")] {
+    /// use layercache::{Schema, codec::{Bincode, LimitedBincode}};
+    ///
+    /// let schema = Schema::<u32>::version("v1").unwrap();
+    /// assert_eq!(schema.namespace(&Bincode::new()), "v1.bincode:");
+    /// // The limit does not change the bytes: the same namespace.
+    /// assert_eq!(schema.namespace(&LimitedBincode::<64>::new()), "v1.bincode:");
+    /// # }
+    /// ```
+    pub fn namespace<X: Codec<V>>(&self, codec: &X) -> String {
+        let mut namespace = format!("{}.", self.version);
+        let format = codec.format();
+        for byte in format.bytes() {
+            if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
+                namespace.push(char::from(byte));
+            } else {
+                namespace.push_str(&format!("%{byte:02X}"));
+            }
+        }
+        namespace.push(':');
+        namespace
     }
 }
 
@@ -322,7 +364,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// assert_eq!(users.keys()?, ["ada"]);
 /// let stored = users.inner().inner().keys()?;
 /// assert_eq!(stored, [format!("{}ada", users.namespace())]);
-/// assert!(users.namespace().ends_with(".Bincode:"));
+/// assert!(users.namespace().ends_with(".bincode:"));
 /// # Ok(())
 /// # }
 /// # main().unwrap();
@@ -350,7 +392,7 @@ pub struct Versioned<K, V, C, X> {
     schema: Schema<V>,
 }
 
-impl<K, V, C, X: fmt::Debug> Versioned<K, V, C, X> {
+impl<K, V, C, X: Codec<V>> Versioned<K, V, C, X> {
     /// Values encoded with `codec`, stored in `inner` under the namespace
     /// of `schema` and `codec`.
     pub fn new(inner: C, codec: X, schema: Schema<V>) -> Self {

@@ -144,7 +144,7 @@ impl<C, X> Serialised<C, X> {
     pub fn versioned<K, V>(inner: C, codec: X, schema: Schema<V>) -> Versioned<K, V, C, X>
     where
         C: Cache<K, Vec<u8>>,
-        X: fmt::Debug,
+        X: Codec<V>,
     {
         Versioned::new(inner, codec, schema)
     }

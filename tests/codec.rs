@@ -167,6 +167,7 @@ fn empty() -> Record {
 /// An `FnCodec`: JSON behind a version tag, with its own error name.
 fn versioned<V: Serialize + DeserializeOwned>() -> impl Codec<V> {
     FnCodec::new(
+        "codec-a",
         |value: &V| {
             let mut bytes = b"v1:".to_vec();
             bytes.extend(Json.encode(value)?);
@@ -258,16 +259,19 @@ fn codecs_produce_their_documented_formats() {
 }
 
 #[test]
-fn fn_codec_runs_its_closures_and_debugs_as_fncodec() {
+fn fn_codec_runs_its_closures_and_is_named() {
     let upper = FnCodec::new(
+        "upper",
         |s: &String| Ok(s.to_uppercase().into_bytes()),
         |b: &[u8]| Ok(String::from_utf8_lossy(b).into_owned()),
     );
     assert_eq!(upper.encode(&"abc".to_string()).expect("encodes"), b"ABC");
     assert_eq!(upper.decode(b"xyz").expect("decodes"), "xyz");
-    assert_eq!(format!("{upper:?}"), "FnCodec");
+    assert_eq!(format!("{upper:?}"), "FnCodec(upper)");
+    assert_eq!(Codec::<String>::format(&upper), "upper");
     // The closures' errors come back unchanged.
     let failing = FnCodec::new(
+        "failing",
         |_: &u8| {
             Err(Error::Encode {
                 codec: "mine",
@@ -1020,7 +1024,7 @@ fn serialised_round_trips_through_every_codec() {
     serialised_round_trip(LimitedBincode::<4096>::new(), "LimitedBincode<4096>");
     serialised_round_trip(Cbor, "Cbor");
     serialised_round_trip(Json, "Json");
-    serialised_round_trip(versioned::<Record>(), "FnCodec");
+    serialised_round_trip(versioned::<Record>(), "FnCodec(codec-a)");
 }
 
 #[test]

@@ -88,6 +88,7 @@ fn serialised_each_codec() {
         Serialised::unversioned(
             MemoryCache::<String, Vec<u8>>::new(),
             FnCodec::new(
+                "utf8",
                 |s: &String| Ok(s.as_bytes().to_vec()),
                 |b: &[u8]| {
                     String::from_utf8(b.to_vec()).map_err(|e| layercache::Error::Decode {

@@ -852,7 +852,7 @@ fn memory_over_a_file_with_typed_keys() {
     assert_eq!(top.get(&7).expect("get"), Some(user("Ada")), "promoted");
 
     let file = FileCache::open(&path).expect("open again");
-    assert_eq!(file.keys().expect("keys"), ["v1.Bincode:users:7"]);
+    assert_eq!(file.keys().expect("keys"), ["v1.bincode:users:7"]);
     let later = Keyed::new(file.versioned(Bincode::new(), v1()), JsonKeys).with_namespace("users:");
     assert_eq!(later.get(&7u64).expect("get"), Some(user("Ada")));
 }
@@ -900,7 +900,7 @@ mod redis_stack {
         cache.set(8, user("Grace")).expect("set");
         assert_eq!(
             sorted(file.keys().expect("file keys")),
-            ["v1.Bincode:7", "v1.Bincode:8"]
+            ["v1.bincode:7", "v1.bincode:8"]
         );
         assert_eq!(
             sorted(redis.keys().expect("redis keys")),
@@ -929,7 +929,7 @@ mod redis_stack {
         assert_eq!(cache.get(&8).expect("get"), Some(user("Grace")));
         assert_eq!(memory.get(&8).expect("get"), Some(user("Grace")));
         assert_eq!(file_layer.get(&8).expect("get"), Some(user("Grace")));
-        assert_eq!(file.keys().expect("file keys"), ["v1.Bincode:8"]);
+        assert_eq!(file.keys().expect("file keys"), ["v1.bincode:8"]);
 
         // The stack's keys are the union, as u64s.
         assert_eq!(sorted(cache.keys().expect("keys")), [7, 8]);

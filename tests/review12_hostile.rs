@@ -501,9 +501,9 @@ fn versions_never_see_each_other_on_a_file() {
     let v1 = store.clone().versioned(Bincode::new(), s1.clone());
     let v2 = store.clone().versioned(Bincode::new(), s2.clone());
     // Version 1 writes keys that spell version 2's namespace.
-    v1.set("v2.Bincode:ada".to_string(), UserV1 { a: 1, b: 2 })
+    v1.set("v2.bincode:ada".to_string(), UserV1 { a: 1, b: 2 })
         .unwrap();
-    v1.set("v2.Bincode:".to_string(), UserV1 { a: 3, b: 4 })
+    v1.set("v2.bincode:".to_string(), UserV1 { a: 3, b: 4 })
         .unwrap();
     v1.set(String::new(), UserV1 { a: 5, b: 6 }).unwrap();
     // An unversioned program writes a raw key inside version 2's namespace
@@ -512,12 +512,12 @@ fn versions_never_see_each_other_on_a_file() {
 
     let got: Option<UserV2> = v2.get(&"ada".to_string()).unwrap();
     assert_eq!(got, Some(UserV2 { b: 20, a: 10 }));
-    let got: Option<UserV1> = v1.get(&"v2.Bincode:ada".to_string()).unwrap();
+    let got: Option<UserV1> = v1.get(&"v2.bincode:ada".to_string()).unwrap();
     assert_eq!(got, Some(UserV1 { a: 1, b: 2 }));
 
     let mut k1: Vec<String> = Cache::<String, UserV1>::keys(&v1).unwrap();
     k1.sort();
-    assert_eq!(k1, ["", "v2.Bincode:", "v2.Bincode:ada"]);
+    assert_eq!(k1, ["", "v2.bincode:", "v2.bincode:ada"]);
     let k2: Vec<String> = Cache::<String, UserV2>::keys(&v2).unwrap();
     assert_eq!(k2, ["ada"]);
     let vals2: Vec<UserV2> = v2.values().unwrap();
@@ -531,11 +531,11 @@ fn versions_never_see_each_other_on_a_file() {
     assert_eq!(Cache::<String, UserV1>::keys(&v1).unwrap().len(), 3);
     v2.set("ada".to_string(), UserV2 { b: 20, a: 10 }).unwrap();
     Cache::<String, UserV1>::clear(&v1).unwrap();
-    assert_eq!(store.keys().unwrap(), ["v2.Bincode:ada"]);
+    assert_eq!(store.keys().unwrap(), ["v2.bincode:ada"]);
     // remove through version 1 of a key version 2 holds: a miss.
     let removed: Option<UserV1> = v1.remove(&"ada".to_string()).unwrap();
     assert_eq!(removed, None);
-    assert_eq!(store.keys().unwrap(), ["v2.Bincode:ada"]);
+    assert_eq!(store.keys().unwrap(), ["v2.bincode:ada"]);
 }
 
 /// Attack: byte-keyed FileCache with Verbatim<Vec<u8>>, keys holding ':'

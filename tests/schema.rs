@@ -313,7 +313,7 @@ fn versions_are_checked_and_reflection_failures_name_the_type() {
         Schema::<()>::version("users-3.1_a")
             .expect("valid")
             .namespace(&Bincode::new()),
-        "users-3.1_a.Bincode:"
+        "users-3.1_a.bincode:"
     );
 
     /// A type whose `Deserialize` refuses every value, as a validating one

@@ -30,14 +30,15 @@ fn too_deep<E: de::Error>() -> E {
 
 /// A seed that deserializes with `seed` through a [`Limited`] deserializer
 /// allowing `remaining` more levels of nesting.
-pub(super) struct Seed<S> {
+#[derive(Clone)]
+pub(crate) struct Seed<S> {
     seed: S,
     remaining: usize,
 }
 
 impl<S> Seed<S> {
     /// `seed`, allowed `remaining` levels of nesting.
-    pub(super) fn new(seed: S, remaining: usize) -> Self {
+    pub(crate) fn new(seed: S, remaining: usize) -> Self {
         Self { seed, remaining }
     }
 }

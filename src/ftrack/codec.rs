@@ -219,4 +219,8 @@ impl Codec<Entity> for EntityCodec {
             .ok_or_else(|| decode_error("an entity must be a JSON object"))?;
         session.decode_record(object)
     }
+
+    fn format(&self) -> String {
+        "ftrack-json".into()
+    }
 }
