@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use layercache::ftrack::{EncodeStrategy, Entity, EntityKey, FixtureServer, Session, Value};
+use layercache::ftrack::{
+    EncodeStrategy, Entity, EntityCodec, EntityKey, FixtureServer, Session, Value,
+};
 use layercache::testing::Instrumented;
 use layercache::{Cache, Entry, FileCache, Layered, MemoryCache, Operation, Serialised};
 use serde_json::json;
@@ -1403,4 +1405,257 @@ fn a_handle_held_across_clearing_the_memory_layer_stays_the_sessions_instance() 
         parent.as_entity().unwrap().same(&shot),
         "references resolve to it too"
     );
+}
+
+/// A Task and a Shot whose parent it is.
+fn task_and_shot() -> Arc<FixtureServer> {
+    let server = FixtureServer::new();
+    server
+        .insert_all([
+            json!({"__entity_type__": "Task", "id": "t1", "name": "layout", "status": "wip"}),
+            json!({"__entity_type__": "Shot", "id": "s1", "name": "sh010",
+                   "parent": {"__entity_type__": "Task", "id": "t1"}}),
+        ])
+        .unwrap();
+    server.reset_counts();
+    Arc::new(server)
+}
+
+/// The session's codec over a file, its calls counted.
+type CountedFile = Instrumented<Serialised<FileCache<String>, EntityCodec>>;
+
+/// A session whose stack is memory over a [`CountedFile`] at `path`.
+fn counted_file_session(
+    server: &Arc<FixtureServer>,
+    path: &std::path::Path,
+    auto_populate: bool,
+) -> (Session, Arc<CountedFile>) {
+    let cell: Arc<Mutex<Option<Arc<CountedFile>>>> = Arc::new(Mutex::new(None));
+    let session = {
+        let cell = cell.clone();
+        let path = path.to_owned();
+        Session::builder(server.clone())
+            .auto_populate(auto_populate)
+            .cache(move |session| {
+                let file = FileCache::open(&path).expect("open cache file");
+                let counted = Arc::new(Instrumented::new(Serialised::new(file, session.codec())));
+                *cell.lock().unwrap() = Some(counted.clone());
+                Some(Box::new(counted) as Box<dyn Cache<String, Entity>>)
+            })
+            .build()
+    };
+    let file = cell.lock().unwrap().take().expect("the maker ran");
+    (session, file)
+}
+
+/// A placeholder (a reference decoded from the file, primary key only)
+/// that a query merges into is filled from the file's record before it is
+/// first written through, with auto-populate on as with it off: the file
+/// keeps every value, for this session and the next, and no value is
+/// fetched again. Only that first write-through reads the file; merges into
+/// an instance known in full read nothing below memory.
+#[test]
+fn a_placeholder_written_through_keeps_the_lower_records_values() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("placeholder.lc");
+    let server = task_and_shot();
+    {
+        let (first, _) = counted_file_session(&server, &path, true);
+        first
+            .query(r#"select name, status from Task where id is "t1""#)
+            .unwrap();
+        first
+            .query(r#"select name, parent from Shot where id is "s1""#)
+            .unwrap();
+    }
+    server
+        .insert(json!({"__entity_type__": "Task", "id": "t1", "name": "layout", "status": "done"}))
+        .unwrap();
+    server.reset_counts();
+    {
+        let (second, file) = counted_file_session(&server, &path, true);
+        let shot = second.get("Shot", ["s1"]).unwrap().expect("in the file");
+        assert_eq!(server.calls(), 0, "read from the file");
+        let parent = shot.get("parent").unwrap();
+        let parent = parent.as_entity().expect("a reference").clone();
+        assert!(parent.attribute_names().is_empty(), "a placeholder");
+        let reads = file.calls(Operation::Get);
+        second
+            .query(r#"select status from Task where id is "t1""#)
+            .unwrap();
+        assert_eq!(
+            file.calls(Operation::Get),
+            reads + 1,
+            "the placeholder's first write-through reads the file's record once"
+        );
+        assert_eq!(parent.peek("status"), Value::from("done"), "the server's");
+        assert_eq!(parent.peek("name"), Value::from("layout"), "the file's");
+        assert_eq!(parent.get("name").unwrap(), Value::from("layout"));
+        assert_eq!(server.calls(), 1, "name was not fetched again");
+
+        // The instance is known in full now: merges read nothing below.
+        let reads = file.calls(Operation::Get);
+        server
+            .insert(
+                json!({"__entity_type__": "Task", "id": "t1", "name": "layout", "status": "final"}),
+            )
+            .unwrap();
+        second
+            .query(r#"select status from Task where id is "t1""#)
+            .unwrap();
+        let incoming = Entity::new(EntityKey::new("Task", ["t1"]));
+        incoming.set("note", "local");
+        second.merge(&incoming).unwrap();
+        assert_eq!(file.calls(Operation::Get), reads, "no read below memory");
+        // An instance loaded from the server in full reads nothing below.
+        let reads = file.calls(Operation::Get);
+        let shot = second.get("Shot", ["s1"]).unwrap().unwrap();
+        shot.set("name", "sh010 edit");
+        second.merge(&shot).unwrap();
+        assert_eq!(file.calls(Operation::Get), reads, "no read below memory");
+    }
+    server.reset_counts();
+    let (third, _) = counted_file_session(&server, &path, true);
+    let task = third.get("Task", ["t1"]).unwrap().expect("in the file");
+    assert_eq!(task.peek("name"), Value::from("layout"));
+    assert_eq!(task.peek("status"), Value::from("final"));
+    assert_eq!(task.peek("note"), Value::from("local"));
+    assert_eq!(server.calls(), 0, "{:?}", server.queries());
+}
+
+/// A lower layer whose armed `set` merges a status into Task t1 (a merge
+/// nested in the write-through of t1, which only asks the writer to write
+/// again, and returns `Ok`), then panics, storing nothing.
+struct MergesThenPanics {
+    inner: Box<dyn Cache<String, Entity>>,
+    session: Mutex<Option<Session>>,
+    armed: std::sync::atomic::AtomicBool,
+    /// Stores passed on to `inner`.
+    sets: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for MergesThenPanics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MergesThenPanics")
+    }
+}
+
+impl Cache<String, Entity> for MergesThenPanics {
+    fn get_entry(&self, key: &String) -> layercache::Result<Option<Entry<Entity>>> {
+        self.inner.get_entry(key)
+    }
+
+    fn set_entry(&self, key: String, entry: Entry<Entity>) -> layercache::Result<()> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let session = self.session.lock().unwrap().clone().expect("set");
+            let incoming = Entity::new(EntityKey::new("Task", ["t1"]));
+            incoming.set("status", "b");
+            session
+                .merge(&incoming)
+                .expect("the nested merge returns Ok");
+            panic!("this layer panics on purpose");
+        }
+        self.sets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.set_entry(key, entry)
+    }
+
+    fn remove(&self, key: &String) -> layercache::Result<Option<Entity>> {
+        self.inner.remove(key)
+    }
+
+    fn keys(&self) -> layercache::Result<Vec<String>> {
+        self.inner.keys()
+    }
+}
+
+/// Task t1's status as a fresh session reads it from the file at `path`.
+fn task_status_in_file(server: &Arc<FixtureServer>, path: &std::path::Path) -> Value {
+    let (fresh, _) = counted_file_session(server, path, false);
+    let task = fresh.get("Task", ["t1"]).unwrap().expect("in the file");
+    task.peek("status")
+}
+
+/// A merge that left its write to a writer that then panicked (its `Ok`
+/// said the value would be written) is pending: the file keeps the old
+/// value until the next call that touches the identity, which writes it.
+/// Each kind of touch: a merge changing nothing, a get, a query returning
+/// the entity and changing nothing, reading an attribute not loaded.
+#[test]
+fn a_merge_left_to_a_writer_that_panicked_is_written_by_the_next_touch() {
+    type Touch = fn(&Session, &Entity);
+    let touches: [(&str, Touch); 4] = [
+        ("a merge changing nothing", |session, _| {
+            let incoming = Entity::new(EntityKey::new("Task", ["t1"]));
+            incoming.set("status", "b");
+            session.merge(&incoming).unwrap();
+        }),
+        ("a get", |session, _| {
+            session.get("Task", ["t1"]).unwrap().unwrap();
+        }),
+        ("a query changing nothing", |session, _| {
+            session
+                .query(r#"select name from Task where id is "t1""#)
+                .unwrap();
+        }),
+        ("reading an attribute not loaded", |_, task| {
+            assert_eq!(task.get("nothing").unwrap(), Value::NotSet);
+        }),
+    ];
+    for (what, touch) in touches {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("pending.lc");
+        let server = task_and_shot();
+        let cell: Arc<Mutex<Option<Arc<MergesThenPanics>>>> = Arc::new(Mutex::new(None));
+        let session = {
+            let cell = cell.clone();
+            let path = path.clone();
+            Session::builder(server.clone())
+                .auto_populate(false)
+                .cache(move |session| {
+                    let file = FileCache::open(&path).expect("open cache file");
+                    let layer = Arc::new(MergesThenPanics {
+                        inner: Box::new(Serialised::new(file, session.codec())),
+                        session: Mutex::new(None),
+                        armed: Default::default(),
+                        sets: Default::default(),
+                    });
+                    *cell.lock().unwrap() = Some(layer.clone());
+                    Some(Box::new(layer) as Box<dyn Cache<String, Entity>>)
+                })
+                .build()
+        };
+        let layer = cell.lock().unwrap().take().unwrap();
+        *layer.session.lock().unwrap() = Some(session.clone());
+        let task = session.get("Task", ["t1"]).unwrap().unwrap();
+        assert_eq!(task_status_in_file(&server, &path), Value::from("wip"));
+
+        layer.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let a = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let incoming = Entity::new(EntityKey::new("Task", ["t1"]));
+            incoming.set("status", "a");
+            session.merge(&incoming)
+        }));
+        assert!(a.is_err(), "{what}: the writer's caller sees the panic");
+        assert_eq!(task.peek("status"), Value::from("b"), "{what}");
+        assert_eq!(
+            task_status_in_file(&server, &path),
+            Value::from("wip"),
+            "{what}: pending until the identity is touched"
+        );
+        touch(&session, &task);
+        assert_eq!(
+            task_status_in_file(&server, &path),
+            Value::from("b"),
+            "{what}: the touch writes the pending merge"
+        );
+        // Written once: a further touch changing nothing writes nothing.
+        let sets = layer.sets.load(std::sync::atomic::Ordering::SeqCst);
+        touch(&session, &task);
+        assert_eq!(
+            layer.sets.load(std::sync::atomic::Ordering::SeqCst),
+            sets,
+            "{what}: no longer pending"
+        );
+        *layer.session.lock().unwrap() = None;
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use serde::Serialize;
@@ -121,6 +122,12 @@ pub(crate) struct EntityInner {
     pub(crate) key: EntityKey,
     pub(crate) attributes: RwLock<BTreeMap<String, Attribute>>,
     pub(crate) session: Weak<SessionInner>,
+    /// The instance may lack attribute values that the session's layers
+    /// below memory hold for its identity (a placeholder made for a
+    /// reference): before it is first written through, it takes those
+    /// values, so that writing it does not replace a fuller record. Cleared
+    /// once it holds what a lower layer held (see `Entity::mark_whole`).
+    partial: AtomicBool,
 }
 
 impl Entity {
@@ -142,7 +149,29 @@ impl Entity {
             key,
             attributes: RwLock::new(attributes),
             session,
+            partial: AtomicBool::new(false),
         }))
+    }
+
+    /// A placeholder of the session for a reference: the primary key only,
+    /// [partial](Self::is_partial) until it is filled from the layers below
+    /// memory.
+    pub(crate) fn placeholder(key: EntityKey, session: Weak<SessionInner>) -> Self {
+        let entity = Self::in_session(key, session);
+        entity.0.partial.store(true, Ordering::SeqCst);
+        entity
+    }
+
+    /// Whether the instance may lack attribute values the session's layers
+    /// below memory hold for it (see `EntityInner::partial`).
+    pub(crate) fn is_partial(&self) -> bool {
+        self.0.partial.load(Ordering::SeqCst)
+    }
+
+    /// The instance now holds every value the layers below memory held for
+    /// it (or they hold nothing): writing it through loses none.
+    pub(crate) fn mark_whole(&self) {
+        self.0.partial.store(false, Ordering::SeqCst);
     }
 
     /// The entity's identity.

@@ -98,7 +98,9 @@ struct Identity {
     /// A call is writing the instance through the stack.
     writing: bool,
     /// The instance changed while it was being written: the writing call
-    /// writes it again.
+    /// writes it again. Left set when the writing call panicked (`writing`
+    /// cleared): the write is then pending, and the next call that touches
+    /// the identity makes it (see [`Session::merge`]).
     again: bool,
 }
 
@@ -464,11 +466,37 @@ impl Session {
     /// Merges an entity (from anywhere: another session, a decoded record)
     /// into this session's cache and returns the session's instance.
     ///
-    /// The values are in the session's instance when this returns; when
-    /// another call is writing that instance through the cache at the same
-    /// moment, writing it again is left to that call (which then stores the
-    /// instance with this merge's values too, and reports a failure of that
-    /// write), so that no call waits for another.
+    /// What a caller can rely on:
+    ///
+    /// - When this returns (`Ok` or `Err`), the values are in the session's
+    ///   instance, which it returns (on `Ok`): every handle of the identity
+    ///   and the memory layer see them.
+    /// - `Ok`: the instance, with these values, has been written through
+    ///   every layer, or is being written by another call. A call writing
+    ///   the instance at the same moment (on another thread, or further up
+    ///   this one) is left to write it again, with these values too, so
+    ///   that no call waits for another; a failure of that write is
+    ///   reported to that call, not to this one.
+    /// - If that other call panics (a layer or a codec panicked) before
+    ///   writing these values, the write is pending: the layers below
+    ///   memory keep the previous state until the next call that touches
+    ///   the identity — a merge of it, a [`get`](Session::get) of it, a
+    ///   [`query`](Session::query) returning it, or reading an attribute of
+    ///   it that is not loaded — writes the instance through, and reports
+    ///   that write's failure (or panic) to its own caller. Until then a
+    ///   fresh session on a persistent layer reads the previous state, and
+    ///   the values live only in the instance: if nothing touches the
+    ///   identity again, or the memory layer drops the instance while no
+    ///   handle holds it, the lower layers never get them.
+    /// - `Err`: a write this call made failed (its first failure is
+    ///   returned; the layers the stack's policy wrote keep the write).
+    ///
+    /// Writing through never loses values a layer below memory holds for
+    /// the identity: an instance that may lack some (a placeholder made
+    /// when a decoded record referenced an entity the session did not
+    /// hold) first takes the values it has none for from the record the
+    /// layers below memory hold, then is written; an instance loaded in
+    /// full pays no such read.
     pub fn merge(&self, entity: &Entity) -> Result<Entity> {
         self.0.merge(entity, &mut HashMap::new())
     }
@@ -531,14 +559,27 @@ impl SessionInner {
     /// instance while a handle kept it alive, so a lower layer decoded a new
     /// one; or two calls decoded one record at once), the instance gets
     /// the values of `found` it has none for, and is written through so
-    /// that the memory layer holds it again.
+    /// that the memory layer holds it again. A pending write-through of
+    /// the instance (its writer panicked) is made too.
     fn settle(&self, cache_key: String, found: &Entity) -> Result<Entity> {
         let attached = self.attach(found);
         if !attached.same(found) {
             fill_gaps(&attached, found);
             self.write_through(cache_key, &attached)?;
+        } else if self.pending(attached.key()) {
+            self.write_through(cache_key, &attached)?;
         }
         Ok(attached)
+    }
+
+    /// Whether a write-through of `key` is pending: asked for (`again`)
+    /// while a call was writing, and left unmade because that call
+    /// panicked. The next call that touches the identity makes it.
+    fn pending(&self, key: &EntityKey) -> bool {
+        self.identities()
+            .map
+            .get(key)
+            .is_some_and(|identity| identity.again && !identity.writing)
     }
 
     /// Writes `entity`, the session's instance of its identity, through the
@@ -555,6 +596,19 @@ impl SessionInner {
     /// than a change that has been merged (a `Serialised` layer encodes
     /// and then stores, so two overlapping writes could store in the other
     /// order; hence one at a time). Returns the first failure.
+    ///
+    /// A [partial](Entity::is_partial) instance (a placeholder) first takes
+    /// the values the layers below memory hold for it and it lacks (see
+    /// [`make_whole`](Self::make_whole)), so that its encoding does not
+    /// replace a fuller record there; if that read fails, nothing is
+    /// written and the failure is returned. An instance known to hold what
+    /// the lower layers hold pays no read.
+    ///
+    /// If a layer or a codec panics, the panic goes on to this call's
+    /// caller; a write another call asked for meanwhile (it returned `Ok`,
+    /// leaving its write to this one) stays pending, and the next call that
+    /// touches the identity makes it (see [`Session::merge`]). No write is
+    /// made while unwinding.
     fn write_through(&self, cache_key: String, entity: &Entity) -> Result<()> {
         {
             let mut identities = self.identities();
@@ -573,7 +627,9 @@ impl SessionInner {
         };
         let mut outcome = Ok(());
         loop {
-            let written = self.cache().set(cache_key.clone(), entity.clone());
+            let written = self
+                .make_whole(&cache_key, entity)
+                .and_then(|()| self.cache().set(cache_key.clone(), entity.clone()));
             if outcome.is_ok() {
                 outcome = written;
             }
@@ -582,6 +638,28 @@ impl SessionInner {
             }
         }
         outcome
+    }
+
+    /// When `entity` is [partial](Entity::is_partial), fills the attributes
+    /// it has no value for from the record the layers below memory hold for
+    /// it (the first of them that holds one, by the stack's own read from
+    /// depth 1, its policy and failure hook; nothing promoted), and marks it
+    /// whole: also when they hold no record of it, as then writing it loses
+    /// nothing. Called by the writing call only, with no lock held.
+    fn make_whole(&self, cache_key: &String, entity: &Entity) -> Result<()> {
+        if !entity.is_partial() {
+            return Ok(());
+        }
+        let stored = self
+            .cache()
+            .lookup(cache_key, 1, false)?
+            .map(Entry::into_value)
+            .filter(|stored| stored.key() == entity.key());
+        if let Some(stored) = stored {
+            fill_gaps(entity, &stored);
+        }
+        entity.mark_whole();
+        Ok(())
     }
 
     /// The thread holding a [`CacheMut`], if any.
@@ -685,7 +763,8 @@ impl SessionInner {
     /// set and differs replaces the attached one (entities merged in turn,
     /// `merged` stopping cycles); an incoming `NotSet` never clears. When
     /// anything changed, or the stack did not hold the attached instance,
-    /// it is written through the whole cache (see
+    /// or a write-through of it is pending (its writer panicked), it is
+    /// written through the whole cache (see
     /// [`write_through`](Self::write_through)). No lock is held across the
     /// stack's calls: the attributes are written under the instance's own
     /// lock, one at a time.
@@ -719,7 +798,7 @@ impl SessionInner {
             changed |= replace_if_set(&mut slot.local, local);
             changed |= replace_if_set(&mut slot.remote, remote);
         }
-        if changed {
+        if changed || self.pending(attached.key()) {
             self.write_through(cache_key, &attached)?;
         }
         Ok(attached)
@@ -756,14 +835,14 @@ impl SessionInner {
         let cache_key = self.cache_key(&key)?;
         let cache = self.cache();
         let Some(memory) = cache.layer(0) else {
-            return Ok(self.attach(&Entity::in_session(key, self.weak())));
+            return Ok(self.attach(&Entity::placeholder(key, self.weak())));
         };
         if let Some(entity) = memory.get(&cache_key)?
             && entity.key() == &key
         {
             return Ok(self.attach(&entity));
         }
-        let placeholder = Entity::in_session(key, self.weak());
+        let placeholder = Entity::placeholder(key, self.weak());
         let attached = self.attach(&placeholder);
         if attached.same(&placeholder) {
             memory.set(cache_key, placeholder)?;
@@ -776,9 +855,15 @@ impl SessionInner {
     /// A record from a lower layer fills the values the session's instance
     /// (`entity` itself, when there is no other) has none for; the server's
     /// values are merged. `entity` gets the value too when it is another
-    /// instance (see [`adopt`]).
+    /// instance (see [`adopt`]). A pending write-through of the session's
+    /// instance (its writer panicked) is made first.
     pub(crate) fn fill(self: &Arc<Self>, entity: &Entity, name: &str) -> Result<Value> {
         let cache_key = self.cache_key(entity.key())?;
+        if self.pending(entity.key())
+            && let Some(instance) = self.live(entity.key())
+        {
+            self.write_through(cache_key.clone(), &instance)?;
+        }
         // The layers below memory, by the stack's own read (its policy, its
         // failure hook); nothing is promoted: the merge below updates the
         // instance memory already holds.
@@ -836,11 +921,15 @@ fn adopt(entity: &Entity, attached: &Entity, name: &str) -> Value {
 /// for, local or remote: the session's instance holds the session's latest
 /// state, which a record read from a lower layer may predate, so the
 /// record fills gaps and never overrides. Whether anything was copied.
+///
+/// When `found` is not [partial](Entity::is_partial) (a record decoded from
+/// a layer, or an instance that holds what the lower layers held),
+/// `instance` now holds every value it held, and is no longer partial.
 fn fill_gaps(instance: &Entity, found: &Entity) -> bool {
-    let found = found.attributes().clone();
+    let values = found.attributes().clone();
     let mut attributes = instance.attributes_mut();
     let mut filled = false;
-    for (name, attribute) in found {
+    for (name, attribute) in values {
         if !attribute.local.is_set() && !attribute.remote.is_set() {
             continue;
         }
@@ -850,14 +939,21 @@ fn fill_gaps(instance: &Entity, found: &Entity) -> bool {
             filled = true;
         }
     }
+    drop(attributes);
+    if !found.is_partial() {
+        instance.mark_whole();
+    }
     filled
 }
 
 /// The write-through of one identity under way: see
 /// [`SessionInner::write_through`]. Dropped without
-/// [`again`](Writer::again) having said it is done (a layer panicked), it
-/// still ends the write-through, so that later ones are not left waiting
-/// for a writer that is gone.
+/// [`again`](Writer::again) having said it is done (a layer or a codec
+/// panicked), it still ends the write-through, so that later ones are not
+/// left waiting for a writer that is gone, and keeps `again`: a write that
+/// another call asked for stays pending, for the next call that touches
+/// the identity (no write is made here, while unwinding: a second panic in
+/// a `Drop` would abort the process).
 struct Writer<'a> {
     session: &'a SessionInner,
     key: &'a EntityKey,
@@ -890,7 +986,6 @@ impl Drop for Writer<'_> {
             && let Some(identity) = self.session.identities().map.get_mut(self.key)
         {
             identity.writing = false;
-            identity.again = false;
         }
     }
 }
