@@ -11,8 +11,10 @@
 //! escaped injectively, is the codec part of a namespace (and `FnCodec`
 //! takes a name); `Schema::reflect` bounds the nesting it follows and
 //! traces enums of thousands of variants. The two ftrack session bugs are
-//! marked below while they are open. The other tests are attacks that
-//! found nothing; each still asserts what it attacked.
+//! fixed too: a placeholder is made whole from the lower layers before its
+//! first write-through, and a write left pending by a writer that panicked
+//! is done by the next call that touches the identity. The other tests are
+//! attacks that found nothing; each still asserts what it attacked.
 
 #![cfg(all(
     feature = "file",
