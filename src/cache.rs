@@ -493,7 +493,7 @@ pub trait CacheExt<K, V>: Cache<K, V> {
     ///
     /// ```
     /// use layercache::{Cache, CacheExt, MemoryCache};
-    /// use regex::Regex;
+    /// use layercache::regex::Regex; // re-exported: no regex dependency of your own
     ///
     /// # fn main() -> layercache::Result<()> {
     /// let cache = MemoryCache::new();

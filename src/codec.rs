@@ -4,7 +4,7 @@
 //!
 //! | codec | feature | format | notes |
 //! |---|---|---|---|
-//! | [`Bincode`] | `bincode` | bincode 2 (serde API, standard config) | smallest and fastest; decoding is bounded by a memory limit (roughly the value's in-memory size, not its encoded size) and [`BINCODE_DEPTH_LIMIT`] levels of nesting; encoding decodes once more to check the value reads back |
+//! | [`Bincode`](type@Bincode) | `bincode` | bincode 2 (serde API, standard config) | smallest and fastest; decoding is bounded by a memory limit (roughly the value's in-memory size, not its encoded size) and [`BINCODE_DEPTH_LIMIT`] levels of nesting; encoding decodes once more to check the value reads back |
 //! | [`Cbor`] | `cbor` | CBOR (RFC 8949) via ciborium | self-describing, readable from other languages |
 //! | [`Json`] | `json` | JSON via serde_json | readable by people and by ftrack's Python API |
 //! | [`FnCodec`] | always | whatever the closures do | ftrack's `encode=`/`decode=` |
@@ -77,7 +77,7 @@ pub trait Codec<V>: Send + Sync + fmt::Debug {
 /// field by field, rather than being read as wrong data:
 /// [`Serialised::new`](crate::Serialised::new) takes only these.
 ///
-/// A codec that stores fields by position ([`Bincode`], an [`FnCodec`], most
+/// A codec that stores fields by position ([`Bincode`](type@Bincode), an [`FnCodec`], most
 /// codecs of your own) goes through
 /// [`Serialised::versioned`](crate::Serialised::versioned) with a
 /// [`Schema`](crate::Schema) instead. Implement this only for a format that
@@ -133,7 +133,7 @@ fn decode_error(codec: &'static str, source: impl Into<crate::BoxError>) -> Erro
     }
 }
 
-/// The default decode limit of [`Bincode`]: 16 MiB.
+/// The default decode limit of [`Bincode`](type@Bincode): 16 MiB.
 pub const DEFAULT_BINCODE_LIMIT: usize = 16 * 1024 * 1024;
 
 /// How deeply a value read by [`LimitedBincode`] may nest: 128 levels.
@@ -173,16 +173,26 @@ pub const BINCODE_DEPTH_LIMIT: usize = 128;
 /// bincode 2 with its standard configuration and the default decode limit
 /// of 16 MiB: see [`LimitedBincode`].
 ///
+/// `Bincode` is a type and, like [`Json`] and [`Cbor`], a value:
+/// `Bincode` and `Bincode::new()` are the same codec.
+///
 /// ```
 /// use layercache::codec::{Bincode, Codec};
 ///
-/// let codec = Bincode::new();
+/// let codec: Bincode = Bincode;
 /// let bytes = codec.encode(&("Task".to_string(), 3u32)).unwrap();
 /// let back: (String, u32) = codec.decode(&bytes).unwrap();
 /// assert_eq!(back, ("Task".to_string(), 3));
+/// assert_eq!(Bincode, Bincode::new());
 /// ```
 #[cfg(feature = "bincode")]
 pub type Bincode = LimitedBincode<DEFAULT_BINCODE_LIMIT>;
+
+/// The [`Bincode`](type@Bincode) codec as a value, so that it is written as [`Json`] and
+/// [`Cbor`] are: `store.versioned(Bincode, schema)`.
+#[cfg(feature = "bincode")]
+#[allow(non_upper_case_globals)]
+pub const Bincode: Bincode = LimitedBincode;
 
 /// bincode 2 with its standard configuration (little endian, variable-length
 /// integers), through serde, with decoding bounded by `LIMIT` bytes of
@@ -214,7 +224,7 @@ pub type Bincode = LimitedBincode<DEFAULT_BINCODE_LIMIT>;
 /// deeper than [`BINCODE_DEPTH_LIMIT`], or a `Serialize` and `Deserialize`
 /// that disagree) is an [`Error::Encode`].
 ///
-/// [`Bincode`] is this codec with a 16 MiB limit; choose another in the
+/// [`Bincode`](type@Bincode) is this codec with a 16 MiB limit; choose another in the
 /// type: `LimitedBincode::<{ 256 * 1024 * 1024 }>::new()`.
 ///
 /// The format has no field names: a struct with two fields swapped, or a

@@ -1070,7 +1070,7 @@ mod json {
 /// integer written in more bytes than it needs, which is not ours.
 ///
 /// Encoding is only as bounded as the codec's: the value codecs of this
-/// crate ([`Bincode`](crate::codec::Bincode), [`Json`](crate::codec::Json),
+/// crate ([`Bincode`](type@crate::codec::Bincode), [`Json`](crate::codec::Json),
 /// [`Cbor`](crate::codec::Cbor)) refuse what nests too deeply when reading,
 /// not when writing, so a key nested tens of thousands of levels deep can
 /// overflow the stack in `encode` (in `get` as in `set`). [`JsonKeys`] stops

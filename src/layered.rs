@@ -385,7 +385,7 @@ impl<K: Hash + Send + Sync, V: Send + Sync> Watcher<K> for LayerWatcher<K, V> {
 /// assert_eq!(cache.get(&"k".to_string())?, Some(7));
 /// assert_eq!(top.get(&"k".to_string())?, Some(7)); // promoted
 ///
-/// assert_eq!(format!("{cache:?}"), "Layered[Memory(1 entries), Memory(1 entries)]");
+/// assert_eq!(format!("{cache:?}"), "Layered[Memory(1 entry), Memory(1 entry)]");
 /// # Ok(())
 /// # }
 /// ```
@@ -667,6 +667,58 @@ where
         }
         drop(layers);
         self.changed();
+    }
+}
+
+/// A stack of the layers in order, top first, with the
+/// [`Strict`](ErrorPolicy::Strict) policy: `layers.into_iter().collect()`.
+///
+/// ```
+/// use std::sync::Arc;
+/// use layercache::{Cache, Layered, MemoryCache};
+///
+/// let layers: Vec<Arc<dyn Cache<u32, String>>> = vec![
+///     Arc::new(MemoryCache::new()),
+///     Arc::new(MemoryCache::new()),
+/// ];
+/// let stack: Layered<u32, String> = layers.into_iter().collect();
+/// assert_eq!(stack.depth(), 2);
+/// stack.set(1, "one".to_string()).unwrap();
+/// assert_eq!(stack.layer(1).unwrap().get(&1).unwrap(), Some("one".to_string()));
+/// ```
+impl<K, V> FromIterator<Arc<dyn Cache<K, V>>> for Layered<K, V>
+where
+    K: Hash + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    fn from_iter<I: IntoIterator<Item = Arc<dyn Cache<K, V>>>>(layers: I) -> Self {
+        let mut stack = Self::new();
+        stack.extend(layers);
+        stack
+    }
+}
+
+/// Boxed layers, in order, top first: see the `Arc` form above.
+impl<K, V> FromIterator<Box<dyn Cache<K, V>>> for Layered<K, V>
+where
+    K: Hash + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    fn from_iter<I: IntoIterator<Item = Box<dyn Cache<K, V>>>>(layers: I) -> Self {
+        layers.into_iter().map(Arc::from).collect()
+    }
+}
+
+/// Adds the layers at the bottom, in order.
+impl<K, V> Extend<Arc<dyn Cache<K, V>>> for Layered<K, V>
+where
+    K: Hash + Send + Sync + 'static,
+    V: Send + Sync + 'static,
+{
+    fn extend<I: IntoIterator<Item = Arc<dyn Cache<K, V>>>>(&mut self, layers: I) {
+        for layer in layers {
+            self.insert_layer(self.layers.len(), layer);
+        }
     }
 }
 

@@ -36,7 +36,7 @@
 //! cache.set("user:1".to_string(), vec!["Ada".to_string()])?;
 //! assert_eq!(store.get(&"user:1".to_string())?, Some(br#"["Ada"]"#.to_vec()));
 //! assert_eq!(cache.get(&"user:1".to_string())?, Some(vec!["Ada".to_string()]));
-//! println!("{cache:?}"); // Layered[Memory(1 entries), Serialised<Json>(Memory(1 entries))]
+//! println!("{cache:?}"); // Layered[Memory(1 entry), Serialised<Json>(Memory(1 entry))]
 //! # Ok(())
 //! # }
 //! # main().unwrap();
@@ -49,7 +49,7 @@
 //! |---|---|---|
 //! | `file` | yes | [`FileCache`]: a memory-mapped cache file shared by processes (Unix) |
 //! | `ftrack` | yes | [`ftrack`]: sessions caching ftrack entity records (implies `json`) |
-//! | `bincode` | yes | [`codec::Bincode`], [`codec::LimitedBincode`] |
+//! | `bincode` | yes | [`codec::Bincode`](type@codec::Bincode), [`codec::LimitedBincode`] |
 //! | `cbor` | yes | [`codec::Cbor`] |
 //! | `json` | yes | [`codec::Json`] |
 //! | `reflect` | yes | [`Schema::reflect`]: a value type's schema version derived from its serde shape |
@@ -98,6 +98,11 @@ pub use memory::MemoryCache;
 pub use proxy::Proxy;
 pub use schema::{Schema, Versioned};
 pub use serialised::Serialised;
+
+/// The [regex](https://docs.rs/regex) crate, whose `Regex`
+/// [`CacheExt::clear_pattern`] takes: re-exported so that a pattern needs
+/// no dependency of your own, and its version always matches ours.
+pub use regex;
 
 // The README's and docs/'s Rust examples are compiled and run as doctests, so
 // the documentation cannot drift from the code.

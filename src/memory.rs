@@ -45,7 +45,7 @@ use crate::error::Result;
 /// cache.set("greeting".into(), Arc::from("hello"))?;
 /// assert_eq!(cache.get(&"greeting".into())?.as_deref(), Some("hello"));
 /// assert_eq!(cache.len(), 1);
-/// assert_eq!(format!("{cache:?}"), "Memory(1 entries)");
+/// assert_eq!(format!("{cache:?}"), "Memory(1 entry)");
 /// # Ok(())
 /// # }
 /// ```
@@ -398,6 +398,11 @@ where
 
 impl<K, V, S> fmt::Debug for MemoryCache<K, V, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Memory({} entries)", self.len())
+        let len = self.len();
+        write!(
+            f,
+            "Memory({len} {})",
+            if len == 1 { "entry" } else { "entries" }
+        )
     }
 }

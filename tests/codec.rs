@@ -1035,7 +1035,7 @@ fn serialised_debug_matches_the_doc() {
         cache.inner().get(&k("k")).expect("get"),
         Some(br#"["x"]"#.to_vec())
     );
-    assert_eq!(format!("{cache:?}"), "Serialised<Json>(Memory(1 entries))");
+    assert_eq!(format!("{cache:?}"), "Serialised<Json>(Memory(1 entry))");
     let via_ext = Bytes::new().serialised(Cbor);
     assert_eq!(
         format!("{via_ext:?}"),
@@ -1170,7 +1170,7 @@ fn set_of_a_value_over_the_limit_fails_and_stores_nothing() {
     assert_eq!(cache.get(&k("small")).expect("get"), Some("s".to_string()));
     assert_eq!(
         format!("{cache:?}"),
-        "Serialised<LimitedBincode<16>>(Memory(1 entries))"
+        "Serialised<LimitedBincode<16>>(Memory(1 entry))"
     );
     let inner: Bytes = cache.into_inner();
     assert_eq!(inner.get(&k("small")).expect("get"), Some(vec![1, b's']));

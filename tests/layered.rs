@@ -595,7 +595,7 @@ fn debug_shows_the_stack() {
         .unwrap();
     assert_eq!(
         format!("{cache:?}"),
-        "Layered[Memory(1 entries), Serialised<Json>(Memory(1 entries))]"
+        "Layered[Memory(1 entry), Serialised<Json>(Memory(1 entry))]"
     );
 
     let empty: Layered<u8, u32> = Layered::new();
@@ -903,4 +903,49 @@ fn write_failure_keeps_the_computed_value() {
         .into_computed::<String>()
         .expect_err("a u32, not a String");
     assert_eq!(error.into_computed::<u32>().expect("still carried"), 30);
+}
+
+/// A stack from a list of layers (issue 13): `collect` of boxed or shared
+/// layers, top first, and `extend` adds at the bottom; `Debug` counts
+/// entries in English.
+#[test]
+fn a_stack_collects_from_a_list_of_layers() {
+    let top = Arc::new(MemoryCache::<u8, u32>::new());
+    let boxed: Vec<Box<dyn Cache<u8, u32>>> =
+        vec![Box::new(top.clone()), Box::new(MemoryCache::new())];
+    let mut stack: Layered<u8, u32> = boxed.into_iter().collect();
+    assert_eq!(stack.depth(), 2);
+    let bottom: Arc<dyn Cache<u8, u32>> = Arc::new(MemoryCache::new());
+    stack.extend([bottom.clone()]);
+    assert_eq!(stack.depth(), 3);
+    stack.set(1, 10).unwrap();
+    assert_eq!(
+        bottom.get(&1).unwrap(),
+        Some(10),
+        "written through to the added layer"
+    );
+    assert_eq!(top.get(&1).unwrap(), Some(10));
+    assert_eq!(
+        format!("{stack:?}"),
+        "Layered[Memory(1 entry), Memory(1 entry), Memory(1 entry)]"
+    );
+    stack.set(2, 20).unwrap();
+    assert_eq!(format!("{:?}", *top), "Memory(2 entries)");
+    let empty: Layered<u8, u32> = Vec::<Arc<dyn Cache<u8, u32>>>::new().into_iter().collect();
+    assert_eq!(empty.depth(), 0);
+    assert_eq!(
+        format!("{:?}", MemoryCache::<u8, u32>::new()),
+        "Memory(0 entries)"
+    );
+}
+
+/// `clear_pattern` with the re-exported regex: no dependency of one's own.
+#[test]
+fn clear_pattern_takes_the_reexported_regex() {
+    let cache = MemoryCache::<String, u32>::new();
+    cache.set("Task:1".into(), 1).unwrap();
+    cache.set("User:1".into(), 2).unwrap();
+    let task = layercache::regex::Regex::new("^Task:").unwrap();
+    assert_eq!(cache.clear_pattern(&task).unwrap(), 1);
+    assert_eq!(cache.keys().unwrap(), ["User:1"]);
 }

@@ -466,7 +466,7 @@ fn string_key_maker_keys() {
     assert_eq!(memo.cache().keys().expect("keys"), ["5:greetAda"]);
     assert_eq!(
         format!("{memo:?}"),
-        "Memoiser<StringKeyMaker>(Memory(1 entries))"
+        "Memoiser<StringKeyMaker>(Memory(1 entry))"
     );
 }
 

@@ -359,3 +359,17 @@ fn memory_stores_may_go_unversioned() {
     );
     assert_eq!(cache.inner().keys().expect("keys"), ["k"]);
 }
+
+/// `Bincode` is a value as `Json` is (issue 13): no `::new()` needed.
+#[test]
+fn bincode_is_a_value_like_json() {
+    let store = MemoryCache::<String, Vec<u8>>::new();
+    let pairs = store.versioned(Bincode, schema::<v1::Pair>());
+    pairs.set(k("p"), v1::Pair { a: 1, b: 2 }).expect("set");
+    assert_eq!(
+        pairs.get(&k("p")).expect("get"),
+        Some(v1::Pair { a: 1, b: 2 })
+    );
+    assert_eq!(Bincode, Bincode::new());
+    assert!(pairs.namespace().ends_with(".bincode:"));
+}

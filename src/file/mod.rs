@@ -708,8 +708,9 @@ impl<K> fmt::Debug for FileCache<K> {
         // own, and must not lock its parent's.
         match self.shared.opened_here() {
             Some(shared) => {
-                let entries = shared.read().len();
-                write!(f, "File({:?}, {entries} entries)", self.path)
+                let len = shared.read().len();
+                let noun = if len == 1 { "entry" } else { "entries" };
+                write!(f, "File({:?}, {len} {noun})", self.path)
             }
             None => write!(f, "File({:?})", self.path),
         }

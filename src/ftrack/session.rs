@@ -291,7 +291,7 @@ impl Session {
     ///
     /// let key = session.cache_key(&EntityKey::new("User", ["u1"]))?;
     /// assert!(session.cache().get(&key)?.is_some());
-    /// assert_eq!(format!("{:?}", session.cache()), "Layered[Memory(1 entries)]");
+    /// assert_eq!(format!("{:?}", session.cache()), "Layered[Memory(1 entry)]");
     /// # Ok(())
     /// # }
     /// ```
