@@ -176,7 +176,10 @@ pub enum Error {
     Layer {
         /// The layer's depth, 0 being the top.
         depth: usize,
-        /// The layer's `Debug` description.
+        /// The kind of layer: its `Debug` text up to the first `(`, `[` or `{`
+        /// (`Memory`, `File`, `Serialised<Json>`), not the whole of it, which
+        /// for a stack of stacks runs on. The source error names the file,
+        /// server or key.
         layer: String,
         /// What it was asked to do.
         operation: Operation,

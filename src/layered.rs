@@ -565,9 +565,14 @@ impl<K, V> Layered<K, V> {
     }
 
     fn wrap(&self, depth: usize, operation: Operation, error: Error) -> Error {
+        let mut layer = format!("{:?}", self.layers[depth]);
+        if let Some(end) = layer.find(['(', '[', '{']) {
+            layer.truncate(end);
+            layer.truncate(layer.trim_end().len());
+        }
         Error::Layer {
             depth,
-            layer: format!("{:?}", self.layers[depth]),
+            layer,
             operation,
             source: Box::new(error),
         }

@@ -113,7 +113,10 @@ fn assert_layer_error(error: &Error, depth: usize, operation: Operation, backend
             ..
         } => {
             assert_eq!((*d, *op), (depth, operation), "{error}");
-            assert!(layer.starts_with("Instrumented"), "layer: {layer}");
+            assert_eq!(
+                layer, "Instrumented",
+                "the kind of layer, not its whole Debug"
+            );
         }
         other => panic!("expected Error::Layer, got {other:?}"),
     }
@@ -948,4 +951,43 @@ fn clear_pattern_takes_the_reexported_regex() {
     let task = layercache::regex::Regex::new("^Task:").unwrap();
     assert_eq!(cache.clear_pattern(&task).unwrap(), 1);
     assert_eq!(cache.keys().unwrap(), ["User:1"]);
+}
+
+/// `Error::Layer` names the kind of layer, not its whole `Debug` (issue
+/// 13): a stack of stacks no longer prints every layer of the inner one.
+#[test]
+fn a_layer_error_names_the_kind_of_layer() {
+    let failing = layer();
+    failing.fail_writes(true);
+    let inner: Layered<u8, u32> = Layered::new()
+        .with_layer(MemoryCache::new())
+        .with_layer(failing.clone());
+    let outer: Layered<u8, u32> = Layered::new()
+        .with_layer(MemoryCache::new())
+        .with_layer(inner);
+    let error = outer
+        .set(1, 10)
+        .expect_err("the inner stack's bottom refused");
+    match &error {
+        Error::Layer {
+            depth,
+            layer,
+            source,
+            ..
+        } => {
+            assert_eq!((*depth, layer.as_str()), (1, "Layered"), "{error}");
+            match &**source {
+                Error::Layer { depth, layer, .. } => {
+                    assert_eq!((*depth, layer.as_str()), (1, "Instrumented"));
+                }
+                other => panic!("the inner stack's error: {other:?}"),
+            }
+        }
+        other => panic!("expected Error::Layer, got {other:?}"),
+    }
+    assert_eq!(
+        error.to_string().matches("Memory").count(),
+        0,
+        "no layer's contents in the message: {error}"
+    );
 }
