@@ -350,3 +350,30 @@ fn a_builder_prints_its_options() {
     assert!(printed.contains("0o640"), "{printed}");
     assert!(printed.contains("x.lc"), "{printed}");
 }
+
+/// Opening a directory or a file that is not a cache (issue 13): an error
+/// naming the path given, and no stray `.lock` (or anything else) left
+/// beside it.
+#[test]
+fn a_directory_or_a_foreign_file_is_refused_and_leaves_nothing() {
+    let dir = TempDir::new().unwrap();
+    let sub = dir.path().join("a-directory");
+    std::fs::create_dir(&sub).unwrap();
+    let foreign = dir.path().join("notes.txt");
+    std::fs::write(&foreign, "plain text, not a cache file: ".repeat(20)).unwrap();
+    for path in [&sub, &foreign] {
+        let error = FileCache::<String>::open(path).expect_err("not a cache");
+        let message = error.to_string();
+        assert!(
+            message.contains(&path.display().to_string()),
+            "names the path given: {message}"
+        );
+        assert!(!message.contains(".lock"), "names no lock file: {message}");
+    }
+    assert_eq!(names_in(dir.path()), ["a-directory", "notes.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(&foreign).unwrap(),
+        "plain text, not a cache file: ".repeat(20),
+        "the foreign file is untouched"
+    );
+}
