@@ -27,28 +27,20 @@
 //! without touching the cache: the control that tells what the writer pays
 //! for sharing the cores from what it pays for the reader's work.
 
+#[path = "support/rng.rs"]
+mod rng;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use layercache::{Cache, FileCache};
+use rng::Rng;
 
 fn key(n: u64) -> String {
     // A bijection on 0..2^64, so keys are distinct and in no useful order.
     let scrambled = n.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
     format!("('Task', ['{scrambled:026x}'])")
-}
-
-/// xorshift64*: a fixed, fast sequence of random numbers.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
 }
 
 /// Nanoseconds since the Unix epoch: a clock both processes share.

@@ -16,28 +16,15 @@
 //! are written to `<dir>/requests.bin` (little-endian u32 key numbers) for
 //! the Python side.
 
+#[path = "support/rng.rs"]
+mod rng;
+
 use std::io::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
 use layercache::{Cache, FileCache};
-
-/// xorshift64*: a fixed, fast sequence of random numbers.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
+use rng::Rng;
 
 fn main() -> layercache::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

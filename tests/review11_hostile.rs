@@ -22,7 +22,7 @@ use layercache::{Cache, Entry, FileCache, ManualClock};
 use tempfile::TempDir;
 
 use support::layout::*;
-use support::{Rng, Running, arg, arg_u64, child_command, crc32, is_child, report};
+use support::{Rng, Running, arg, arg_u64, child_command, crc32, is_child, report, within};
 
 // ---------------------------------------------------------------------------
 // Helpers: the on-disk layout (docs/file-format.md), read by hand.
@@ -36,21 +36,6 @@ fn small(path: &Path) -> layercache::FileCacheBuilder {
     FileCache::builder(path)
         .segment_size(8192)
         .compact_when(0.5, 0)
-}
-
-/// Runs `f` on a thread and fails (instead of hanging the suite) if it has
-/// not returned within `limit`.
-fn within<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|_| panic!("{what}: no answer within {limit:?} (deadlock?)"))
 }
 
 // ---------------------------------------------------------------------------
@@ -1603,7 +1588,7 @@ fn evictions_growth_and_removals_keep_len_keys_values_and_gets_agreeing() {
 /// kept.
 #[test]
 fn the_error_hook_and_predicates_may_use_the_cache() {
-    within(Duration::from_secs(20), "hook using the cache", || {
+    within("hook using the cache", Duration::from_secs(20), || {
         let dir = TempDir::new().unwrap();
         let path = dir.path().join("hook.lc");
         std::fs::create_dir(dir.path().join("hook.lc.next")).unwrap();

@@ -18,9 +18,9 @@
 ))]
 
 mod support;
+use support::within;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -34,26 +34,6 @@ use layercache::{
 };
 use serde::{Deserialize, Serialize};
 use tempfile::TempDir;
-
-/// Runs `work` on its own thread and panics if it does not finish within
-/// `limit`: a hang fails the test instead of hanging the suite (the stuck
-/// thread is leaked).
-fn within<T: Send + 'static>(
-    what: &str,
-    limit: Duration,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
-    });
-    match rx.recv_timeout(limit) {
-        Ok(Ok(value)) => value,
-        Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(RecvTimeoutError::Timeout) => panic!("HANG: {what} did not finish within {limit:?}"),
-        Err(RecvTimeoutError::Disconnected) => panic!("{what}: worker vanished"),
-    }
-}
 
 fn file_store(dir: &TempDir, name: &str) -> Arc<FileCache> {
     Arc::new(FileCache::open(dir.path().join(name)).expect("open the cache file"))

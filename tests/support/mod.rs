@@ -566,3 +566,23 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// Runs `work` on its own thread and panics if it does not finish within
+/// `limit`: a hang fails the test instead of hanging the suite (the stuck
+/// thread is leaked). A panic in `work` is raised again here.
+pub fn within<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(value)) => value,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(RecvTimeoutError::Timeout) => panic!("HANG: {what} did not finish within {limit:?}"),
+        Err(RecvTimeoutError::Disconnected) => panic!("{what}: worker vanished"),
+    }
+}
