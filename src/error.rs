@@ -177,6 +177,7 @@ pub enum Error {
         /// The layer's depth, 0 being the top.
         depth: usize,
         /// The kind of layer: its `Debug` text up to the first `(`, `[` or `{`
+        /// outside `<...>`
         /// (`Memory`, `File`, `Serialised<Json>`), not the whole of it, which
         /// for a stack of stacks runs on. The source error names the file,
         /// server or key.

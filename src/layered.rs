@@ -223,9 +223,12 @@ struct Core<K, V> {
     watchers: Watchers<K>,
     on_failure: RwLock<Option<FailureHook>>,
     failures: AtomicU64,
-    /// Bumped whenever `layers` changes: a copy of the stack (see
-    /// [`Layered::fork`]) whose own list is older writes through `layers`.
+    /// Bumped when a copy of the stack (see [`Layered::fork`]) is put in
+    /// place with [`Layered::publish`]: a copy whose own list is older reads
+    /// and writes through `published`.
     changes: AtomicU64,
+    /// The layers of the copy published last.
+    published: RwLock<Vec<Arc<dyn Cache<K, V>>>>,
 }
 
 impl<K, V> Core<K, V> {
@@ -420,6 +423,7 @@ impl<K, V> Layered<K, V> {
                 on_failure: RwLock::new(None),
                 failures: AtomicU64::new(0),
                 changes: AtomicU64::new(0),
+                published: RwLock::new(Vec::new()),
             }),
             seen: 0,
         }
@@ -451,13 +455,7 @@ impl<K, V> Layered<K, V> {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(depth);
-        self.changed();
         Some(self.layers.remove(depth))
-    }
-
-    /// Records a change of the layers in the shared core.
-    fn changed(&mut self) {
-        self.seen = self.core.changes.fetch_add(1, Ordering::AcqRel) + 1;
     }
 
     /// A copy of this stack to change and then use in its place, while
@@ -466,9 +464,11 @@ impl<K, V> Layered<K, V> {
     /// per-key generations), so that promotions and writes on the two copies
     /// still see each other and keep the guarantees of one stack. Only the
     /// newest copy may have its layers changed: the watchers follow its
-    /// layers, and a write through an older copy goes to its layers (so a
-    /// layer the newest copy added never misses a write, nor keeps a key
-    /// an older copy removed).
+    /// layers. Once it is [published](Self::publish), reads and writes
+    /// through an older copy go to its layers (so a layer it added never
+    /// misses a write, nor keeps a key an older copy removed, and no older
+    /// copy reads a layer it took out); until then they keep to their own,
+    /// so a change made in several steps is never seen half made.
     #[cfg(feature = "ftrack")]
     pub(crate) fn fork(&self) -> Self {
         Self {
@@ -479,31 +479,40 @@ impl<K, V> Layered<K, V> {
         }
     }
 
-    /// When a newer copy of this stack changed the layers (see `fork`), a
+    /// Puts this copy's layers in place of every older copy's (see `fork`):
+    /// from now on their reads and writes go through these layers.
+    #[cfg(feature = "ftrack")]
+    pub(crate) fn publish(&mut self) {
+        let mut published = self
+            .core
+            .published
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        published.clone_from(&self.layers);
+        // Under the lock, so that a copy that sees the new count reads
+        // the list it stands for.
+        self.seen = self.core.changes.fetch_add(1, Ordering::AcqRel) + 1;
+    }
+
+    /// When a newer copy of this stack was published (see `fork`), a
     /// stack over the layers as they are now, for a write to go through.
     /// Called after the write is registered in the generations: a layer
     /// added after this check can only be filled by promotions, which see
     /// the write and drop what they read.
     fn newest(&self) -> Option<Self> {
-        let changes = self.core.changes.load(Ordering::Acquire);
-        if changes == self.seen {
+        if self.core.changes.load(Ordering::Acquire) == self.seen {
             return None;
         }
-        // The count before the list: the list is at least that new (a
-        // change bumps the count after it changes the list).
-        let layers = self
+        let published = self
             .core
-            .layers
+            .published
             .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|member| member.layer.clone())
-            .collect();
+            .unwrap_or_else(PoisonError::into_inner);
         Some(Self {
-            layers,
+            layers: published.clone(),
             policy: self.policy,
             core: Arc::clone(&self.core),
-            seen: changes,
+            seen: self.core.changes.load(Ordering::Acquire),
         })
     }
 
@@ -566,7 +575,19 @@ impl<K, V> Layered<K, V> {
 
     fn wrap(&self, depth: usize, operation: Operation, error: Error) -> Error {
         let mut layer = format!("{:?}", self.layers[depth]);
-        if let Some(end) = layer.find(['(', '[', '{']) {
+        // Up to the first bracket outside `<...>`: `Serialised<FnCodec(x)>`
+        // keeps its codec whole.
+        let mut angles = 0usize;
+        let end = layer.char_indices().find_map(|(at, c)| {
+            match c {
+                '<' => angles += 1,
+                '>' => angles = angles.saturating_sub(1),
+                '(' | '[' | '{' if angles == 0 => return Some(at),
+                _ => {}
+            }
+            None
+        });
+        if let Some(end) = end {
             layer.truncate(end);
             layer.truncate(layer.trim_end().len());
         }
@@ -670,8 +691,6 @@ where
         if let Some(member) = layers.iter_mut().find(|member| member.id == id) {
             member.reports = reports;
         }
-        drop(layers);
-        self.changed();
     }
 }
 

@@ -5,15 +5,17 @@
 //! made whole before their first write-through; a write left by a writer
 //! that panicked stays pending) and 86e0224 (`Error::Layer`'s layer name).
 //!
-//! It proved five bugs on 42f1c18, each a test marked `#[ignore = "bug:
-//! ..."]` (run them with `--ignored`): a read or write through the session
-//! while a `cache_mut` guard changes the stack in two steps goes through the
-//! half-changed stack (a miss; a merge reaching neither file); a merge left
-//! to a writer whose *second* write panics is never pending; a placeholder
-//! under a layer that degrades read failures wipes the file's record; and
-//! (minor) `Error::Layer` names a `Serialised` over an `FnCodec`
-//! `Serialised<FnCodec`. The other tests are attacks that found nothing,
-//! and still assert what they attacked.
+//! It proved five bugs on 42f1c18. Four are fixed and their tests run:
+//! a forked copy's layers are published only when `cache_mut`'s guard puts
+//! it in place, so no call sees a stack changed half way; a writer whose
+//! re-write for another call panics sets that call's request back; a
+//! placeholder's fill reads each layer directly, so the session stack's
+//! `Degrade` policy cannot hide a failed read; `Error::Layer` cuts a
+//! layer's name outside `<...>` only. The fifth stays marked, as a known
+//! limitation (docs/ftrack.md): a layer that itself reports its failed
+//! reads as misses cannot be told from one that holds nothing. The other
+//! tests are attacks that found nothing, and still assert what they
+//! attacked.
 
 #![cfg(all(
     feature = "file",
@@ -140,7 +142,6 @@ fn s(text: &str) -> Value {
 /// while the guard is held between its two steps (same thread or not, the
 /// result is the same: every session call in that window does it).
 #[test]
-#[ignore = "bug: a write made while cache_mut swaps a layer reaches neither the old nor the new file"]
 fn a_merge_while_a_file_layer_is_swapped_reaches_a_file() {
     let dir = TempDir::new().unwrap();
     let old_path = dir.path().join("old.lc");
@@ -179,7 +180,6 @@ fn a_merge_while_a_file_layer_is_swapped_reaches_a_file() {
 /// The snapshot's documentation: "a snapshot that no later cache_mut
 /// changes". Both files hold Task t1; the read sees memory alone.
 #[test]
-#[ignore = "bug: a read during a multi-step cache_mut sees the half-changed stack and misses"]
 fn a_read_while_a_file_layer_is_swapped_finds_the_key() {
     let dir = TempDir::new().unwrap();
     let old_path = dir.path().join("old.lc");
@@ -468,7 +468,6 @@ impl Cache<String, Entity> for StoreThenPanic {
 /// nothing, a merge of the same value writes nothing (nothing changed), and
 /// a fresh session reads "a" from the file while B was told Ok for "b".
 #[test]
-#[ignore = "bug: a merge left to a writer whose second (re-)write panics is never written"]
 fn a_panic_in_the_writers_second_write_keeps_the_merge_pending() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("again.lc");
@@ -641,6 +640,31 @@ fn a_placeholder_whose_fill_fails_writes_nothing() {
     assert_eq!(in_file(&server, &path, "status"), Some(s("later")));
 }
 
+/// The case of the bug below that the session can see: the session's own
+/// stack under `Degrade` (a failed read of the file is a miss to the
+/// stack). `make_whole` reads each layer directly, so the failure comes
+/// back and nothing is written.
+#[test]
+fn a_placeholder_under_a_degrading_session_stack_keeps_the_files_record() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("degrade-session.lc");
+    let server = task_server();
+    fill_file(&server, &path);
+    let (session, _parent, fail_reads) = session_with_placeholder(&server, &path, false);
+    {
+        let mut stack = session.cache_mut();
+        *stack = std::mem::take(&mut *stack).with_policy(ErrorPolicy::Degrade);
+    }
+    fail_reads.store(true, Ordering::SeqCst);
+    let merged = merge_status(&session, "done");
+    fail_reads.store(false, Ordering::SeqCst);
+    assert!(merged.is_err(), "the fill's read failed: {merged:?}");
+    assert_eq!(in_file(&server, &path, "name"), Some(s("layout")));
+    merge_status(&session, "later").unwrap();
+    assert_eq!(in_file(&server, &path, "name"), Some(s("layout")));
+    assert_eq!(in_file(&server, &path, "status"), Some(s("later")));
+}
+
 /// BUG (policy-dependent): a placeholder written through a lower layer
 /// that degrades a failed read into a miss (a `Layered` with
 /// `ErrorPolicy::Degrade` as the session's cache, a documented layer kind)
@@ -656,7 +680,7 @@ fn a_placeholder_whose_fill_fails_writes_nothing() {
 /// cannot trust; it could stay partial and write nothing (or only merge
 /// into what it reads back) instead.
 #[test]
-#[ignore = "bug: a degraded read failure in make_whole lets a placeholder wipe the file's record"]
+#[ignore = "known limitation: a layer that reports its failed read as a miss (a Layered under Degrade used as one layer) cannot be told from one that holds nothing"]
 fn a_placeholder_under_a_degrading_layer_keeps_the_files_record() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("degrade.lc");
@@ -951,7 +975,6 @@ fn odd_debug_texts_name_their_layer_without_panicking() {
 /// kind of layer ... `Serialised<Json>`". d88055f made every `FnCodec`'s
 /// Debug `FnCodec(name)`, so every `FnCodec` stack reports a half name.
 #[test]
-#[ignore = "bug: Error::Layer names a Serialised<FnCodec(..)> layer 'Serialised<FnCodec'"]
 fn a_serialised_fn_codec_layer_has_a_whole_name() {
     // Over bytes whose every read fails, so that the Serialised layer fails.
     let (json_name, _) = layer_name(Serialised::new(Named("Bytes"), Json));

@@ -224,7 +224,8 @@ impl Drop for CacheMut<'_> {
     /// already follow the copy's layers). The stack it replaces is dropped
     /// after the lock is released, as dropping a layer may run its code.
     fn drop(&mut self) {
-        if let Some(stack) = self.stack.take() {
+        if let Some(mut stack) = self.stack.take() {
+            stack.publish();
             let replaced = std::mem::replace(
                 &mut *self
                     .session
@@ -624,6 +625,7 @@ impl SessionInner {
             session: self,
             key: entity.key(),
             done: false,
+            owed: false,
         };
         let mut outcome = Ok(());
         loop {
@@ -642,19 +644,29 @@ impl SessionInner {
 
     /// When `entity` is [partial](Entity::is_partial), fills the attributes
     /// it has no value for from the record the layers below memory hold for
-    /// it (the first of them that holds one, by the stack's own read from
-    /// depth 1, its policy and failure hook; nothing promoted), and marks it
+    /// it (the first of them that holds one; nothing promoted), and marks it
     /// whole: also when they hold no record of it, as then writing it loses
     /// nothing. Called by the writing call only, with no lock held.
+    ///
+    /// Each layer is read directly, whatever the stack's error policy: under
+    /// `Degrade` the stack would count a failed read as a miss, and writing
+    /// the partial instance would then replace a fuller record. A failed
+    /// read is returned, and nothing is written. A layer that itself turns
+    /// its failures into misses (a `Layered` under `Degrade` used as one
+    /// layer) cannot be told from one that holds nothing: see
+    /// docs/ftrack.md.
     fn make_whole(&self, cache_key: &String, entity: &Entity) -> Result<()> {
         if !entity.is_partial() {
             return Ok(());
         }
-        let stored = self
-            .cache()
-            .lookup(cache_key, 1, false)?
-            .map(Entry::into_value)
-            .filter(|stored| stored.key() == entity.key());
+        let mut stored = None;
+        for layer in self.cache().layers().iter().skip(1) {
+            if let Some(entry) = layer.get_entry(cache_key)? {
+                stored = Some(entry.into_value());
+                break;
+            }
+        }
+        let stored = stored.filter(|stored| stored.key() == entity.key());
         if let Some(stored) = stored {
             fill_gaps(entity, &stored);
         }
@@ -950,14 +962,18 @@ fn fill_gaps(instance: &Entity, found: &Entity) -> bool {
 /// [`SessionInner::write_through`]. Dropped without
 /// [`again`](Writer::again) having said it is done (a layer or a codec
 /// panicked), it still ends the write-through, so that later ones are not
-/// left waiting for a writer that is gone, and keeps `again`: a write that
-/// another call asked for stays pending, for the next call that touches
-/// the identity (no write is made here, while unwinding: a second panic in
+/// left waiting for a writer that is gone, and keeps `again` (setting it
+/// back if the write under way was one another call asked for): a write
+/// that another call asked for stays pending, for the next call that
+/// touches the identity (no write is made here, while unwinding: a second panic in
 /// a `Drop` would abort the process).
 struct Writer<'a> {
     session: &'a SessionInner,
     key: &'a EntityKey,
     done: bool,
+    /// The write under way was asked for by another call (taken from
+    /// `again`): if it does not finish, `again` is set back.
+    owed: bool,
 }
 
 impl Writer<'_> {
@@ -965,6 +981,7 @@ impl Writer<'_> {
     /// if not, the write-through ends, in the same step, so that no change
     /// asks a writer that has stopped.
     fn again(&mut self) -> bool {
+        self.owed = false;
         let mut identities = self.session.identities();
         let Some(identity) = identities.map.get_mut(self.key) else {
             self.done = true;
@@ -972,6 +989,7 @@ impl Writer<'_> {
         };
         if identity.again {
             identity.again = false;
+            self.owed = true;
             return true;
         }
         identity.writing = false;
@@ -986,6 +1004,7 @@ impl Drop for Writer<'_> {
             && let Some(identity) = self.session.identities().map.get_mut(self.key)
         {
             identity.writing = false;
+            identity.again |= self.owed;
         }
     }
 }
